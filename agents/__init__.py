@@ -1,0 +1,19 @@
+"""HiEdit Gym's agent zoo (import name ``hiedit_agents``; the folder is ``agents/``).
+
+Registered agents: ``noop``, ``all``, ``random_k``, ``topk_grad``, ``ft_l`` (heuristics, no training),
+``rledit`` and ``hiedit`` (hypernetwork editors trained through the environment's differentiable
+objective). Any ``"package.module:ClassName"`` subclass of :class:`Agent` works wherever a name does.
+"""
+
+from .base import Agent, run_episode
+from .heuristics import AllLayersAgent, FineTuneAgent, NoopAgent, RandomKAgent, TopKGradAgent
+from .hiedit import HiEditAgent
+from .registry import agent_class, available_agents, make_agent, register_agent
+from .rledit import RLEditAgent
+
+for _cls in (NoopAgent, AllLayersAgent, RandomKAgent, TopKGradAgent, FineTuneAgent, RLEditAgent, HiEditAgent):
+    register_agent(_cls.name, _cls)
+
+__all__ = ["Agent", "AllLayersAgent", "FineTuneAgent", "HiEditAgent", "NoopAgent", "RLEditAgent", "RandomKAgent",
+           "TopKGradAgent", "agent_class", "available_agents", "make_agent", "register_agent", "run_episode"]
+del _cls

@@ -1,0 +1,114 @@
+"""The plug-in contract every agent of the zoo follows, and the loop that runs one evaluation episode.
+
+An agent is built against an environment (it keeps the *unwrapped* one in ``self.env`` so it can read
+the current edit's trace), declares which ``update_mode`` it needs, and maps an observation to an
+action. Agents that learn override :meth:`Agent.learn`; agents with state override
+:meth:`Agent.state_dict` / :meth:`Agent.load_state_dict` and :meth:`Agent.config`. Saving writes a
+JSON config and, if there is state, a ``torch.save`` file, so ``Agent.load(dir, env)`` rebuilds the
+same agent with no code of ours knowing its class in advance.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import gymnasium as gym
+import torch
+from tqdm import tqdm
+
+from hiedit_env import HiEditEnv
+
+UpdateMode = Literal["step_size", "low_rank"]
+CONFIG_FILE = "agent.json"
+STATE_FILE = "agent_state.pt"
+
+
+class Agent:
+    """Base class of an editing agent.
+
+    Subclasses set ``name`` and ``update_mode`` and implement :meth:`act`. Keyword arguments of
+    ``__init__`` that :meth:`config` returns must be JSON values: they are what :meth:`save` writes
+    and :meth:`load` passes back.
+    """
+
+    name: ClassVar[str] = "agent"
+    update_mode: ClassVar[UpdateMode] = "step_size"
+    # True when acting before learn() is meaningless (a random network): evaluation then needs a checkpoint.
+    requires_training: ClassVar[bool] = False
+
+    def __init__(self, env: gym.Env) -> None:
+        self.env: HiEditEnv = env.unwrapped
+        if self.env.update_mode != self.update_mode:
+            raise ValueError(f"agent {self.name!r} needs an environment with update_mode={self.update_mode!r}, "
+                             f"got {self.env.update_mode!r}")
+        self.num_candidates = len(self.env.candidate_modules)
+
+    def act(self, observation: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+        """The action for the environment's current edit."""
+        raise NotImplementedError
+
+    def learn(self, env: gym.Env, steps: int, *, log_dir: str | Path | None = None, seed: int = 0,
+              progress: bool = True) -> dict[str, Any]:
+        """Train on ``steps`` edits of ``env`` (a training split); returns statistics. Default: nothing to learn."""
+        return {"steps": 0, "optimizer_steps": 0}
+
+    def config(self) -> dict[str, Any]:
+        """The JSON-able constructor keyword arguments that rebuild this agent."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Learned state (tensors and numbers) beyond :meth:`config`; empty for stateless agents."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``agent.json`` (class and config) and, for stateful agents, ``agent_state.pt`` into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        cls = type(self)
+        meta = {"agent": self.name, "class": f"{cls.__module__}:{cls.__qualname__}", "config": self.config(),
+                "candidate_modules": list(self.env.candidate_modules)}
+        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        state = self.state_dict()
+        if state:
+            torch.save(state, directory / STATE_FILE)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, env: gym.Env) -> Agent:
+        """Rebuild an agent saved by :meth:`save` against ``env`` (which must have the same candidates)."""
+        directory = Path(directory)
+        meta = read_checkpoint_meta(directory)
+        if meta["candidate_modules"] != list(env.unwrapped.candidate_modules):
+            raise ValueError(f"checkpoint {str(directory)!r} was trained on modules {meta['candidate_modules']}, "
+                             f"the environment edits {env.unwrapped.candidate_modules}")
+        agent = cls(env, **meta["config"])
+        state_file = directory / STATE_FILE
+        if state_file.exists():
+            agent.load_state_dict(torch.load(state_file, map_location=agent.env.model.device, weights_only=True))
+        return agent
+
+
+def read_checkpoint_meta(directory: Path) -> dict[str, Any]:
+    """The ``agent.json`` of a checkpoint directory, with a clear error when there is none."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no agent checkpoint in {str(directory)!r} (missing {CONFIG_FILE})")
+    return json.loads(path.read_text())
+
+
+def run_episode(agent: Agent, env: gym.Env, seed: int, progress: bool = True) -> dict[str, Any]:
+    """Run one full episode with ``agent`` and return the environment's ``episode_metrics``."""
+    observation, info = env.reset(seed=seed)
+    total = env.unwrapped.num_edits
+    with tqdm(total=total, desc=f"evaluating {agent.name}", unit="edit", disable=not progress) as bar:
+        terminated = False
+        while not terminated:
+            observation, _, terminated, _, info = env.step(agent.act(observation, info))
+            bar.set_postfix(ES=f"{info['edit_success']:.2f}", LS=f"{info['locality']:.2f}")
+            bar.update()
+    return info["episode_metrics"]

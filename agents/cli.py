@@ -1,0 +1,164 @@
+"""The ``hiedit`` command: ``demo`` (from :mod:`hiedit_env.cli`), ``train`` and ``evaluate``.
+
+    hiedit train --agent hiedit --model smollm2-135m --dataset zsre_mend_1k.json --out runs/hiedit
+    hiedit evaluate --agent hiedit --checkpoint runs/hiedit --model smollm2-135m \\
+        --dataset zsre_mend_1k.json --num-edits 100 --out results.json
+
+``--agent`` takes a registered name or ``package.module:ClassName``. Both commands draw their edits
+from one seeded split of ``--dataset`` (``train`` by default for training, ``test`` for evaluation,
+disjoint); pass ``--split all`` to use every record of a file kept for one purpose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import torch
+
+import hiedit_env  # noqa: F401  (registers HiEdit-v0)
+from hiedit_env.cli import add_demo_parser, format_metrics, run_cli
+from hiedit_env.models import EMBEDDED_MODEL
+from hiedit_env.records import DEFAULT_DATASET
+
+from .base import Agent, read_checkpoint_meta, run_episode
+from .registry import agent_class, available_agents
+
+# Sized for SmolLM2-135M on 2 CPU cores: a HiEdit training edit there (env step + objective
+# forward/backward + dense objective forward) took about 3 s with one torch thread on a machine
+# shared with other jobs (load ~4), so 300 edits (15 episodes of 20) take about 15 minutes.
+DEFAULT_TRAIN_STEPS = 300
+DEFAULT_TRAIN_EDITS = 20
+DEFAULT_EVAL_EDITS = 100
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """argparse type: a JSON object given on the command line."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def make_env(args: argparse.Namespace, cls: type[Agent], evaluate_generation: bool) -> gym.Env:
+    """The environment ``cls`` needs (its update mode) for the command's model, data and split."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    kwargs = {"model": args.model, "dataset": args.dataset, "num_edits": args.num_edits, "split": args.split,
+              "update_mode": cls.update_mode, "evaluate_generation": evaluate_generation, **args.env_kwargs}
+    return gym.make("HiEdit-v0", **kwargs)
+
+
+def build_agent(cls: type[Agent], env: gym.Env, kwargs: dict[str, Any]) -> Agent:
+    try:
+        return cls(env, **kwargs)
+    except TypeError as err:  # an unknown --agent-kwargs key: one line, not a traceback
+        raise ValueError(f"bad --agent-kwargs for {cls.name!r}: {err}") from err
+
+
+def peak_memory_mb() -> dict[str, float]:
+    """Peak resident memory of this process, and of the GPU when one is used."""
+    peak = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available():
+        peak["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return peak
+
+
+def run_train(args: argparse.Namespace) -> dict[str, Any]:
+    cls = agent_class(args.agent)
+    torch.manual_seed(args.seed)
+    env = make_env(args, cls, evaluate_generation=False)
+    agent = build_agent(cls, env, args.agent_kwargs)
+    out = Path(args.out_dir)
+    started = time.perf_counter()
+    stats = agent.learn(env, args.steps, log_dir=out / "tensorboard", seed=args.seed)
+    seconds = time.perf_counter() - started
+    agent.save(out)
+    stats.update(agent=args.agent, model=args.model, dataset=args.dataset, split=args.split, seed=args.seed,
+                 num_edits=args.num_edits, total_seconds=seconds, seconds_per_step=seconds / args.steps,
+                 **peak_memory_mb())
+    (out / "train_stats.json").write_text(json.dumps(stats, indent=2))
+    print(f"trained {args.agent} on {args.steps} edits ({stats.get('optimizer_steps', 0)} optimiser steps) in "
+          f"{seconds:.0f} s, {stats['seconds_per_step']:.2f} s/edit; checkpoint, TensorBoard logs and "
+          f"train_stats.json in {out}")
+    return stats
+
+
+def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    cls = agent_class(args.agent)
+    env = make_env(args, cls, evaluate_generation=True)
+    if args.checkpoint:
+        saved = read_checkpoint_meta(Path(args.checkpoint))["class"]
+        if saved != f"{cls.__module__}:{cls.__qualname__}":
+            raise ValueError(f"checkpoint {args.checkpoint!r} holds a {saved} agent, not {args.agent!r}")
+        agent = cls.load(args.checkpoint, env)
+    elif cls.requires_training:
+        raise ValueError(f"agent {args.agent!r} must be trained first: pass --checkpoint DIR from 'hiedit train'")
+    else:
+        agent = build_agent(cls, env, args.agent_kwargs)
+    metrics = run_episode(agent, env, args.seed)
+    print(format_metrics(metrics, f"{args.agent} on {args.model}, {args.num_edits} sequential edits "
+                                  f"({args.dataset}, split {args.split}, seed {args.seed})"))
+    return {"agent": args.agent, "model": args.model, "dataset": args.dataset, "split": args.split,
+            "seed": args.seed, "num_edits": args.num_edits, "checkpoint": args.checkpoint, **metrics}
+
+
+def add_common(parser: argparse.ArgumentParser, num_edits: int, split: str) -> None:
+    parser.add_argument("--agent", required=True,
+                        help=f"one of {', '.join(available_agents())}, or package.module:ClassName")
+    parser.add_argument("--model", default=EMBEDDED_MODEL, help="built-in name, hub id or local path")
+    parser.add_argument("--dataset", default=DEFAULT_DATASET, help="'default', a ZsRE/CounterFact file, directory or hub id")
+    parser.add_argument("--split", default=split, choices=("train", "test", "all"),
+                        help=f"seeded split of --dataset to draw edits from (default: {split})")
+    parser.add_argument("--num-edits", type=positive_int, default=num_edits, help="edits per episode")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--agent-kwargs", type=json_object, default={}, help="JSON object of agent constructor arguments")
+    parser.add_argument("--env-kwargs", type=json_object, default={}, help="JSON object of extra gym.make arguments")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hiedit", description="HiEdit Gym: lifelong knowledge editing as RL")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_demo_parser(sub)
+
+    train = sub.add_parser("train", help="train an agent on a training split and save a checkpoint")
+    add_common(train, DEFAULT_TRAIN_EDITS, "train")
+    train.add_argument("--steps", type=positive_int, default=DEFAULT_TRAIN_STEPS, help="training edits in all")
+    train.add_argument("--out", dest="out_dir", required=True,
+                       help="directory for the checkpoint, TensorBoard logs and train_stats.json")
+    train.set_defaults(run=run_train)
+
+    evaluate = sub.add_parser("evaluate", help="run one episode with an agent and write the end-of-sequence metrics")
+    add_common(evaluate, DEFAULT_EVAL_EDITS, "test")
+    evaluate.add_argument("--checkpoint", default=None, help="directory written by 'hiedit train'")
+    evaluate.add_argument("--out", default="results.json", help="where to write the metrics as JSON")
+    evaluate.set_defaults(run=run_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``hiedit`` console script."""
+    return run_cli(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

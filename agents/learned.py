@@ -1,0 +1,162 @@
+"""What HiEdit and RLEdit share: a :class:`~hiedit_agents.hypernet.HyperEditor` as low level, and the
+training loop that streams edits through environment episodes.
+
+Per training edit: read ``env.edit_trace``, let the editor emit updates (with gradient), take the
+agent's loss through ``env.objective`` (which adds the updates with forward hooks and never writes
+the weights, so the graph stays intact), backpropagate, take an optimiser step every
+``update_every`` edits, then ``env.step`` with the *detached* updates so the following edits act on
+the edited model, as in deployment. Nothing is written to disk per step; TensorBoard gets the loss
+terms per edit and ES/GS/LS per episode.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import trange
+
+from hiedit_env import EditTrace, HiEditEnv
+
+from .base import Agent
+from .gate import Selection
+from .hypernet import DEFAULT_INIT_LR, HyperEditor
+
+LowRank = tuple[torch.Tensor, torch.Tensor]
+
+
+def masked(updates: list[LowRank], mask: torch.Tensor) -> list[LowRank]:
+    """Each module's update scaled by its mask entry; zero-valued entries keep their gradient path."""
+    return [(u * mask[i], v) for i, (u, v) in enumerate(updates)]
+
+
+def detached(updates: list[LowRank]) -> list[LowRank]:
+    return [(u.detach(), v.detach()) for u, v in updates]
+
+
+class LearnedEditorAgent(Agent):
+    """A hypernetwork editor trained through the environment's differentiable objective.
+
+    Subclasses choose the modules (:meth:`select`) and the loss (:meth:`training_loss`) and may add
+    trainable modules (:meth:`trainable_modules`) with their own learning rate.
+    """
+
+    update_mode = "low_rank"
+    requires_training = True
+
+    def __init__(self, env: gym.Env, rank: int = 32, num_blocks: int = 2, init_lr: float = DEFAULT_INIT_LR,
+                 meta_lr: float = 1e-3, lr_lr: float = 1e-2, update_every: int = 1, grad_clip: float = 1.0) -> None:
+        super().__init__(env)
+        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
+            raise ValueError(f"update_every must be an integer >= 1, got {update_every!r}")
+        if meta_lr <= 0 or lr_lr <= 0 or grad_clip <= 0:
+            raise ValueError("meta_lr, lr_lr and grad_clip must be > 0")
+        self.hparams = {"rank": rank, "num_blocks": num_blocks, "init_lr": init_lr, "meta_lr": meta_lr,
+                        "lr_lr": lr_lr, "update_every": update_every, "grad_clip": grad_clip}
+        self.editor = HyperEditor(self.env.module_dims(), self.env.base_weight_norms(), rank, num_blocks,
+                                  init_lr).to(self.env.model.device)
+        self.optimizer_steps = 0
+
+    # ------------------------------------------------------------------ what subclasses decide
+    def select(self, observation: dict[str, Any], trace: EditTrace) -> Selection:
+        """Which modules to change; ``mask`` may carry gradient to a high-level policy."""
+        raise NotImplementedError
+
+    def training_loss(self, env: HiEditEnv, updates: list[LowRank],
+                      selection: Selection) -> tuple[torch.Tensor, dict[str, float]]:
+        """The scalar to minimise for the current edit, and the terms to log."""
+        raise NotImplementedError
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        """Named modules whose parameters are trained and whose state is saved."""
+        return {"editor": self.editor}
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Optimiser groups: the learned step sizes move in log space and get their own learning rate."""
+        rest = [p for p in self.editor.parameters() if p is not self.editor.log_lr]
+        return [{"params": rest, "lr": self.hparams["meta_lr"]},
+                {"params": [self.editor.log_lr], "lr": self.hparams["lr_lr"]}]
+
+    # ------------------------------------------------------------------ acting
+    def act(self, observation: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+        trace = self.env.edit_trace
+        with torch.no_grad():
+            return self._action(self.editor(trace), self.select(observation, trace).hard)
+
+    def _action(self, updates: list[LowRank], hard: torch.Tensor) -> dict[str, Any]:
+        chosen = hard.detach().cpu().numpy().astype(np.float32)
+        return {"layers": chosen,
+                "update": [(u.detach(), v.detach()) if chosen[i] > 0.5 else None for i, (u, v) in enumerate(updates)]}
+
+    # ------------------------------------------------------------------ learning
+    def learn(self, env: gym.Env, steps: int, *, log_dir: str | Path | None = None, seed: int = 0,
+              progress: bool = True) -> dict[str, Any]:
+        """Train on ``steps`` consecutive edits of ``env`` (episodes seeded ``seed, seed+1, ...``)."""
+        unwrapped: HiEditEnv = env.unwrapped
+        if unwrapped.update_mode != "low_rank" or unwrapped.candidate_modules != self.env.candidate_modules:
+            raise ValueError("learn() needs a low_rank environment over the same candidate modules as the agent")
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        params = [p for m in self.trainable_modules().values() for p in m.parameters()]
+        optimizer = torch.optim.Adam(self.parameter_groups())
+        writer = SummaryWriter(str(log_dir)) if log_dir is not None else None
+        update_every = self.hparams["update_every"]
+        episodes: list[dict[str, float]] = []
+        running: dict[str, float] = {}
+        observation, _ = env.reset(seed=seed)
+        started = time.perf_counter()
+        optimizer.zero_grad()
+        bar = trange(steps, desc=f"training {self.name}", unit="edit", disable=not progress)
+        for step in bar:
+            trace = unwrapped.edit_trace
+            self.editor.observe(trace)
+            updates = self.editor(trace)
+            selection = self.select(observation, trace)
+            loss, scalars = self.training_loss(unwrapped, updates, selection)
+            (loss / update_every).backward()
+            if (step + 1) % update_every == 0 or step + 1 == steps:
+                nn.utils.clip_grad_norm_(params, self.hparams["grad_clip"])
+                optimizer.step()
+                optimizer.zero_grad()
+                self.optimizer_steps += 1
+            observation, _, terminated, _, info = env.step(self._action(updates, selection.hard))
+            scalars.update(edit_success=info["edit_success"], locality=info["locality"],
+                           lr_mean=float(self.editor.log_lr.detach().exp().mean()))
+            running = {k: 0.9 * running.get(k, v) + 0.1 * v for k, v in scalars.items()}
+            if writer is not None:
+                for key, value in scalars.items():
+                    writer.add_scalar(f"train/{key}", value, step)
+            if terminated:
+                metrics = {k: info["episode_metrics"][k] for k in ("ES", "GS", "LS", "mean", "ES_first_20pct")}
+                episodes.append(metrics)
+                if writer is not None:
+                    for key, value in metrics.items():
+                        writer.add_scalar(f"episode/{key}", value, len(episodes))
+                observation, _ = env.reset(seed=seed + len(episodes))
+            bar.set_postfix(loss=f"{running['loss']:.3f}", ES=f"{running['edit_success']:.2f}",
+                            LS=f"{running['locality']:.2f}")
+        seconds = time.perf_counter() - started
+        if writer is not None:
+            writer.close()
+        return {"steps": steps, "optimizer_steps": self.optimizer_steps, "seconds": seconds, "seconds_per_step": seconds / steps,
+                "episodes": episodes, "final_running": running}
+
+    # ------------------------------------------------------------------ persistence
+    def config(self) -> dict[str, Any]:
+        return dict(self.hparams)
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {name: module.state_dict() for name, module in self.trainable_modules().items()}
+        state["optimizer_steps"] = self.optimizer_steps
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, module in self.trainable_modules().items():
+            module.load_state_dict(state[name])
+        self.optimizer_steps = int(state["optimizer_steps"])

@@ -1,0 +1,73 @@
+"""Weight delta: from a parsed action and the edit's trace to ``dW`` per chosen module, then applied.
+
+Step-size mode moves a module along its own normalised edit gradient, scaled to the weight:
+``dW = -eta * ||W0||_F * G / ||G||_F`` with ``G = delta.T @ k``. Scaling by the base weight's norm
+makes ``eta`` a relative change, so one action means the same on every module and model.
+Every delta is capped at ``max_update_ratio * ||W0||_F`` (documented clip) and must be finite;
+deltas are all computed before any is applied, so a failure leaves the model unchanged.
+
+Deltas stay factored, ``dW = U.T @ V`` with ``r`` rows (``r`` = tokens for gradient steps): norms
+come from ``r x r`` Gram matrices and the update is one fused ``addmm_``, so the ``d_out x d_in``
+gradient is never materialised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from .action import ActionError, ParsedAction
+from .trace import EditTrace
+
+
+@dataclass(frozen=True)
+class Delta:
+    """``dW = u.T @ v`` (u [r, d_out], v [r, d_in]), or ``dW = u`` when ``v`` is None (dense)."""
+
+    u: torch.Tensor
+    v: torch.Tensor | None
+
+    def norm(self) -> torch.Tensor:
+        if self.v is None:
+            return self.u.norm()
+        return ((self.u @ self.u.T) * (self.v @ self.v.T)).sum().clamp_min(0).sqrt()
+
+    def scaled(self, factor: float | torch.Tensor) -> Delta:
+        return Delta(self.u * factor, self.v)
+
+
+def weight_deltas(parsed: ParsedAction, trace: EditTrace, base_norms: list[float],
+                  max_update_ratio: float) -> dict[int, Delta]:
+    """``{module index: dW}`` in Linear orientation [d_out, d_in]."""
+    deltas: dict[int, Delta] = {}
+    for j, i in enumerate(parsed.chosen):
+        if parsed.step_sizes is not None:
+            gradient = Delta(trace.grads[i], trace.keys[i])
+            norm = gradient.norm()
+            if not torch.isfinite(norm) or norm == 0:
+                continue  # no signal for this module: leave it unchanged
+            delta = gradient.scaled(-parsed.step_sizes[j] * base_norms[i] / norm)
+        else:
+            delta = Delta(*parsed.factors[j])
+        size = delta.norm()
+        if not torch.isfinite(size):
+            raise ActionError(f"the update of module {trace.module_names[i]!r} overflows (norm {size})")
+        cap = max_update_ratio * base_norms[i]
+        deltas[i] = delta.scaled(cap / size) if size > cap else delta
+    return deltas
+
+
+@torch.no_grad()
+def apply_delta(module: nn.Module, delta: Delta) -> None:
+    """``W += dW`` in place, in the module's own orientation (GPT-2's Conv1D stores W transposed)."""
+    weight = module.weight
+    conv = isinstance(module, Conv1D)
+    if delta.v is None:
+        weight.add_(delta.u.T if conv else delta.u)
+    elif conv:
+        weight.addmm_(delta.v.T.to(weight.dtype), delta.u.to(weight.dtype))
+    else:
+        weight.addmm_(delta.u.T.to(weight.dtype), delta.v.to(weight.dtype))

@@ -1,0 +1,467 @@
+"""The HiEdit environment: lifelong knowledge editing of a causal LM, one edit per step."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from .action import ActionError, parse_action
+from .delta import Delta, apply_delta, weight_deltas
+from .models import SharedModel, candidate_modules, load_shared_model, module_dims, weight_as_linear
+from .objective import ObjectiveTerms, Update, edit_objective
+from .records import DEFAULT_DATASET, EditRecord, EditSet, load_edits
+from .score import PROTOCOLS, agreement, generation_exact_match, score_pairs
+from .tokens import EncodedRecord, Pair, encode_record
+from .trace import EditTrace, trace_edit
+
+LAYER_FEATURES = ("key_norm", "grad_norm", "weight_grad_norm", "depth", "changed", "chosen_share")
+REWARD_TERMS = ("edit_success", "generalization", "locality", "sparsity", "retention", "update_norm")
+_BASE = object()  # owner token meaning "the unedited weights are swapped in"
+
+
+class HiEditEnv(gym.Env):
+    """
+    ## Description
+    Lifelong knowledge editing as a hierarchical decision problem (HiEdit, 2026; RLEdit, 2025). An
+    episode is a sequence of ``num_edits`` fact edits ("The mother tongue of Danielle Darrieux is"
+    -> "English") applied one after another to a causal language model. For each edit the agent
+    picks which candidate modules to change (high level) and the update itself (low level). Edits
+    accumulate: edit ``t`` acts on the model that edits ``0..t-1`` produced.
+
+    ## Action Space
+    ``Dict(layers, update)`` with ``L = len(candidate_modules)``:
+
+    * ``layers``: ``Box(0, 1, (L,), float32)``, a 0/1 mask (value > 0.5 is chosen) or, with
+      ``layer_budget=k``, scores of which the top ``k`` are chosen. Values are clipped to [0, 1].
+    * ``update``, ``update_mode="step_size"`` (default): ``Box(-1, 1, (L,), float32)``. Module ``i``
+      moves along its own normalised edit gradient by a relative step ``eta_i``, mapped
+      log-linearly from [-1, 1] onto ``eta_range`` (0 -> geometric middle; values are clipped):
+      ``dW = -eta_i * ||W0||_F * G / ||G||_F`` with ``G = delta.T @ k`` from the trace.
+    * ``update``, ``update_mode="low_rank"``: ``Tuple`` of ``L`` ``Dict(u: Box(r, d_out), v: Box(r, d_in))``,
+      ``dW = U.T @ V``. Any rank ``r`` and torch tensors are accepted as they are; ``None`` for
+      modules not chosen.
+
+    Every delta is capped at ``max_update_ratio * ||W0||_F`` (documented clip). Wrong shapes, NaN and
+    inf raise :class:`~hiedit_env.action.ActionError` before anything is applied.
+
+    ## Observation Space
+    ``Dict`` of float32 ``Box`` es (fixed shapes, ready for SB3's ``MultiInputPolicy``):
+
+    * ``instance`` ``(2 * d_model,)``: hidden state at ``instance_layer`` of the prompt's last token and
+      of the sequence's last token, each scaled to unit RMS;
+    * ``layers`` ``(L, 6)``: per candidate, from the edit's trace and the episode so far: log10 of the
+      mean key norm, of the mean output-gradient norm and of ``||G||_F`` (each divided by 10),
+      depth in [0, 1], how much it was changed so far (``sum_t ||dW_t|| / ||W0||``, an upper bound of
+      ``||W - W0|| / ||W0||`` that costs nothing to keep), share of past edits that chose it;
+    * ``progress`` ``(2,)``: ``t / num_edits`` and the running edit success of past steps.
+
+    The full per-token tensors live in :attr:`edit_trace` (an :class:`~hiedit_env.trace.EditTrace`).
+
+    ## Rewards
+    ``w_edit * ES + w_generalization * GS + w_locality * LS + w_sparsity * (1 - chosen / L)
+    + w_retention * retention - w_update_norm * update_norm``, every term in [0, 1] and reported in
+    ``info`` each step under the names ``edit_success``, ``generalization``, ``locality``, ``sparsity``,
+    ``retention``, ``update_norm``. ES/GS: teacher-forced token accuracy of the new answer on the
+    edit prompt / its paraphrase after the update; LS: agreement with the unedited model's argmax
+    on the unrelated prompt (computed once per record at reset); retention: ES of the previous
+    ``retention_window`` edits on the current model; update_norm: mean ``||dW|| / (max_update_ratio ||W0||)``.
+
+    ## Starting State
+    The base weights, restored bit for bit at every ``reset`` (no reload), and a seeded draw of
+    ``num_edits`` records from the chosen ``split`` (or ``options={"records": [indices]}``).
+
+    ## Episode End
+    ``terminated`` after the last edit; the final ``info["episode_metrics"]`` holds the evaluation of
+    the final model over the whole sequence: ``ES``, ``GS``, ``LS``, ``LS_answer``, ``mean`` (of ES, GS,
+    LS), ``ES_gen``, ``GS_gen``, ``ES_first_20pct``, ``efficacy`` (CounterFact), ``layers_per_edit``,
+    ``layer_share``, ``candidates``, ``seconds_per_edit``, ``num_edits`` and ``protocols``. There is no
+    truncation. ``step`` after the end raises ``gymnasium.error.ResetNeeded``.
+
+    ## Arguments
+    ``gym.make("HiEdit-v0", model="smollm2-135m", dataset="default", num_edits=20, ...)``:
+
+    * ``model``: ``"smollm2-135m"`` (embedded, offline), ``"test-tiny-gpt2"``/``"test-tiny-llama"``
+      (random, for tests), or any Hugging Face causal LM id or local path (``"gpt2-xl"``).
+    * ``dataset``: ``"default"`` (the shipped set), a ZsRE/CounterFact file, directory or hub id.
+    * ``num_edits``: edits per episode. ``split``: ``"all"``, ``"train"`` or ``"test"`` (seeded by
+      ``split_seed``, ``test_fraction``). ``on_bad_record``: ``"skip"`` (default: drop records with a missing or empty field, each named in a warning and in ``env.unwrapped.edit_set.skipped``; the ZsRE file has two with an empty ``alt``) or ``"error"``.
+    * ``modules``: candidate module names or a regex; default: the architecture's preset.
+    * ``update_mode``: ``"step_size"`` or ``"low_rank"``; ``rank``: declared rank of low-rank factors.
+    * ``layer_budget``: ``k`` for top-k selection, or ``None`` for a mask.
+    * ``eta_range``: (min, max) relative step size, default (4e-4, 4e-2). Calibrated on SmolLM2 with
+      ZsRE (20 sequential edits, all 18 candidates): the middle, 4e-3 (action 0), edits about 70% of
+      the facts at the step they are made; a tenth of that edits few, ten times that breaks the model.
+      ``max_update_ratio``: cap on ``||dW|| / ||W0||`` per module and edit (default 0.25).
+    * ``w_edit``, ``w_generalization``, ``w_locality``, ``w_sparsity``, ``w_retention``,
+      ``w_update_norm``: reward weights (finite, >= 0); ``retention_window``.
+    * ``back_depth``, ``time_decay``, ``kl_weight``, ``l2_weight``: the differentiable objective.
+    * ``evaluate_generation``: compute ``ES_gen``/``GS_gen`` at the end (greedy decoding).
+    * ``instance_layer``: block whose hidden state encodes the edit (default: the middle one).
+    * ``device`` (``"auto"``), ``dtype`` (``"float32"``), ``render_mode`` (``None`` or ``"ansi"``).
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 1}
+
+    def __init__(
+        self,
+        model: str = "smollm2-135m",
+        dataset: str = DEFAULT_DATASET,
+        num_edits: int = 20,
+        split: Literal["all", "train", "test"] = "all",
+        test_fraction: float = 0.2,
+        split_seed: int = 0,
+        on_bad_record: Literal["error", "skip"] = "skip",
+        modules: Sequence[str] | str | None = None,
+        update_mode: Literal["step_size", "low_rank"] = "step_size",
+        rank: int = 4,
+        layer_budget: int | None = None,
+        eta_range: tuple[float, float] = (4e-4, 4e-2),
+        max_update_ratio: float = 0.25,
+        w_edit: float = 1.0,
+        w_generalization: float = 1.0,
+        w_locality: float = 1.0,
+        w_sparsity: float = 0.1,
+        w_retention: float = 0.0,
+        w_update_norm: float = 0.0,
+        retention_window: int = 5,
+        back_depth: int = 3,
+        time_decay: float = 0.8,
+        kl_weight: float = 1.0,
+        l2_weight: float = 0.0,
+        evaluate_generation: bool = True,
+        instance_layer: int | None = None,
+        device: str = "auto",
+        dtype: str = "float32",
+        render_mode: str | None = None,
+    ) -> None:
+        self.reward_weights = _check_weights(w_edit=w_edit, w_generalization=w_generalization, w_locality=w_locality,
+                                             w_sparsity=w_sparsity, w_retention=w_retention, w_update_norm=w_update_norm)
+        if update_mode not in ("step_size", "low_rank"):
+            raise ValueError(f"update_mode must be 'step_size' or 'low_rank', got {update_mode!r}")
+        if render_mode not in (None, "ansi"):
+            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+        lo, hi = _pair(eta_range, "eta_range")
+        if not 0 < lo <= hi:
+            raise ValueError(f"eta_range must satisfy 0 < min <= max, got {eta_range}")
+        _check_range("max_update_ratio", max_update_ratio, 0, None, low_open=True)
+        _check_range("time_decay", time_decay, 0, 1)
+        _check_range("kl_weight", kl_weight, 0, None)
+        _check_range("l2_weight", l2_weight, 0, None)
+        _check_int("back_depth", back_depth, 0)
+        _check_int("retention_window", retention_window, 1)
+        _check_int("rank", rank, 1)
+
+        self.shared: SharedModel = load_shared_model(model, dtype=dtype, device=device)
+        self.model = self.shared.model
+        self.tokenizer = self.shared.tokenizer
+        self.candidate_modules: list[str] = candidate_modules(self.model, modules if modules is None or isinstance(modules, str) else list(modules))
+        n = len(self.candidate_modules)
+        if layer_budget is not None:
+            _check_int("layer_budget", layer_budget, 1)
+            if layer_budget > n:
+                raise ValueError(f"layer_budget={layer_budget} exceeds the {n} candidate modules")
+
+        self.edit_set: EditSet = load_edits(dataset, on_error=on_bad_record)
+        self.records: list[EditRecord] = self.edit_set.split(split, test_fraction, split_seed)
+        _check_int("num_edits", num_edits, 1)
+        if num_edits > len(self.records):
+            raise ValueError(f"num_edits={num_edits} is larger than the {len(self.records)} records of "
+                             f"{self.edit_set.source!r} (split {split!r})")
+
+        self.num_edits, self.update_mode, self.rank, self.layer_budget = num_edits, update_mode, rank, layer_budget
+        self.eta_range, self.max_update_ratio = (lo, hi), float(max_update_ratio)
+        self.retention_window, self.back_depth, self.time_decay = retention_window, back_depth, float(time_decay)
+        self.kl_weight, self.l2_weight = float(kl_weight), float(l2_weight)
+        self.evaluate_generation, self.render_mode = bool(evaluate_generation), render_mode
+        n_layers = self.model.config.num_hidden_layers
+        self.instance_layer = n_layers // 2 if instance_layer is None else instance_layer
+        if not 0 <= self.instance_layer <= n_layers:
+            raise ValueError(f"instance_layer must be in [0, {n_layers}], got {instance_layer}")
+
+        self.shared.register(self.candidate_modules)
+        self._modules = list(self.shared.modules(self.candidate_modules).values())
+        self._weights = {name: self.shared.base[name].clone() for name in self.candidate_modules}
+        # From the stored base, not the live modules: another environment's edits may be swapped in.
+        self._base_norms = [float(self.shared.base[name].norm()) for name in self.candidate_modules]
+        self._dims = [module_dims(m) for m in self._modules]
+        self._depth = np.array([_block_index(name, n_layers) for name in self.candidate_modules], dtype=np.float32)
+        self._pad_id = int(self.tokenizer.pad_token_id)
+
+        d_model = self.model.config.hidden_size
+        self.observation_space = spaces.Dict({
+            "instance": spaces.Box(-np.inf, np.inf, (2 * d_model,), np.float32),
+            "layers": spaces.Box(-np.inf, np.inf, (n, len(LAYER_FEATURES)), np.float32),
+            "progress": spaces.Box(0.0, 1.0, (2,), np.float32),
+        })
+        if update_mode == "step_size":
+            update_space: spaces.Space = spaces.Box(-1.0, 1.0, (n,), np.float32)
+        else:
+            update_space = spaces.Tuple([
+                spaces.Dict({"u": spaces.Box(-np.inf, np.inf, (rank, d_out), np.float32),
+                             "v": spaces.Box(-np.inf, np.inf, (rank, d_in), np.float32)})
+                for d_in, d_out in self._dims
+            ])
+        self.action_space = spaces.Dict({"layers": spaces.Box(0.0, 1.0, (n,), np.float32), "update": update_space})
+        self._episode: list[EncodedRecord] = []
+        self._t = 0
+        self._trace: EditTrace | None = None
+        self._last_render = ""
+
+    # ---------------------------------------------------------------- public accessors
+    @property
+    def edit_trace(self) -> EditTrace | None:
+        """Keys and output gradients of the current edit for every candidate (``None`` once the episode ended)."""
+        return self._trace
+
+    @property
+    def current_record(self) -> EditRecord | None:
+        return self._episode[self._t].record if self._t < len(self._episode) else None
+
+    @property
+    def edit_index(self) -> int:
+        return self._t
+
+    def episode_records(self) -> list[EditRecord]:
+        return [e.record for e in self._episode]
+
+    def candidate_weights(self) -> list[torch.Tensor]:
+        """The current candidate weights in Linear orientation [d_out, d_in] (views, do not modify)."""
+        self._activate()
+        return [weight_as_linear(m).detach() for m in self._modules]
+
+    def base_weight_norms(self) -> list[float]:
+        return list(self._base_norms)
+
+    def module_dims(self) -> list[tuple[int, int]]:
+        """(d_in, d_out) per candidate module."""
+        return list(self._dims)
+
+    # ---------------------------------------------------------------- gymnasium API
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        torch.manual_seed(int(self.np_random.integers(2**31)))
+        indices = (options or {}).get("records")
+        if indices is None:
+            indices = self.np_random.choice(len(self.records), size=self.num_edits, replace=False).tolist()
+        elif not indices or any(not 0 <= int(i) < len(self.records) for i in indices):
+            raise ValueError(f"options['records'] must be a non-empty list of indices in [0, {len(self.records)})")
+        with torch.no_grad():
+            for name, weight in self._weights.items():
+                weight.copy_(self.shared.base[name])
+        self._episode = [encode_record(self.tokenizer, self.records[int(i)]) for i in indices]
+        self._t = 0
+        self._activate()
+        reference = score_pairs(self.model, [e.loc for e in self._episode], self._pad_id)
+        self._loc_reference = reference.predictions
+        self._loc_log_probs: dict[int, torch.Tensor] = {}
+        self._chosen_counts = np.zeros(len(self._modules), dtype=np.float32)
+        self._changed = np.zeros(len(self._modules), dtype=np.float32)
+        self._history: dict[str, list[float]] = {k: [] for k in (*REWARD_TERMS, "layers_chosen", "seconds")}
+        self._done = False
+        self._trace = self._trace_current()
+        return self._observation(), {"edit_index": 0}
+
+    def step(self, action: dict[str, Any]):
+        if getattr(self, "_done", True):
+            raise gym.error.ResetNeeded("the episode has ended (or never started): call reset() before step()")
+        started = time.perf_counter()
+        self._activate()
+        parsed = parse_action(action, len(self._modules), self.update_mode, self._dims, self.layer_budget,
+                              self.eta_range, self.model.device, self._modules[0].weight.dtype)
+        deltas = weight_deltas(parsed, self._trace, self._base_norms, self.max_update_ratio)
+        for i, delta in deltas.items():
+            apply_delta(self._modules[i], delta)
+        for i, delta in deltas.items():
+            self._changed[i] += float(delta.norm()) / self._base_norms[i]
+        self._chosen_counts[parsed.chosen] += 1
+
+        terms = self._step_terms(parsed.chosen, deltas)
+        w = self.reward_weights
+        reward = (w["w_edit"] * terms["edit_success"] + w["w_generalization"] * terms["generalization"]
+                  + w["w_locality"] * terms["locality"] + w["w_sparsity"] * terms["sparsity"]
+                  + w["w_retention"] * terms["retention"] - w["w_update_norm"] * terms["update_norm"])
+        for key, value in terms.items():
+            self._history[key].append(value)
+        self._history["layers_chosen"].append(len(parsed.chosen))
+
+        self._t += 1
+        terminated = self._t >= len(self._episode)
+        self._trace = None if terminated else self._trace_current()
+        self._history["seconds"].append(time.perf_counter() - started)
+        info: dict[str, Any] = {"edit_index": self._t - 1, **terms,
+                                "layers_chosen": list(parsed.chosen), "num_layers_chosen": len(parsed.chosen)}
+        if terminated:
+            self._done = True
+            info["episode_metrics"] = self.evaluate()
+        self._last_render = (f"edit {self._t}/{len(self._episode)} layers {parsed.chosen} reward {reward:.3f} "
+                             + " ".join(f"{k}={v:.2f}" for k, v in terms.items()))
+        return self._observation(), float(reward), bool(terminated), False, info
+
+    def render(self) -> str | None:
+        return self._last_render if self.render_mode == "ansi" else None
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate(self, upto: int | None = None, generation: bool | None = None) -> dict[str, Any]:
+        """Evaluate the current model on the first ``upto`` edits of the episode (default: all applied).
+
+        ``generation`` overrides ``evaluate_generation`` (the greedy-decoding scores cost the most).
+        """
+        self._activate()
+        edits = self._episode[: self._t if upto is None else upto]
+        if not edits:
+            raise ValueError("nothing to evaluate: no edit has been applied yet")
+        n = len(edits)
+        has_old = all(e.old is not None for e in edits)
+        pairs: list[Pair] = [e.edit for e in edits] + [e.rephrase for e in edits] + [e.loc for e in edits]
+        if has_old:
+            pairs += [e.old for e in edits]
+        scores = score_pairs(self.model, pairs, self._pad_id)
+        es, gs, loc_acc = scores.accuracy[:n], scores.accuracy[n:2 * n], scores.accuracy[2 * n:3 * n]
+        ls = agreement(scores.predictions[2 * n:3 * n], self._loc_reference[:n])
+        metrics: dict[str, Any] = {"ES": float(es.mean()), "GS": float(gs.mean()), "LS": float(ls.mean()),
+                                   "LS_answer": float(loc_acc.mean())}
+        metrics["mean"] = (metrics["ES"] + metrics["GS"] + metrics["LS"]) / 3
+        metrics["ES_first_20pct"] = float(es[: max(1, math.ceil(0.2 * n))].mean())
+        if has_old and self.edit_set.format.startswith("counterfact"):
+            metrics["efficacy"] = float((scores.nll[:n] < scores.nll[3 * n:]).float().mean())
+        if self.evaluate_generation if generation is None else generation:
+            gen = generation_exact_match(self.model, [e.edit for e in edits] + [e.rephrase for e in edits], self._pad_id)
+            metrics["ES_gen"], metrics["GS_gen"] = float(gen[:n].mean()), float(gen[n:].mean())
+        chosen = self._history["layers_chosen"][:n]
+        metrics["layers_per_edit"] = float(np.mean(chosen)) if chosen else 0.0
+        metrics["candidates"] = len(self._modules)
+        metrics["layer_share"] = metrics["layers_per_edit"] / len(self._modules)
+        metrics["seconds_per_edit"] = float(np.mean(self._history["seconds"])) if self._history["seconds"] else 0.0
+        metrics["num_edits"] = n
+        metrics["per_edit"] = {"ES": es.tolist(), "GS": gs.tolist(), "LS": ls.tolist()}
+        metrics["protocols"] = {k: v for k, v in PROTOCOLS.items() if k in metrics}
+        return metrics
+
+    # ---------------------------------------------------------------- differentiable objective
+    def objective(self, updates: Sequence[Update], back_depth: int | None = None,
+                  time_decay: float | None = None) -> ObjectiveTerms:
+        """Training loss of candidate ``updates`` for the current edit, with gradients to them.
+
+        ``updates`` has one entry per candidate: a dense ``dW`` [d_out, d_in], low-rank factors
+        ``(U [r, d_out], V [r, d_in])``, or ``None``. The loss covers the current edit and the last
+        ``back_depth`` ones (weights ``time_decay**j``), KL to the unedited model on the current
+        unrelated prompt and L2 on the updates. The model's weights are not changed.
+        """
+        if self._trace is None:
+            raise gym.error.ResetNeeded("objective() needs a current edit: call reset() first")
+        depth = self.back_depth if back_depth is None else back_depth
+        decay = self.time_decay if time_decay is None else time_decay
+        edits = [self._episode[self._t - j].edit for j in range(min(depth, self._t) + 1)]
+        current = self._episode[self._t]
+        self._activate()
+        return edit_objective(self.model, self._modules, updates, edits, current.loc, self._reference_log_probs(),
+                              self._pad_id, decay, self.kl_weight, self.l2_weight)
+
+    # ---------------------------------------------------------------- internals
+    def _activate(self) -> None:
+        self.shared.activate(self, self._weights)
+
+    def _trace_current(self) -> EditTrace:
+        return trace_edit(self.model, self._modules, self.candidate_modules, self._episode[self._t].edit,
+                          self._pad_id, self.instance_layer)
+
+    def _reference_log_probs(self) -> torch.Tensor:
+        """Unedited log-probs on the current unrelated prompt, computed once per record per episode."""
+        if self._t not in self._loc_log_probs:
+            self.shared.activate(_BASE, {})
+            try:
+                ref = score_pairs(self.model, [self._episode[self._t].loc], self._pad_id, keep_log_probs=True)
+            finally:
+                self._activate()
+            self._loc_log_probs[self._t] = ref.log_probs[0]
+        return self._loc_log_probs[self._t]
+
+    def _step_terms(self, chosen: list[int], deltas: dict[int, Delta]) -> dict[str, float]:
+        current = self._episode[self._t]
+        past = self._episode[max(0, self._t - self.retention_window): self._t] if self.reward_weights["w_retention"] > 0 else []
+        scores = score_pairs(self.model, [current.edit, current.rephrase, current.loc, *[e.edit for e in past]], self._pad_id)
+        locality = agreement(scores.predictions[2:3], self._loc_reference[self._t:self._t + 1])
+        norms = [float(d.norm()) / (self.max_update_ratio * self._base_norms[i]) for i, d in deltas.items()]
+        return {
+            "edit_success": float(scores.accuracy[0]),
+            "generalization": float(scores.accuracy[1]),
+            "locality": float(locality[0]),
+            "sparsity": 1.0 - len(chosen) / len(self._modules),
+            "retention": float(scores.accuracy[3:].mean()) if past else 0.0,
+            "update_norm": float(np.clip(np.mean(norms), 0.0, 1.0)) if norms else 0.0,
+        }
+
+    def _observation(self) -> dict[str, np.ndarray]:
+        n = len(self._modules)
+        progress = np.array([self._t / len(self._episode),
+                             float(np.mean(self._history["edit_success"])) if self._history["edit_success"] else 0.0],
+                            dtype=np.float32)
+        if self._trace is None:  # terminal: nothing left to edit
+            return {"instance": np.zeros(self.observation_space["instance"].shape, np.float32),
+                    "layers": np.zeros((n, len(LAYER_FEATURES)), np.float32), "progress": progress}
+        trace = self._trace
+        prompt_end = self._episode[self._t].edit.answer_start - 1
+        instance = torch.cat([_unit_rms(trace.hidden[prompt_end]), _unit_rms(trace.hidden[-1])])
+        layers = np.zeros((n, len(LAYER_FEATURES)), dtype=np.float32)
+        for i in range(n):
+            k, g = trace.keys[i].float(), trace.grads[i].float()
+            layers[i, 0] = _log_feature(k.norm(dim=-1).mean())
+            layers[i, 1] = _log_feature(g.norm(dim=-1).mean())
+            # ||g.T @ k||_F from the n x n Gram matrices: never forms the d_out x d_in gradient.
+            layers[i, 2] = _log_feature(((g @ g.T) * (k @ k.T)).sum().clamp_min(0).sqrt())
+        layers[:, 3] = self._depth
+        layers[:, 4] = self._changed
+        layers[:, 5] = self._chosen_counts / max(1, self._t)
+        return {"instance": instance.cpu().numpy().astype(np.float32), "layers": layers, "progress": progress}
+
+
+def _check_weights(**weights: float) -> dict[str, float]:
+    for name, value in weights.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"reward weight {name} must be a finite number >= 0, got {value!r}")
+    return {k: float(v) for k, v in weights.items()}
+
+
+def _check_range(name: str, value: float, lo: float, hi: float | None, low_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > lo if low_open else value >= lo) and (hi is None or value <= hi)
+    if not ok:
+        bounds = f"{'(' if low_open else '['}{lo}, {hi if hi is not None else 'inf'}{']' if hi is not None else ')'}"
+        raise ValueError(f"{name} must be a finite number in {bounds}, got {value!r}")
+
+
+def _check_int(name: str, value: int, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _pair(value: Any, name: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a pair of numbers, got {value!r}") from err
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return lo, hi
+
+
+def _block_index(name: str, n_layers: int) -> float:
+    numbers = [int(part) for part in name.split(".") if part.isdigit()]
+    return numbers[0] / max(1, n_layers - 1) if numbers else 0.0
+
+
+def _unit_rms(x: torch.Tensor) -> torch.Tensor:
+    x = x.float()
+    return x / x.pow(2).mean().sqrt().clamp_min(1e-8)
+
+
+def _log_feature(x: torch.Tensor) -> float:
+    return float(torch.log10(x.float() + 1e-10)) / 10.0
+

@@ -1,0 +1,76 @@
+"""The differentiable objective: the environment's face for agents that learn through gradients.
+
+Given candidate updates as tensors, it runs the model *as if* each update were added to its module
+(a forward hook adds ``x @ dW.T``, or ``(x @ V.T) @ U`` for low-rank factors), so gradients flow to
+the updates and the model's own weights are never written:
+
+    loss = sum_j time_decay**j * CE(edit_{t-j})          (current edit and the last back_depth)
+         + kl_weight * KL(unedited || edited) on the current edit's unrelated prompt
+         + l2_weight * sum ||dW||_F^2
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+
+from .tokens import Pair, collate
+
+Update = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None
+
+
+class ObjectiveTerms(NamedTuple):
+    total: torch.Tensor
+    edit: torch.Tensor
+    locality: torch.Tensor
+    l2: torch.Tensor
+
+
+def update_sq_norm(update: Update) -> torch.Tensor:
+    """||dW||_F^2, without forming dW for low-rank factors: trace((U U^T)(V V^T))."""
+    if isinstance(update, torch.Tensor):
+        return update.pow(2).sum()
+    u, v = update
+    return ((u @ u.T) * (v @ v.T)).sum()
+
+
+def _add_update_hook(module: nn.Module, update: Update):
+    def hook(_module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        x = args[0]
+        if isinstance(update, torch.Tensor):
+            return output + x @ update.T.to(x.dtype)
+        u, v = update
+        return output + (x @ v.T.to(x.dtype)) @ u.to(x.dtype)
+    return module.register_forward_hook(hook)
+
+
+@torch.enable_grad()  # gradients to the updates even when the caller is inside torch.no_grad()
+def edit_objective(model: PreTrainedModel, modules: list[nn.Module], updates: Sequence[Update],
+                   edits: list[Pair], loc: Pair, reference_log_probs: torch.Tensor, pad_id: int,
+                   time_decay: float, kl_weight: float, l2_weight: float) -> ObjectiveTerms:
+    """``edits[0]`` is the current edit, ``edits[j]`` the edit ``j`` steps back."""
+    if len(updates) != len(modules):
+        raise ValueError(f"objective expects {len(modules)} updates (None for unchanged modules), got {len(updates)}")
+    handles = [_add_update_hook(m, u) for m, u in zip(modules, updates) if u is not None]
+    try:
+        batch = collate([*edits, loc], pad_id, model.device)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
+    finally:
+        for h in handles:
+            h.remove()
+    weights = torch.tensor([time_decay**j for j in range(len(edits))], device=logits.device)
+    per_edit = torch.stack([
+        F.cross_entropy(logits[row][batch.answer_mask[row]], batch.labels[row][batch.answer_mask[row]])
+        for row in range(len(edits))
+    ])
+    edit_loss = (weights * per_edit).sum() / weights.sum()
+    loc_log_probs = logits[-1][batch.answer_mask[-1]].log_softmax(-1)
+    kl = F.kl_div(loc_log_probs, reference_log_probs, log_target=True, reduction="batchmean")
+    chosen = [u for u in updates if u is not None]
+    l2 = torch.stack([update_sq_norm(u) for u in chosen]).sum() if chosen else logits.new_zeros(())
+    return ObjectiveTerms(edit_loss + kl_weight * kl + l2_weight * l2, edit_loss, kl, l2)

@@ -1,0 +1,232 @@
+"""The agent zoo: registry, heuristics, the learned editors (training, gate gradients, checkpoints) and the CLI.
+
+Tiny random models only: these tests check mechanics (gradients flow, steps are taken, state
+round-trips), not editing quality.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import hiedit_agents
+from hiedit_agents import HiEditAgent, agent_class, available_agents, make_agent, run_episode
+from hiedit_agents.cli import main
+from hiedit_agents.learned import masked
+
+MODEL = "test-tiny-llama"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The CI machine has 2 shared cores: one torch thread avoids oversubscription (10x slower otherwise)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def env_for(zsre_path):
+    """``env_for(update_mode, **kwargs)``: a training-split environment on the tiny Llama."""
+    made: list[gym.Env] = []
+
+    def factory(update_mode: str = "low_rank", **kwargs) -> gym.Env:
+        kwargs = {"dataset": zsre_path, "num_edits": 4, "split": "train", "evaluate_generation": False, **kwargs}
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*skipped \d+ of \d+ records")
+            env = gym.make("HiEdit-v0", model=MODEL, update_mode=update_mode, **kwargs)
+        made.append(env)
+        return env
+
+    yield factory
+    for env in made:
+        env.close()
+
+
+def stream_loss(agent, env: gym.Env, seed: int) -> float:
+    """Mean objective of the agent's applied updates over one fixed episode (no learning)."""
+    observation, info = env.reset(seed=seed)
+    losses, terminated = [], False
+    while not terminated:
+        action = agent.act(observation, info)
+        with torch.no_grad():
+            losses.append(float(env.unwrapped.objective(action["update"]).total))
+        observation, _, terminated, _, info = env.step(action)
+    return float(np.mean(losses))
+
+
+def test_registry_lists_the_zoo():
+    assert set(available_agents()) == {"noop", "all", "random_k", "topk_grad", "ft_l", "rledit", "hiedit"}
+    with pytest.raises(ValueError, match="unknown agent 'nope'"):
+        agent_class("nope")
+    with pytest.raises(ValueError, match="cannot load agent"):
+        agent_class("no_such_module_xyz:Agent")
+    with pytest.raises(ValueError, match="not a subclass"):
+        agent_class("json:dumps")
+
+
+@pytest.mark.parametrize("name", sorted(["noop", "all", "random_k", "topk_grad", "ft_l", "rledit", "hiedit"]))
+def test_every_registered_agent_runs_an_episode(name, env_for):
+    cls = agent_class(name)
+    env = env_for(cls.update_mode, num_edits=3)
+    agent = make_agent(name, env)
+    metrics = run_episode(agent, env, seed=0, progress=False)
+    assert metrics["num_edits"] == 3
+    for key in ("ES", "GS", "LS", "mean", "ES_first_20pct"):
+        assert 0.0 <= metrics[key] <= 1.0
+    expected_layers = {"noop": 0, "all": 4, "rledit": 4}.get(name, 2)  # k defaults to half of 4 candidates
+    assert metrics["layers_per_edit"] == expected_layers
+
+
+def test_agent_refuses_an_environment_of_the_wrong_mode(env_for):
+    with pytest.raises(ValueError, match="update_mode='low_rank'"):
+        make_agent("hiedit", env_for("step_size"))
+
+
+@pytest.mark.parametrize("name", ["hiedit", "rledit"])
+def test_learning_reduces_the_loss_on_a_fixed_stream(name, env_for):
+    env = env_for(num_edits=5)
+    torch.manual_seed(0)
+    agent = make_agent(name, env, lr_lr=0.05)
+    before = stream_loss(agent, env, seed=100)
+    agent.learn(env, steps=40, seed=100, progress=False)  # the same stream, episode after episode
+    after = stream_loss(agent, env, seed=100)
+    assert after < before - 0.05, (before, after)
+
+
+def test_training_takes_the_configured_number_of_optimizer_steps(env_for, monkeypatch, tmp_path):
+    calls = []
+    original = torch.optim.Adam.step
+
+    def counting_step(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", counting_step)
+    env = env_for(num_edits=3)
+    agent = make_agent("hiedit", env, update_every=2)
+    before = [p.detach().clone() for p in agent.gate.parameters()]
+    stats = agent.learn(env, steps=9, log_dir=tmp_path / "tb", progress=False)
+    assert len(calls) == 5 == stats["optimizer_steps"] == agent.optimizer_steps  # ceil(9 / 2): the tail counts too
+    assert len(stats["episodes"]) == 3  # 9 edits = 3 episodes of 3: ES per episode
+    assert any(not torch.equal(b, p) for b, p in zip(before, agent.gate.parameters()))
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_gate_gets_gradient_from_edit_and_locality_through_the_mask(env_for):
+    env = env_for()
+    observation, _ = env.reset(seed=0)
+    agent: HiEditAgent = make_agent("hiedit", env)
+    trace = env.unwrapped.edit_trace
+    updates = agent.editor(trace)
+    selection = agent.select(observation, trace)
+    assert torch.equal(selection.mask.detach(), selection.hard)  # the forward value is the hard top-k
+    terms = env.unwrapped.objective(masked(updates, selection.mask))
+    params = list(agent.gate.parameters())
+    for term in (terms.edit, terms.locality):
+        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), "no gradient reached the gate"
+    # Without the straight-through path (hard mask only) the gate would get nothing.
+    hard_terms = env.unwrapped.objective(masked(updates, selection.hard))
+    assert all(g is None for g in torch.autograd.grad(hard_terms.edit, params, allow_unused=True))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_topk_keeps_exactly_k(k, env_for):
+    env = env_for(num_edits=3)
+    agent = make_agent("hiedit", env, k=k)
+    observation, info = env.reset(seed=1)
+    terminated = False
+    while not terminated:
+        action = agent.act(observation, info)
+        assert action["layers"].sum() == k
+        assert sum(u is not None for u in action["update"]) == k
+        observation, _, terminated, _, info = env.step(action)
+        assert info["num_layers_chosen"] == k
+    assert make_agent("topk_grad", env_for("step_size"), k=k).k == k
+    with pytest.raises(ValueError, match="k must be an integer"):
+        make_agent("hiedit", env, k=5)
+
+
+@pytest.mark.parametrize("name", ["hiedit", "rledit", "random_k"])
+def test_checkpoint_round_trip_gives_the_same_actions(name, env_for, tmp_path):
+    env = env_for(agent_class(name).update_mode, num_edits=3)
+    agent = make_agent(name, env, **({"update_every": 1} if name != "random_k" else {"k": 3, "seed": 7}))
+    agent.learn(env, steps=3, progress=False)
+    agent.save(tmp_path)
+    loaded = type(agent).load(tmp_path, env)
+    assert loaded.config() == agent.config()
+    if name != "random_k":
+        norms = [(a.mean.clone(), b.mean.clone()) for a, b in zip(agent.editor.key_norms, loaded.editor.key_norms)]
+        assert all(torch.equal(a, b) for a, b in norms) and float(agent.editor.key_norms[0].count) > 0
+        assert loaded.optimizer_steps == agent.optimizer_steps == 3
+    observation, info = env.reset(seed=5)
+    if name == "random_k":
+        agent.rng = np.random.default_rng(7)
+    first, second = agent.act(observation, info), loaded.act(observation, info)
+    np.testing.assert_array_equal(first["layers"], second["layers"])
+    for a, b in zip(first["update"], second["update"]):
+        if isinstance(a, tuple):
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        else:
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_constant_step_is_tuned_on_the_given_environment(env_for):
+    agent = make_agent("all", env_for("step_size", num_edits=2))
+    stats = agent.learn(agent.env, steps=10, progress=False)
+    assert agent.step in (-1.0, -0.5, 0.0, 0.5, 1.0) and agent.step == stats["step"]
+    assert stats["grid_scores"][str(agent.step)] == max(stats["grid_scores"].values())
+
+
+def test_cli_train_then_evaluate(zsre_path, tmp_path, capsys):
+    out = tmp_path / "run"
+    common = ["--model", MODEL, "--dataset", zsre_path, "--seed", "1", "--threads", "1"]
+    assert main(["train", "--agent", "hiedit", *common, "--steps", "4", "--num-edits", "2", "--out", str(out)]) == 0
+    stats = json.loads((out / "train_stats.json").read_text())
+    assert stats["optimizer_steps"] == 4 and stats["seconds_per_step"] > 0 and stats["peak_rss_mb"] > 0
+    assert (out / "agent.json").is_file() and (out / "agent_state.pt").is_file()
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    results = tmp_path / "results.json"
+    assert main(["evaluate", "--agent", "hiedit", "--checkpoint", str(out), *common, "--num-edits", "3",
+                 "--out", str(results)]) == 0
+    written = json.loads(results.read_text())
+    assert (written["agent"], written["num_edits"], written["seed"]) == ("hiedit", 3, 1)
+    assert written["layers_per_edit"] == 2
+    # A checkpoint of another agent, or none for an agent that needs one: one clear line, exit code 2.
+    assert main(["evaluate", "--agent", "rledit", "--checkpoint", str(out), *common, "--num-edits", "3",
+                 "--out", str(results)]) == 2
+    assert main(["evaluate", "--agent", "rledit", *common, "--num-edits", "3", "--out", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert "holds a hiedit_agents.hiedit:HiEditAgent agent, not 'rledit'" in err
+    assert "must be trained first" in err
+
+
+def test_user_agent_as_module_path_runs_in_evaluate(zsre_path, tmp_path, monkeypatch):
+    (tmp_path / "my_user_agents.py").write_text(textwrap.dedent("""
+        import numpy as np
+        from hiedit_agents import Agent
+
+        class FirstLayer(Agent):
+            name = "first_layer"
+
+            def act(self, observation, info):
+                layers = np.zeros(self.num_candidates, np.float32)
+                layers[0] = 1.0
+                return {"layers": layers, "update": np.zeros(self.num_candidates, np.float32)}
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    results = tmp_path / "results.json"
+    assert main(["evaluate", "--agent", "my_user_agents:FirstLayer", "--model", MODEL, "--dataset", zsre_path,
+                 "--num-edits", "3", "--seed", "2", "--threads", "1", "--out", str(results)]) == 0
+    written = json.loads(results.read_text())
+    assert written["agent"] == "my_user_agents:FirstLayer"
+    assert written["layers_per_edit"] == 1 and written["num_edits"] == 3
+    assert hiedit_agents.Agent in agent_class("my_user_agents:FirstLayer").__mro__

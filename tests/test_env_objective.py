@@ -1,0 +1,157 @@
+"""The differentiable objective: gradients reach the updates, the model is never written, and the
+terms mean what they say (KL 0 without an update, back_depth reaches earlier edits, and the
+hooked update equals the applied one)."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from hiedit_env import ObjectiveTerms
+from hiedit_env.score import score_pairs
+from hiedit_env.tokens import encode_record
+
+
+def _zeros(env, requires_grad=True):
+    return [torch.zeros(d_out, d_in, requires_grad=requires_grad) for d_in, d_out in env.module_dims()]
+
+
+@pytest.mark.parametrize("model", ["test-tiny-gpt2", "test-tiny-llama"])
+def test_gradients_flow_to_dense_updates(make_env, helpers, model):
+    env = make_env(model).unwrapped
+    env.reset(seed=0)
+    before = helpers.snapshot(env)
+    updates = _zeros(env)
+    terms = env.objective(updates)
+    assert isinstance(terms, ObjectiveTerms)
+    assert terms.total.ndim == 0 and terms.total.requires_grad
+    terms.total.backward()
+    for u in updates:
+        assert u.grad is not None and u.grad.abs().sum() > 0
+    assert helpers.same_weights(before, helpers.snapshot(env))
+    for p in env.model.parameters():
+        assert not p.requires_grad and p.grad is None
+
+
+@pytest.mark.parametrize("model", ["test-tiny-gpt2", "test-tiny-llama"])
+def test_gradients_flow_to_low_rank_factors(make_env, helpers, model):
+    env = make_env(model, l2_weight=0.1).unwrapped
+    env.reset(seed=0)
+    before = helpers.snapshot(env)
+    gen = torch.Generator().manual_seed(0)
+    factors = [(0.01 * torch.randn(3, d_out, generator=gen), 0.01 * torch.randn(3, d_in, generator=gen))
+               for d_in, d_out in env.module_dims()]
+    for u, v in factors:
+        u.requires_grad_(True)
+        v.requires_grad_(True)
+    terms = env.objective(factors)
+    expected_l2 = sum(float((u.T @ v).detach().pow(2).sum()) for u, v in factors)
+    assert terms.l2.item() == pytest.approx(expected_l2, rel=1e-4)
+    terms.total.backward()
+    for u, v in factors:
+        assert u.grad.abs().sum() > 0 and v.grad.abs().sum() > 0
+    assert helpers.same_weights(before, helpers.snapshot(env))
+
+
+def test_none_entries_are_allowed(make_env):
+    env = make_env("test-tiny-llama").unwrapped
+    env.reset(seed=0)
+    d_in, d_out = env.module_dims()[1]
+    dense = torch.zeros(d_out, d_in, requires_grad=True)
+    terms = env.objective([None, dense, None, None])
+    terms.total.backward()
+    assert dense.grad.abs().sum() > 0
+    assert terms.l2.item() == 0.0
+    # All None: the objective is the unedited model's loss, with nothing to differentiate.
+    plain = env.objective([None] * 4, back_depth=0)
+    assert plain.edit.item() == pytest.approx(env.edit_trace.loss, rel=1e-4)
+
+
+@pytest.mark.parametrize("count", [0, 3, 5])
+def test_wrong_number_of_updates_is_an_error(make_env, count):
+    env = make_env("test-tiny-gpt2").unwrapped
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="4 updates"):
+        env.objective([None] * count)
+
+
+def test_objective_needs_a_current_edit(make_env, helpers):
+    env = make_env("test-tiny-gpt2", num_edits=2).unwrapped
+    with pytest.raises(gym.error.ResetNeeded):
+        env.objective([None] * 4)
+    env.reset(seed=0)
+    env.step(helpers.full_action(env))
+    env.step(helpers.full_action(env))
+    with pytest.raises(gym.error.ResetNeeded):
+        env.objective([None] * 4)
+
+
+@pytest.mark.parametrize("model", ["test-tiny-gpt2", "test-tiny-llama"])
+def test_kl_is_zero_without_an_update(make_env, model):
+    env = make_env(model).unwrapped
+    env.reset(seed=0)
+    for updates in ([None] * 4, _zeros(env)):
+        terms = env.objective(updates)
+        assert abs(terms.locality.item()) < 1e-5
+    gen = torch.Generator().manual_seed(0)
+    big = [0.5 * torch.randn(d_out, d_in, generator=gen) for d_in, d_out in env.module_dims()]
+    assert env.objective(big).locality.item() > 1e-3
+
+
+def test_back_depth_covers_previous_edits(make_env, helpers):
+    env = make_env("test-tiny-gpt2", num_edits=5).unwrapped
+    env.reset(seed=0)
+    for _ in range(3):
+        env.step(helpers.full_action(env, 1.0, 0.0))
+    updates = [None] * 4
+    shallow = env.objective(updates, back_depth=0)
+    deep = env.objective(updates, back_depth=2)
+    assert shallow.edit.item() == pytest.approx(env.edit_trace.loss, rel=1e-4)
+    assert deep.edit.item() != pytest.approx(shallow.edit.item(), rel=1e-4)
+    # The weighted mean of the current and the two previous edits' losses, weights decay**j.
+    pad = env.tokenizer.pad_token_id
+    records = env.episode_records()
+    losses = [float(score_pairs(env.model, [encode_record(env.tokenizer, records[3 - j]).edit], pad).nll[0])
+              for j in range(3)]
+    decay = env.time_decay
+    expected = sum(decay**j * loss for j, loss in enumerate(losses)) / sum(decay**j for j in range(3))
+    assert deep.edit.item() == pytest.approx(expected, rel=1e-4)
+    # Deeper than the episode so far just stops at edit 0.
+    assert env.objective(updates, back_depth=10).edit.item() == pytest.approx(
+        env.objective(updates, back_depth=3).edit.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("model", ["test-tiny-gpt2", "test-tiny-llama"])
+def test_hooked_update_equals_the_applied_update(make_env, model):
+    """The objective's edit loss for dW is the loss of the model after stepping with that dW."""
+    env = make_env(model, update_mode="low_rank", num_edits=3).unwrapped
+    env.reset(seed=0, options={"records": [5, 6]})
+    gen = torch.Generator().manual_seed(3)
+    dense = []
+    for i, ((d_in, d_out), norm) in enumerate(zip(env.module_dims(), env.base_weight_norms())):
+        # Down the gradient plus noise, at half the cap (so it is applied unclipped).
+        grad = env.edit_trace.weight_gradient(i)
+        direction = -grad / grad.norm() + torch.randn(d_out, d_in, generator=gen) / (d_out * d_in) ** 0.5
+        dense.append(direction * (0.5 * env.max_update_ratio * norm / direction.norm()))
+    predicted = env.objective(dense, back_depth=0).edit.item()
+    assert predicted != pytest.approx(env.edit_trace.loss, rel=1e-3)  # the update does change the loss
+    pair = encode_record(env.tokenizer, env.current_record).edit
+    n = len(env.candidate_modules)
+    env.step({"layers": np.ones(n, np.float32), "update": dense})
+    actual = float(score_pairs(env.model, [pair], env.tokenizer.pad_token_id).nll[0])
+    assert actual == pytest.approx(predicted, rel=1e-4)
+
+
+def test_objective_under_no_grad_gives_the_same_value(make_env):
+    env = make_env("test-tiny-llama").unwrapped
+    env.reset(seed=0)
+    gen = torch.Generator().manual_seed(0)
+    updates = [0.01 * torch.randn(d_out, d_in, generator=gen) for d_in, d_out in env.module_dims()]
+    with_grad = env.objective(updates)
+    with torch.no_grad():
+        without = env.objective(updates)
+        assert not torch.is_grad_enabled()
+    assert torch.is_grad_enabled()
+    assert without.total.item() == pytest.approx(with_grad.total.item(), rel=1e-6)

@@ -1,0 +1,114 @@
+"""Tokens and trace: shapes, exact weight gradients for Conv1D and Linear, no autograd leftovers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from transformers.pytorch_utils import Conv1D
+
+from hiedit_env.models import build_test_model
+from hiedit_env.score import score_pairs
+from hiedit_env.tokens import collate, encode_pair, encode_record
+from hiedit_env.trace import trace_edit
+
+
+def test_encode_pair_marks_the_answer():
+    from hiedit_env.models import byte_tokenizer
+
+    tok = byte_tokenizer()
+    pair = encode_pair(tok, "The capital of France is", "Paris")
+    assert tok.decode(pair.prompt.tolist()) == "The capital of France is"
+    assert tok.decode(pair.answer.tolist()) == " Paris"
+    batch = collate([pair, encode_pair(tok, "Hi", "there")], pad_id=tok.pad_token_id, device=torch.device("cpu"))
+    # The logits at position p predict token p + 1: labels are the answer shifted by one.
+    row = batch.labels[0][batch.answer_mask[0]]
+    assert torch.equal(row, pair.answer)
+    assert batch.attention_mask[1].sum() == len("Hi there")
+
+
+@pytest.mark.parametrize("model", ["test-tiny-gpt2", "test-tiny-llama"])
+def test_trace_shapes_per_module(make_env, model):
+    env = make_env(model).unwrapped
+    env.reset(seed=0)
+    trace = env.edit_trace
+    record = env.current_record
+    n_tokens = len(encode_record(env.tokenizer, record).edit.ids)
+    assert trace.module_names == env.candidate_modules
+    assert len(trace.keys) == len(trace.grads) == len(env.candidate_modules)
+    for i, (d_in, d_out) in enumerate(env.module_dims()):
+        assert trace.keys[i].shape == (n_tokens, d_in)
+        assert trace.grads[i].shape == (n_tokens, d_out)
+        assert trace.weight_gradient(i).shape == (d_out, d_in)
+        assert torch.isfinite(trace.keys[i]).all() and torch.isfinite(trace.grads[i]).all()
+        assert trace.grads[i].abs().sum() > 0
+    assert trace.hidden.shape == (n_tokens, env.model.config.hidden_size)
+    assert trace.loss > 0
+
+
+def _real_weight_gradients(name: str, modules: list[str], pair, pad_id: int) -> list[torch.Tensor]:
+    """d(loss)/dW from a plain loss.backward() on a fresh copy of the model, in Linear orientation."""
+    model, _ = build_test_model(name)
+    model.eval()
+    model.requires_grad_(False)
+    weights = [model.get_submodule(m).weight for m in modules]
+    for w in weights:
+        w.requires_grad_(True)
+    batch = collate([pair], pad_id, model.device)
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    mask = batch.answer_mask[0]
+    loss = F.cross_entropy(logits[0][mask].float(), batch.labels[0][mask])
+    loss.backward()
+    # Conv1D stores W as [d_in, d_out]: its gradient too, so transpose it to Linear orientation.
+    return [w.grad.T if isinstance(model.get_submodule(m), Conv1D) else w.grad for m, w in zip(modules, weights)]
+
+
+@pytest.mark.parametrize("model,modules", [
+    ("test-tiny-gpt2", None),  # Conv1D c_proj of every block
+    ("test-tiny-llama", None),  # Linear down_proj of every block
+    # Unordered, several per block, different shapes: the graph must still start at the lowest one.
+    ("test-tiny-gpt2", ["transformer.h.3.mlp.c_proj", "transformer.h.1.mlp.c_fc", "transformer.h.1.attn.c_attn"]),
+    ("test-tiny-llama", ["model.layers.2.mlp.up_proj", "model.layers.0.self_attn.q_proj",
+                         "model.layers.2.mlp.gate_proj"]),
+])
+def test_weight_gradient_equals_real_backward(make_env, model, modules):
+    env = make_env(model, modules=modules).unwrapped
+    env.reset(seed=0, options={"records": [3]})
+    pair = encode_record(env.tokenizer, env.current_record).edit
+    expected = _real_weight_gradients(model, env.candidate_modules, pair, env.tokenizer.pad_token_id)
+    trace = env.edit_trace
+    for i, name in enumerate(env.candidate_modules):
+        got = trace.weight_gradient(i)
+        assert got.shape == expected[i].shape, name
+        assert expected[i].abs().max() > 0, name
+        assert torch.allclose(got, expected[i], rtol=1e-5, atol=1e-7), name
+    # The recorded loss is the same cross-entropy the scorer reports as the answer's NLL.
+    nll = float(score_pairs(env.model, [pair], env.tokenizer.pad_token_id).nll[0])
+    assert trace.loss == pytest.approx(nll, rel=1e-5)
+
+
+def test_trace_function_directly_matches_env(make_env):
+    env = make_env("test-tiny-llama").unwrapped
+    env.reset(seed=1)
+    pair = encode_record(env.tokenizer, env.current_record).edit
+    modules = list(env.shared.modules(env.candidate_modules).values())
+    again = trace_edit(env.model, modules, env.candidate_modules, pair, env.tokenizer.pad_token_id, 2)
+    for a, b in zip(again.keys + again.grads, env.edit_trace.keys + env.edit_trace.grads):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("model", ["test-tiny-gpt2", "test-tiny-llama"])
+def test_tracing_leaves_no_autograd_state(make_env, helpers, model):
+    env = make_env(model).unwrapped
+    grad_mode = torch.is_grad_enabled()
+    env.reset(seed=0)
+    for _ in range(2):
+        env.step(helpers.full_action(env, 1.0, 0.5))
+    assert torch.is_grad_enabled() == grad_mode
+    for name, param in env.model.named_parameters():
+        assert not param.requires_grad, name
+        assert param.grad is None, name
+    trace = env.edit_trace
+    for t in [*trace.keys, *trace.grads, trace.hidden]:
+        assert not t.requires_grad and t.grad_fn is None

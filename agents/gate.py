@@ -48,7 +48,7 @@ def trace_features(trace: EditTrace, base_norms: torch.Tensor, changed: np.ndarr
 
 
 def changed_from_observation(observation: dict) -> np.ndarray:
-    """The observation's per-candidate ``||W - W0|| / ||W0||`` column."""
+    """The observation's per-candidate ``changed`` column: ``sum_t ||dW_t|| / ||W0||`` so far."""
     return np.asarray(observation["layers"])[:, LAYER_FEATURES.index("changed")]
 
 

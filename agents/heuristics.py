@@ -65,10 +65,15 @@ class ConstantStepAgent(Agent):
         episodes (seeds ``seed, seed+1, ...``, about ``steps`` edits in all); keep the best mean(ES, GS, LS)."""
         episodes = max(1, steps // (len(STEP_GRID) * env.unwrapped.num_edits))
         scores: dict[float, float] = {}
-        for value in tqdm(STEP_GRID, desc=f"tuning {self.name} step", disable=not progress):
-            self.step = value
-            scores[value] = float(np.mean([run_episode(self, env, seed + e, progress=False)["mean"]
-                                           for e in range(episodes)]))
+        # act() reads the trace of self.env: point it at the tuning environment while tuning.
+        own_env, self.env = self.env, env.unwrapped
+        try:
+            for value in tqdm(STEP_GRID, desc=f"tuning {self.name} step", disable=not progress):
+                self.step = value
+                scores[value] = float(np.mean([run_episode(self, env, seed + e, progress=False)["mean"]
+                                               for e in range(episodes)]))
+        finally:
+            self.env = own_env
         self.step = max(scores, key=scores.get)
         return {"steps": episodes * len(STEP_GRID) * env.unwrapped.num_edits, "optimizer_steps": 0,
                 "step": self.step, "grid_scores": {str(k): v for k, v in scores.items()}}

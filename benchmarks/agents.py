@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--rerun", action="store_true", help="re-evaluate agents whose results are already in --out")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
     if args.threads:
@@ -101,6 +102,10 @@ def main() -> None:
     points = sorted({max(1, int(args.num_edits * f)) for f in (0.1, 0.25, 0.5, 0.75)})
     results: dict[str, dict[str, Any]] = {}
     for name in args.agents.split(","):
+        done = out / f"{name}.json"
+        if done.exists() and not args.rerun:  # a crashed or interrupted sweep resumes where it stopped
+            results[name] = json.loads(done.read_text())
+            continue
         cls = agent_class(name)
         common = {"model": args.model, "update_mode": cls.update_mode}
         env = gym.make("HiEdit-v0", dataset=args.dataset, split=args.eval_split, num_edits=args.num_edits, **common)

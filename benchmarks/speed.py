@@ -2,9 +2,11 @@
 
 The floor for one edit is one forward+backward pass on the edit sequence with gradients only on the
 candidate weights, plus one batched forward pass scoring the edit, its paraphrase and the unrelated
-prompt. Both are timed on the same records, interleaved, and the medians are compared.
+prompt. Both are timed on the same records, interleaved, and the medians are compared. With
+``--agent`` the timed edit is the agent's ``act`` plus ``env.step`` (the agent's cost on top of the env).
 
     python benchmarks/speed.py --model smollm2-135m --num-edits 30 --out speed.json
+    python benchmarks/speed.py --agent hiedit --checkpoint runs/zsre/hiedit
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import hiedit_env  # noqa: F401  (registers HiEdit-v0)
+from hiedit_agents import agent_class
 from hiedit_env.score import score_pairs
 from hiedit_env.tokens import collate
 
@@ -50,6 +53,8 @@ def main() -> None:
     parser.add_argument("--dataset", default="../shared/data/zsre/zsre_mend_1k.json")
     parser.add_argument("--num-edits", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--agent", default=None, help="time this agent's act + step (default: a constant action)")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint folder for a learned --agent")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
     args = parser.parse_args()
@@ -57,22 +62,29 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    mode = agent_class(args.agent).update_mode if args.agent else "step_size"
     env = gym.make("HiEdit-v0", model=args.model, dataset=args.dataset, num_edits=args.num_edits,
-                   evaluate_generation=False).unwrapped
+                   evaluate_generation=False, update_mode=mode).unwrapped
     n = len(env.candidate_modules)
-    action = {"layers": np.ones(n, np.float32), "update": np.zeros(n, np.float32)}
-    env.reset(seed=args.seed)
+    if args.agent:
+        cls = agent_class(args.agent)
+        agent = cls.load(args.checkpoint, env) if args.checkpoint else cls(env)
+        act = agent.act
+    else:
+        constant = {"layers": np.ones(n, np.float32), "update": np.zeros(n, np.float32)}
+        act = lambda observation, info: constant  # noqa: E731
+    observation, info = env.reset(seed=args.seed)
     step_times, floor_times = [], []
     # The last step also runs the end-of-sequence evaluation, which is not per-edit work: stop before it.
     for t in range(args.num_edits - 1):
         floor_times.append(floor_seconds(env, t))
         started = time.perf_counter()
-        env.step(action)
+        observation, _, _, _, info = env.step(act(observation, info))
         step_times.append(time.perf_counter() - started)
     step, floor = statistics.median(step_times), statistics.median(floor_times)
     first, last = statistics.median(step_times[:5]), statistics.median(step_times[-5:])
     figures = {
-        "model": args.model, "candidates": n, "edits_timed": len(step_times), "threads": torch.get_num_threads(),
+        "model": args.model, "agent": args.agent or "constant action", "candidates": n, "edits_timed": len(step_times), "threads": torch.get_num_threads(),
         "median_step_s": step, "median_floor_s": floor, "ratio": step / floor,
         "first5_step_s": first, "last5_step_s": last,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from .models import EMBEDDED_MODEL
 from .records import DEFAULT_DATASET
 
-TABLE_KEYS = ("ES", "GS", "LS", "LS_answer", "mean", "ES_gen", "GS_gen", "efficacy", "ES_first_20pct",
+TABLE_KEYS = ("ES", "GS", "LS", "LS_answer", "mean", "ES_gen", "GS_gen", "efficacy", "ES_at_edit", "ES_first_20pct",
               "layers_per_edit", "candidates", "seconds_per_edit", "num_edits")
 
 

@@ -80,7 +80,7 @@ class HiEditEnv(gym.Env):
     ## Episode End
     ``terminated`` after the last edit; the final ``info["episode_metrics"]`` holds the evaluation of
     the final model over the whole sequence: ``ES``, ``GS``, ``LS``, ``LS_answer``, ``mean`` (of ES, GS,
-    LS), ``ES_gen``, ``GS_gen``, ``ES_first_20pct``, ``efficacy`` (CounterFact), ``layers_per_edit``,
+    LS), ``ES_gen``, ``GS_gen``, ``ES_first_20pct``, ``ES_at_edit`` (success right after each edit, before later ones), ``efficacy`` (CounterFact), ``layers_per_edit``,
     ``layer_share``, ``candidates``, ``seconds_per_edit``, ``num_edits`` and ``protocols``. There is no
     truncation. ``step`` after the end raises ``gymnasium.error.ResetNeeded``.
 
@@ -334,6 +334,8 @@ class HiEditEnv(gym.Env):
         if self.evaluate_generation if generation is None else generation:
             gen = generation_exact_match(self.model, [e.edit for e in edits] + [e.rephrase for e in edits], self._pad_id)
             metrics["ES_gen"], metrics["GS_gen"] = float(gen[:n].mean()), float(gen[n:].mean())
+        at_edit = self._history["edit_success"][:n]
+        metrics["ES_at_edit"] = float(np.mean(at_edit)) if at_edit else 0.0
         chosen = self._history["layers_chosen"][:n]
         metrics["layers_per_edit"] = float(np.mean(chosen)) if chosen else 0.0
         metrics["candidates"] = len(self._modules)

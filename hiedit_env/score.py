@@ -27,6 +27,9 @@ PROTOCOLS = {
     "LS_answer": "teacher-forced token accuracy of the locality answer (MEND/RLEdit/HiEdit code)",
     "ES_gen": "greedy generation reproduces the new answer exactly (no teacher forcing)",
     "GS_gen": "greedy generation on the paraphrase reproduces the new answer exactly",
+    "mean": "mean of ES, GS and LS",
+    "ES_at_edit": "ES of each edit right after it was made, before later edits (the step reward's term)",
+    "ES_first_20pct": "ES of the first 20% of the sequence, scored after the whole sequence (retention)",
     "efficacy": "CounterFact sequence-level: mean-token NLL(new) < NLL(old) on the edit prompt (ROME/MEMIT)",
 }
 

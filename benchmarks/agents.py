@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,17 +32,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 COLUMNS = ("ES", "GS", "LS", "mean", "LS_answer", "ES_gen", "GS_gen", "efficacy", "ES_first_20pct",
-           "layers_per_edit", "seconds_per_edit")
+           "layers_per_edit", "seconds_per_edit", "agent_seconds_per_edit")
 
 
 def evaluate_agent(agent: Agent, env: gym.Env, seed: int, points: list[int]) -> dict[str, Any]:
     """One episode; the metrics on all edits so far at each of ``points``, and the final metrics."""
     observation, info = env.reset(seed=seed)
     curve: list[dict[str, float]] = []
+    act_seconds: list[float] = []
     terminated = False
     with tqdm(total=env.unwrapped.num_edits, desc=f"evaluating {agent.name}", unit="edit") as bar:
         while not terminated:
-            observation, _, terminated, _, info = env.step(agent.act(observation, info))
+            started = time.perf_counter()
+            action = agent.act(observation, info)
+            act_seconds.append(time.perf_counter() - started)
+            observation, _, terminated, _, info = env.step(action)
             bar.update()
             done = env.unwrapped.edit_index
             if done in points and not terminated:
@@ -49,7 +54,8 @@ def evaluate_agent(agent: Agent, env: gym.Env, seed: int, points: list[int]) -> 
                 curve.append({"edits": done, **{k: m[k] for k in ("ES", "GS", "LS")}})
     metrics = info["episode_metrics"]
     curve.append({"edits": metrics["num_edits"], **{k: metrics[k] for k in ("ES", "GS", "LS")}})
-    return {**metrics, "curve": curve}
+    # seconds_per_edit is the environment's step; the agent's own thinking comes on top of it.
+    return {**metrics, "agent_seconds_per_edit": float(np.mean(act_seconds)), "curve": curve}
 
 
 def plot_curves(results: dict[str, dict[str, Any]], title: str, path: Path) -> None:

@@ -11,6 +11,8 @@ same agent with no code of ours knowing its class in advance.
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -101,14 +103,25 @@ def read_checkpoint_meta(directory: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def run_episode(agent: Agent, env: gym.Env, seed: int, progress: bool = True) -> dict[str, Any]:
-    """Run one full episode with ``agent`` and return the environment's ``episode_metrics``."""
+def run_episode(agent: Agent, env: gym.Env, seed: int, progress: bool = True,
+                on_step: Callable[[dict[str, Any], bool], None] | None = None) -> dict[str, Any]:
+    """Run one full episode with ``agent`` and return the environment's ``episode_metrics``, plus
+    ``agent_seconds_per_edit`` (the agent's own ``act`` time, which ``seconds_per_edit`` leaves out).
+
+    ``on_step(info, terminated)`` is called after every step (e.g. to score the model mid-sequence).
+    """
     observation, info = env.reset(seed=seed)
     total = env.unwrapped.num_edits
+    act_seconds: list[float] = []
     with tqdm(total=total, desc=f"evaluating {agent.name}", unit="edit", disable=not progress) as bar:
         terminated = False
         while not terminated:
-            observation, _, terminated, _, info = env.step(agent.act(observation, info))
+            started = time.perf_counter()
+            action = agent.act(observation, info)
+            act_seconds.append(time.perf_counter() - started)
+            observation, _, terminated, _, info = env.step(action)
+            if on_step is not None:
+                on_step(info, terminated)
             bar.set_postfix(ES=f"{info['edit_success']:.2f}", LS=f"{info['locality']:.2f}")
             bar.update()
-    return info["episode_metrics"]
+    return {**info["episode_metrics"], "agent_seconds_per_edit": sum(act_seconds) / len(act_seconds)}

@@ -13,20 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import matplotlib
-import numpy as np
 import torch
-from tqdm import tqdm
 
 import hiedit_env  # noqa: F401  (registers HiEdit-v0)
 from hiedit_agents import agent_class
-from hiedit_agents.base import Agent
+from hiedit_agents.base import Agent, run_episode
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -37,25 +34,17 @@ COLUMNS = ("ES", "GS", "LS", "mean", "LS_answer", "ES_gen", "GS_gen", "efficacy"
 
 def evaluate_agent(agent: Agent, env: gym.Env, seed: int, points: list[int]) -> dict[str, Any]:
     """One episode; the metrics on all edits so far at each of ``points``, and the final metrics."""
-    observation, info = env.reset(seed=seed)
     curve: list[dict[str, float]] = []
-    act_seconds: list[float] = []
-    terminated = False
-    with tqdm(total=env.unwrapped.num_edits, desc=f"evaluating {agent.name}", unit="edit") as bar:
-        while not terminated:
-            started = time.perf_counter()
-            action = agent.act(observation, info)
-            act_seconds.append(time.perf_counter() - started)
-            observation, _, terminated, _, info = env.step(action)
-            bar.update()
-            done = env.unwrapped.edit_index
-            if done in points and not terminated:
-                m = env.unwrapped.evaluate(generation=False)
-                curve.append({"edits": done, **{k: m[k] for k in ("ES", "GS", "LS")}})
-    metrics = info["episode_metrics"]
+
+    def score_midway(info: dict[str, Any], terminated: bool) -> None:
+        done = env.unwrapped.edit_index
+        if done in points and not terminated:
+            m = env.unwrapped.evaluate(generation=False)
+            curve.append({"edits": done, **{k: m[k] for k in ("ES", "GS", "LS")}})
+
+    metrics = run_episode(agent, env, seed, on_step=score_midway)
     curve.append({"edits": metrics["num_edits"], **{k: metrics[k] for k in ("ES", "GS", "LS")}})
-    # seconds_per_edit is the environment's step; the agent's own thinking comes on top of it.
-    return {**metrics, "agent_seconds_per_edit": float(np.mean(act_seconds)), "curve": curve}
+    return {**metrics, "curve": curve}
 
 
 def plot_curves(results: dict[str, dict[str, Any]], title: str, path: Path) -> None:

@@ -62,12 +62,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    mode = agent_class(args.agent).update_mode if args.agent else "step_size"
+    cls = agent_class(args.agent) if args.agent else None
     env = gym.make("HiEdit-v0", model=args.model, dataset=args.dataset, num_edits=args.num_edits,
-                   evaluate_generation=False, update_mode=mode).unwrapped
+                   evaluate_generation=False, update_mode=cls.update_mode if cls else "step_size").unwrapped
     n = len(env.candidate_modules)
-    if args.agent:
-        cls = agent_class(args.agent)
+    if cls:
         agent = cls.load(args.checkpoint, env) if args.checkpoint else cls(env)
         act = agent.act
     else:
@@ -84,7 +83,8 @@ def main() -> None:
     step, floor = statistics.median(step_times), statistics.median(floor_times)
     first, last = statistics.median(step_times[:5]), statistics.median(step_times[-5:])
     figures = {
-        "model": args.model, "agent": args.agent or "constant action", "candidates": n, "edits_timed": len(step_times), "threads": torch.get_num_threads(),
+        "model": args.model, "agent": args.agent or "constant action", "candidates": n,
+        "edits_timed": len(step_times), "threads": torch.get_num_threads(),
         "median_step_s": step, "median_floor_s": floor, "ratio": step / floor,
         "first5_step_s": first, "last5_step_s": last,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from .action import ActionError, parse_action
+from .action import parse_action
 from .delta import Delta, apply_delta, weight_deltas
 from .models import SharedModel, candidate_modules, load_shared_model, module_dims, weight_as_linear
 from .objective import ObjectiveTerms, Update, edit_objective

@@ -34,6 +34,7 @@ def test_agent_sweep_writes_table_curves_and_results(zsre_path: str, tmp_path: P
     noop = json.loads((tmp_path / "noop.json").read_text())
     assert noop["layers_per_edit"] == 0.0 and noop["LS"] == 1.0
     assert [p["edits"] for p in noop["curve"]] == [1, 2, 3, 4]
+    assert noop["agent_seconds_per_edit"] >= 0.0
     topk = json.loads((tmp_path / "topk_grad.json").read_text())
     assert topk["tuning"]["step"] in (-1.0, -0.5, 0.0, 0.5, 1.0)
     assert "| noop |" in (tmp_path / "table.md").read_text()

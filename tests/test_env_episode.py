@@ -106,6 +106,14 @@ def test_counterfact_episode_reports_efficacy(make_env, helpers, counterfact_pat
     assert "efficacy" in metrics["protocols"]
 
 
+def test_es_at_edit_is_the_mean_of_the_step_edit_success(make_env, helpers):
+    env = make_env("test-tiny-gpt2", num_edits=4, eta_range=(0.01, 0.2))
+    _, _, infos = _run_episode(env, lambda e: helpers.full_action(e, 1.0, 1.0))
+    metrics = infos[-1]["episode_metrics"]
+    assert metrics["ES_at_edit"] == pytest.approx(np.mean([info["edit_success"] for info in infos]))
+    assert "ES_at_edit" in metrics["protocols"]
+
+
 def test_reset_restores_weights_bit_for_bit(make_env, helpers):
     env = make_env("test-tiny-gpt2", num_edits=5)
     env.reset(seed=0)

@@ -2,7 +2,9 @@
 
 Registered agents: ``noop``, ``all``, ``random_k``, ``topk_grad``, ``ft_l`` (heuristics, no training),
 ``rledit`` and ``hiedit`` (hypernetwork editors trained through the environment's differentiable
-objective). Any ``"package.module:ClassName"`` subclass of :class:`Agent` works wherever a name does.
+objective), and the Stable-Baselines3 learners ``ppo``, ``a2c``, ``sac``, ``td3`` and ``maskable_ppo``
+(each on one level of the hierarchy through a wrapper of :mod:`hiedit_env.wrappers`). Any
+``"package.module:ClassName"`` subclass of :class:`Agent` works wherever a name does.
 """
 
 from .base import Agent, run_episode
@@ -10,10 +12,11 @@ from .heuristics import AllLayersAgent, FineTuneAgent, NoopAgent, RandomKAgent, 
 from .hiedit import HiEditAgent
 from .registry import agent_class, available_agents, make_agent, register_agent
 from .rledit import RLEditAgent
+from .sb3 import SB3_AGENTS, SB3Agent
 
-for _cls in (NoopAgent, AllLayersAgent, RandomKAgent, TopKGradAgent, FineTuneAgent, RLEditAgent, HiEditAgent):
+for _cls in (NoopAgent, AllLayersAgent, RandomKAgent, TopKGradAgent, FineTuneAgent, RLEditAgent, HiEditAgent, *SB3_AGENTS):
     register_agent(_cls.name, _cls)
 
 __all__ = ["Agent", "AllLayersAgent", "FineTuneAgent", "HiEditAgent", "NoopAgent", "RLEditAgent", "RandomKAgent",
-           "TopKGradAgent", "agent_class", "available_agents", "make_agent", "register_agent", "run_episode"]
+           "SB3Agent", "TopKGradAgent", "agent_class", "available_agents", "make_agent", "register_agent", "run_episode"]
 del _cls

@@ -25,6 +25,10 @@ from hiedit_env import HiEditEnv
 UpdateMode = Literal["step_size", "low_rank"]
 CONFIG_FILE = "agent.json"
 STATE_FILE = "agent_state.pt"
+# Sized for SmolLM2-135M on 2 CPU cores: a HiEdit training edit there (env step + objective
+# forward/backward + dense objective forward) took about 3 s with one torch thread on a machine
+# shared with other jobs (load ~4), so 300 edits (15 episodes of 20) take about 15 minutes.
+DEFAULT_TRAIN_STEPS = 300
 
 
 class Agent:
@@ -39,6 +43,10 @@ class Agent:
     update_mode: ClassVar[UpdateMode] = "step_size"
     # True when acting before learn() is meaningless (a random network): evaluation then needs a checkpoint.
     requires_training: ClassVar[bool] = False
+    # True when learn() continues a loaded checkpoint and takes ``checkpoint_dir`` (``hiedit train --resume``).
+    resumable: ClassVar[bool] = False
+    # Edits ``hiedit train`` trains on when ``--steps`` is not given.
+    default_train_steps: int = DEFAULT_TRAIN_STEPS
 
     def __init__(self, env: gym.Env) -> None:
         self.env: HiEditEnv = env.unwrapped
@@ -47,9 +55,19 @@ class Agent:
                              f"got {self.env.update_mode!r}")
         self.num_candidates = len(self.env.candidate_modules)
 
+    @classmethod
+    def env_requirements(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """``gym.make`` arguments the agent built with ``config`` needs (default: its ``update_mode``)."""
+        return {"update_mode": cls.update_mode}
+
     def act(self, observation: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
         """The action for the environment's current edit."""
         raise NotImplementedError
+
+    def proposed_update(self, observation: dict[str, Any], info: dict[str, Any]) -> Any:
+        """The ``update`` part of an action for *every* candidate, for wrappers that choose the
+        layers themselves (:mod:`hiedit_env.wrappers`). Default: ``act(...)["update"]``."""
+        return self.act(observation, info)["update"]
 
     def learn(self, env: gym.Env, steps: int, *, log_dir: str | Path | None = None, seed: int = 0,
               progress: bool = True) -> dict[str, Any]:

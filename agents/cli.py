@@ -27,13 +27,9 @@ from hiedit_env.cli import add_demo_parser, format_metrics, run_cli
 from hiedit_env.models import EMBEDDED_MODEL
 from hiedit_env.records import DEFAULT_DATASET
 
-from .base import Agent, read_checkpoint_meta, run_episode
+from .base import DEFAULT_TRAIN_STEPS, Agent, read_checkpoint_meta, run_episode
 from .registry import agent_class, available_agents
 
-# Sized for SmolLM2-135M on 2 CPU cores: a HiEdit training edit there (env step + objective
-# forward/backward + dense objective forward) took about 3 s with one torch thread on a machine
-# shared with other jobs (load ~4), so 300 edits (15 episodes of 20) take about 15 minutes.
-DEFAULT_TRAIN_STEPS = 300
 DEFAULT_TRAIN_EDITS = 20
 DEFAULT_EVAL_EDITS = 100
 
@@ -57,12 +53,13 @@ def positive_int(text: str) -> int:
     return value
 
 
-def make_env(args: argparse.Namespace, cls: type[Agent], evaluate_generation: bool) -> gym.Env:
-    """The environment ``cls`` needs (its update mode) for the command's model, data and split."""
+def make_env(args: argparse.Namespace, cls: type[Agent], config: dict[str, Any], evaluate_generation: bool) -> gym.Env:
+    """The environment ``cls`` built with ``config`` needs (e.g. its update mode) for the command's
+    model, data and split; ``--env-kwargs`` has the last word."""
     if args.threads:
         torch.set_num_threads(args.threads)
     kwargs = {"model": args.model, "dataset": args.dataset, "num_edits": args.num_edits, "split": args.split,
-              "update_mode": cls.update_mode, "evaluate_generation": evaluate_generation, **args.env_kwargs}
+              "evaluate_generation": evaluate_generation, **cls.env_requirements(config), **args.env_kwargs}
     return gym.make("HiEdit-v0", **kwargs)
 
 
@@ -84,18 +81,28 @@ def peak_memory_mb() -> dict[str, float]:
 def run_train(args: argparse.Namespace) -> dict[str, Any]:
     cls = agent_class(args.agent)
     torch.manual_seed(args.seed)
-    env = make_env(args, cls, evaluate_generation=False)
-    agent = build_agent(cls, env, args.agent_kwargs)
     out = Path(args.out_dir)
+    if args.resume:
+        if not cls.resumable:
+            raise ValueError(f"agent {args.agent!r} cannot resume; train it again without --resume")
+        config = read_checkpoint_meta(out)["config"]
+        env = make_env(args, cls, config, evaluate_generation=False)
+        agent = cls.load(out, env)
+    else:
+        env = make_env(args, cls, args.agent_kwargs, evaluate_generation=False)
+        agent = build_agent(cls, env, args.agent_kwargs)
+    steps = args.steps or agent.default_train_steps
+    # Resumable agents save themselves into --out as they go, so an interrupted run loses little.
+    extra = {"checkpoint_dir": out} if cls.resumable else {}
     started = time.perf_counter()
-    stats = agent.learn(env, args.steps, log_dir=out / "tensorboard", seed=args.seed)
+    stats = agent.learn(env, steps, log_dir=out / "tensorboard", seed=args.seed, **extra)
     seconds = time.perf_counter() - started
     agent.save(out)
     stats.update(agent=args.agent, model=args.model, dataset=args.dataset, split=args.split, seed=args.seed,
-                 num_edits=args.num_edits, total_seconds=seconds, seconds_per_step=seconds / args.steps,
+                 num_edits=args.num_edits, total_seconds=seconds, seconds_per_step=seconds / steps,
                  **peak_memory_mb())
     (out / "train_stats.json").write_text(json.dumps(stats, indent=2))
-    print(f"trained {args.agent} on {args.steps} edits ({stats.get('optimizer_steps', 0)} optimiser steps) in "
+    print(f"trained {args.agent} on {steps} edits ({stats.get('optimizer_steps', 0)} optimiser steps) in "
           f"{seconds:.0f} s, {stats['seconds_per_step']:.2f} s/edit; checkpoint, TensorBoard logs and "
           f"train_stats.json in {out}")
     return stats
@@ -103,15 +110,16 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     cls = agent_class(args.agent)
-    env = make_env(args, cls, evaluate_generation=True)
     if args.checkpoint:
-        saved = read_checkpoint_meta(Path(args.checkpoint))["class"]
-        if saved != f"{cls.__module__}:{cls.__qualname__}":
-            raise ValueError(f"checkpoint {args.checkpoint!r} holds a {saved} agent, not {args.agent!r}")
+        meta = read_checkpoint_meta(Path(args.checkpoint))
+        if meta["class"] != f"{cls.__module__}:{cls.__qualname__}":
+            raise ValueError(f"checkpoint {args.checkpoint!r} holds a {meta['class']} agent, not {args.agent!r}")
+        env = make_env(args, cls, meta["config"], evaluate_generation=True)
         agent = cls.load(args.checkpoint, env)
     elif cls.requires_training:
         raise ValueError(f"agent {args.agent!r} must be trained first: pass --checkpoint DIR from 'hiedit train'")
     else:
+        env = make_env(args, cls, args.agent_kwargs, evaluate_generation=True)
         agent = build_agent(cls, env, args.agent_kwargs)
     metrics = run_episode(agent, env, args.seed)
     print(format_metrics(metrics, f"{args.agent} on {args.model}, {args.num_edits} sequential edits "
@@ -142,7 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train an agent on a training split and save a checkpoint")
     add_common(train, DEFAULT_TRAIN_EDITS, "train")
-    train.add_argument("--steps", type=positive_int, default=DEFAULT_TRAIN_STEPS, help="training edits in all")
+    train.add_argument("--steps", type=positive_int, default=None,
+                       help=f"training edits in all (default: the agent's; {DEFAULT_TRAIN_STEPS} for the zoo's "
+                            "editors, n_timesteps of the hyperparameter file for SB3 agents)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run saved in --out (SB3 agents) up to --steps edits in all")
     train.add_argument("--out", dest="out_dir", required=True,
                        help="directory for the checkpoint, TensorBoard logs and train_stats.json")
     train.set_defaults(run=run_train)

@@ -1,0 +1,390 @@
+"""Stable-Baselines3 learners as zoo agents: ``ppo``, ``a2c``, ``sac``, ``td3`` and ``maskable_ppo``.
+
+Each algorithm controls one level of the hierarchy through a wrapper of :mod:`hiedit_env.wrappers`
+(SB3 takes no ``Dict`` actions). Hyperparameters come from ``hyperparams/<algorithm>.yml`` in the
+style of the RL Baselines3 Zoo (one entry per environment id, keys ``n_timesteps``, ``policy``,
+``n_envs``, ``normalize``, ``env_wrapper``, ``env_kwargs``, ``policy_kwargs``, plus the algorithm's
+own arguments), or from a user's file (``hyperparams="my.yml"``); any key can be overridden from the
+command line with ``--agent-kwargs '{"learning_rate": 0.001}'``. Keys of ours:
+
+* ``level``: ``high``, ``low`` or ``flat``, the level the algorithm controls (documentation; the
+  wrapper decides);
+* ``env_wrapper``: RL-Zoo-style list ``[{"hiedit_env.wrappers:ChooseLayersInTurn": {...}}, ...]``;
+  exactly one level wrapper, then optional Gymnasium observation wrappers
+  (``gymnasium.wrappers:FlattenObservation``). A level wrapper's ``editor`` or ``layers`` may name a
+  zoo agent, ``{"agent": "rledit", "checkpoint": "runs/rledit"}`` or ``{"agent": "topk_grad"}``;
+* ``vec_env``: ``dummy`` (copies in this process: they share one model, so memory barely grows) or
+  ``subproc`` (one process and one model per copy);
+* ``eval_freq``/``eval_episodes``/``eval_split``: an evaluation episode on held-out edits every
+  ``eval_freq`` agent steps, logged to TensorBoard only (the saved model is the last one, never the
+  best on that split, so the evaluation split is not used to select anything);
+* ``checkpoint_freq``: save the agent (model, ``VecNormalize`` statistics, replay buffer) every that
+  many agent steps, so ``hiedit train --resume`` continues an interrupted run;
+* ``noise_type``/``noise_std``: action noise for the off-policy algorithms (``normal`` or ``ornstein-uhlenbeck``).
+
+``--steps`` counts edits (environment steps). ``ChooseLayersInTurn`` takes ``k`` agent decisions per
+edit, so SB3's ``total_timesteps`` is ``k`` times larger there.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib
+import json
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+import yaml
+from tqdm import TqdmExperimentalWarning
+from sb3_contrib import MaskablePPO
+from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback
+from stable_baselines3 import A2C, PPO, SAC, TD3
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback, EveryNTimesteps
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.noise import NormalActionNoise, OrnsteinUhlenbeckActionNoise
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
+
+from hiedit_env.env import REWARD_TERMS
+from hiedit_env.wrappers import ChooseLayersInTurn, LevelWrapper
+
+from .base import Agent, UpdateMode
+from .registry import agent_class
+
+ENV_ID = "HiEdit-v0"
+HYPERPARAMS_DIR = Path(__file__).parent / "hyperparams"
+MODEL_FILE, VECNORM_FILE, BUFFER_FILE = "model.zip", "vecnormalize.pkl", "replay_buffer.pkl"
+# Keys read here; every other key is passed to the algorithm's constructor.
+OWN_KEYS = frozenset({"level", "env_wrapper", "env_kwargs", "n_timesteps", "policy", "n_envs", "normalize", "vec_env",
+                      "eval_freq", "eval_episodes", "eval_split", "checkpoint_freq", "noise_type", "noise_std"})
+EPISODE_METRICS = ("ES", "GS", "LS", "mean", "ES_first_20pct", "layers_per_edit")
+
+
+def load_hyperparams(algorithm: str, path: str | Path | None = None,
+                     overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``HiEdit-v0`` entry of ``path`` (default: the shipped ``hyperparams/<algorithm>.yml``) with
+    ``overrides`` replacing whole keys."""
+    path = Path(path) if path is not None else HYPERPARAMS_DIR / f"{algorithm}.yml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no hyperparameter file {str(path)!r}")
+    table = yaml.safe_load(path.read_text()) or {}
+    if ENV_ID not in table:
+        raise ValueError(f"{str(path)!r} has no {ENV_ID!r} entry (RL Zoo format: one entry per environment id)")
+    return {**table[ENV_ID], **(overrides or {})}
+
+
+def _import(path: str) -> Any:
+    module, _, attr = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(f"cannot import {path!r} (expected 'package.module:Name'): {err}") from err
+
+
+def _wrapper_specs(hp: dict[str, Any]) -> list[tuple[type, dict[str, Any]]]:
+    """``env_wrapper`` as (class, kwargs) pairs, checked: one level wrapper first, then observation wrappers."""
+    specs = hp.get("env_wrapper")
+    if not isinstance(specs, list) or not specs:
+        raise ValueError("hyperparameter 'env_wrapper' must be a non-empty list such as "
+                         "[{'hiedit_env.wrappers:ChooseLayersInTurn': {'k': 9}}]")
+    pairs: list[tuple[type, dict[str, Any]]] = []
+    for spec in specs:
+        name, kwargs = (spec, {}) if isinstance(spec, str) else next(iter(spec.items())) if isinstance(spec, dict) and len(spec) == 1 else (None, None)
+        if name is None:
+            raise ValueError(f"each env_wrapper entry must be 'module:Class' or {{'module:Class': kwargs}}, got {spec!r}")
+        pairs.append((_import(name), dict(kwargs or {})))
+    if not issubclass(pairs[0][0], LevelWrapper) or any(issubclass(c, LevelWrapper) for c, _ in pairs[1:]):
+        raise ValueError("env_wrapper must start with exactly one level wrapper from hiedit_env.wrappers")
+    if any(not issubclass(c, gym.ObservationWrapper) for c, _ in pairs[1:]):
+        raise ValueError("after the level wrapper, env_wrapper may only hold Gymnasium observation wrappers")
+    return pairs
+
+
+def _zoo_agent(spec: dict[str, Any], env: gym.Env) -> Agent:
+    """A zoo agent named in a wrapper argument: ``{"agent": name, "checkpoint": dir, "kwargs": {...}}``."""
+    unknown = set(spec) - {"agent", "checkpoint", "kwargs"}
+    if "agent" not in spec or unknown:
+        raise ValueError(f"a zoo agent in env_wrapper needs 'agent' (and optionally 'checkpoint', 'kwargs'), got {spec!r}")
+    cls = agent_class(spec["agent"])
+    if spec.get("checkpoint"):
+        return cls.load(spec["checkpoint"], env)
+    if cls.requires_training:
+        raise ValueError(f"agent {spec['agent']!r} in env_wrapper must be trained: give its 'checkpoint'")
+    return cls(env, **spec.get("kwargs", {}))
+
+
+def _resolve(kwargs: dict[str, Any], env: gym.Env) -> dict[str, Any]:
+    """Replace zoo-agent specs in ``editor`` / ``layers`` by the callables the wrappers take."""
+    resolved = dict(kwargs)
+    if isinstance(kwargs.get("editor"), dict):
+        resolved["editor"] = _zoo_agent(kwargs["editor"], env).proposed_update
+    if isinstance(kwargs.get("layers"), dict):
+        selector = _zoo_agent(kwargs["layers"], env)
+        resolved["layers"] = lambda observation, info: selector.act(observation, info)["layers"]
+    return resolved
+
+
+def editor_update_mode(hp: dict[str, Any]) -> UpdateMode:
+    """The environment's ``update_mode`` the configured wrapper needs (a zoo-agent editor decides it)."""
+    editor = _wrapper_specs(hp)[0][1].get("editor")
+    return agent_class(editor["agent"]).update_mode if isinstance(editor, dict) else "step_size"
+
+
+def wrap_levels(hp: dict[str, Any], env: gym.Env) -> tuple[LevelWrapper, list[gym.ObservationWrapper]]:
+    """``env`` wrapped as ``hp["env_wrapper"]`` says: the level wrapper and the observation wrappers around it."""
+    (level_cls, level_kwargs), *rest = _wrapper_specs(hp)
+    level = level_cls(env, **_resolve(level_kwargs, env))
+    wrappers: list[gym.ObservationWrapper] = []
+    outer: gym.Env = level
+    for cls, kwargs in rest:
+        outer = cls(outer, **kwargs)
+        wrappers.append(outer)
+    return level, wrappers
+
+
+def outermost(hp: dict[str, Any], env: gym.Env) -> gym.Env:
+    """The fully wrapped ``env`` (a module-level function, so subprocess copies can be built from it)."""
+    level, wrappers = wrap_levels(hp, env)
+    return wrappers[-1] if wrappers else level
+
+
+class RewardTermsCallback(BaseCallback):
+    """Logs every reward term of :class:`~hiedit_env.HiEditEnv` (mean over the logging interval,
+    under ``edit/``) and the end-of-sequence evaluation of each finished episode (under ``episode/``)."""
+
+    def _on_step(self) -> bool:
+        for info in self.locals["infos"]:
+            for term in REWARD_TERMS:
+                if term in info:
+                    self.logger.record_mean(f"edit/{term}", info[term])
+            if "episode_metrics" in info:
+                for key in EPISODE_METRICS:
+                    self.logger.record_mean(f"episode/{key}", info["episode_metrics"][key])
+        return True
+
+
+class SaveAgentCallback(BaseCallback):
+    """Saves the whole agent (:meth:`SB3Agent.save`) when triggered (by ``EveryNTimesteps``)."""
+
+    def __init__(self, agent: SB3Agent, directory: Path) -> None:
+        super().__init__()
+        self.agent, self.directory = agent, directory
+
+    def _on_step(self) -> bool:
+        self.agent.save(self.directory)
+        return True
+
+
+class SB3Agent(Agent):
+    """An SB3 algorithm acting through one level wrapper. Subclasses set ``name`` and ``algorithm``.
+
+    Args:
+        env: the environment to act on (its update mode must match the wrapper's editor).
+        hyperparams: a YAML file in RL Zoo format (default: the shipped one for this algorithm).
+        **overrides: hyperparameters replacing the file's (whole keys).
+    """
+
+    algorithm: ClassVar[type[BaseAlgorithm]]
+    requires_training = True
+    resumable = True
+
+    def __init__(self, env: gym.Env, hyperparams: str | None = None, **overrides: Any) -> None:
+        self.hp = load_hyperparams(self.name, hyperparams, overrides)
+        self.update_mode = editor_update_mode(self.hp)
+        super().__init__(env)
+        self.default_train_steps = int(self.hp.get("n_timesteps", 1000))
+        self.level, self.observation_wrappers = wrap_levels(self.hp, self.env)
+        self.model: BaseAlgorithm | None = None
+        self.vecnormalize: VecNormalize | None = None
+
+    @classmethod
+    def env_requirements(cls, config: dict[str, Any]) -> dict[str, Any]:
+        hp = load_hyperparams(cls.name, config.get("hyperparams"),
+                              {k: v for k, v in config.items() if k != "hyperparams"})
+        return {"update_mode": editor_update_mode(hp), **hp.get("env_kwargs", {})}
+
+    @property
+    def decisions_per_edit(self) -> int:
+        return self.level.k if isinstance(self.level, ChooseLayersInTurn) else 1
+
+    # ------------------------------------------------------------------ acting
+    def _policy_observation(self, observation: dict[str, np.ndarray]) -> Any:
+        for wrapper in self.observation_wrappers:
+            observation = wrapper.observation(observation)
+        return self.vecnormalize.normalize_obs(observation) if self.vecnormalize is not None else observation
+
+    def act(self, observation: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+        if self.model is None:
+            raise RuntimeError(f"agent {self.name!r} has no model: call learn() or load a checkpoint first")
+        masked = isinstance(self.model, MaskablePPO)
+        if isinstance(self.level, ChooseLayersInTurn):
+            chosen = np.zeros(self.num_candidates, np.float32)
+            for _ in range(self.level.k):
+                extra = {"action_masks": chosen == 0} if masked else {}
+                choice, _ = self.model.predict(self._policy_observation(self.level.policy_observation(observation, chosen)),
+                                               deterministic=True, **extra)
+                chosen = self.level.take(chosen, choice)
+            return self.level.env_action(chosen, observation, info)
+        action, _ = self.model.predict(self._policy_observation(observation), deterministic=True)
+        return self.level.env_action(action, observation, info)
+
+    # ------------------------------------------------------------------ learning
+    def _vec_env(self, env: gym.Env, n_envs: int, seed: int, split: str | None = None) -> VecEnv:
+        """``n_envs`` wrapped copies of ``env`` (re-made from its spec; in-process copies share the model)."""
+        if env.spec is None:
+            if n_envs != 1 or split is not None:
+                raise ValueError("n_envs > 1 and evaluation need an environment made with gym.make (it has a spec)")
+            factory: Callable[[], gym.Env] = lambda: env
+        else:
+            kwargs = {} if split is None else {"split": split}
+            factory = lambda: gym.make(env.spec, **kwargs)
+        vec_name = self.hp.get("vec_env", "dummy")
+        if vec_name not in ("dummy", "subproc"):
+            raise ValueError(f"vec_env must be 'dummy' or 'subproc', got {vec_name!r}")
+        return make_vec_env(factory, n_envs=n_envs, seed=seed, wrapper_class=functools.partial(outermost, self.hp),
+                            vec_env_cls=SubprocVecEnv if vec_name == "subproc" else DummyVecEnv)
+
+    def _normalized(self, venv: VecEnv, training: bool) -> VecEnv:
+        normalize = self.hp.get("normalize", False)
+        if not normalize:
+            return venv
+        kwargs = normalize if isinstance(normalize, dict) else {}
+        if not training:
+            return VecNormalize(venv, training=False, norm_reward=False, **{k: v for k, v in kwargs.items() if k != "norm_reward"})
+        if self.vecnormalize is not None:  # resuming: keep the running statistics
+            self.vecnormalize.set_venv(venv)
+            self.vecnormalize.training = True
+            return self.vecnormalize
+        self.vecnormalize = VecNormalize(venv, **kwargs)
+        return self.vecnormalize
+
+    def _algorithm_kwargs(self, venv: VecEnv) -> dict[str, Any]:
+        # A copy: SB3 writes into policy_kwargs (A2C adds its optimiser class), which must stay JSON.
+        kwargs = copy.deepcopy({k: v for k, v in self.hp.items() if k not in OWN_KEYS})
+        noise = self.hp.get("noise_type")
+        if noise is not None:
+            dims = venv.action_space.shape[-1]
+            std = float(self.hp.get("noise_std", 0.1)) * np.ones(dims)
+            noises = {"normal": NormalActionNoise, "ornstein-uhlenbeck": OrnsteinUhlenbeckActionNoise}
+            if noise not in noises:
+                raise ValueError(f"noise_type must be one of {sorted(noises)}, got {noise!r}")
+            kwargs["action_noise"] = noises[noise](np.zeros(dims), std)
+        return kwargs
+
+    def learn(self, env: gym.Env, steps: int, *, log_dir: str | Path | None = None, seed: int = 0,
+              progress: bool = True, checkpoint_dir: str | Path | None = None) -> dict[str, Any]:
+        """Train for ``steps`` edits in all (a resumed model counts the edits it already trained on)."""
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        venv = self._normalized(self._vec_env(env, int(self.hp.get("n_envs", 1)), seed), training=True)
+        total = steps * self.decisions_per_edit
+        if self.model is None:
+            policy = self.hp.get("policy", "MultiInputPolicy")
+            if isinstance(policy, str) and (policy == "MultiInputPolicy") != isinstance(venv.observation_space, gym.spaces.Dict):
+                raise ValueError(f"policy {policy!r} does not fit the {type(venv.observation_space).__name__} observations: "
+                                 "use MultiInputPolicy for the environment's Dict, MlpPolicy after FlattenObservation")
+            try:
+                self.model = self.algorithm(policy, venv, seed=seed, verbose=0,
+                                            tensorboard_log=None if log_dir is None else str(log_dir),
+                                            **self._algorithm_kwargs(venv))
+            except TypeError as err:  # a misspelt hyperparameter: name it
+                raise ValueError(f"bad hyperparameters for {self.name}: {err}") from err
+        else:
+            self.model.set_env(venv)
+        remaining = total - self.model.num_timesteps
+        if remaining <= 0:
+            return self._stats(steps)
+        callbacks: list[BaseCallback] = [RewardTermsCallback()]
+        eval_freq = int(self.hp.get("eval_freq", 0))
+        if eval_freq > 0 and log_dir is not None:
+            eval_env = self._normalized(self._vec_env(env, 1, seed + 10_000, self.hp.get("eval_split", "test")), training=False)
+            eval_cls = MaskableEvalCallback if isinstance(self.model, MaskablePPO) else EvalCallback
+            callbacks.append(eval_cls(eval_env, n_eval_episodes=int(self.hp.get("eval_episodes", 1)),
+                                      eval_freq=max(1, eval_freq // venv.num_envs), deterministic=True, verbose=0))
+        checkpoint_freq = int(self.hp.get("checkpoint_freq", 0))
+        if checkpoint_freq > 0 and checkpoint_dir is not None:
+            callbacks.append(EveryNTimesteps(checkpoint_freq, SaveAgentCallback(self, Path(checkpoint_dir))))
+        with warnings.catch_warnings():  # SB3's progress bar is tqdm.rich, which warns that it is experimental
+            warnings.filterwarnings("ignore", category=TqdmExperimentalWarning)
+            self.model.learn(total_timesteps=remaining, callback=CallbackList(callbacks), tb_log_name=self.name,
+                             reset_num_timesteps=False, progress_bar=progress)
+        return self._stats(steps)
+
+    def _stats(self, steps: int) -> dict[str, Any]:
+        assert self.model is not None
+        return {"steps": steps, "agent_steps": int(self.model.num_timesteps),
+                "optimizer_steps": int(getattr(self.model, "_n_updates", 0)), "hyperparams": self.config()}
+
+    # ------------------------------------------------------------------ persistence
+    def config(self) -> dict[str, Any]:
+        return json.loads(json.dumps(self.hp))
+
+    def save(self, directory: str | Path) -> Path:
+        """``agent.json`` plus SB3's ``model.zip``, and ``vecnormalize.pkl`` / ``replay_buffer.pkl`` when used."""
+        directory = super().save(directory)
+        if self.model is not None:
+            self.model.save(directory / MODEL_FILE)
+            if getattr(self.model, "replay_buffer", None) is not None:
+                self.model.save_replay_buffer(directory / BUFFER_FILE)
+        if self.vecnormalize is not None:
+            self.vecnormalize.save(str(directory / VECNORM_FILE))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, env: gym.Env) -> SB3Agent:
+        agent = super().load(directory, env)
+        assert isinstance(agent, SB3Agent)
+        directory = Path(directory)
+        if not (directory / MODEL_FILE).is_file():
+            raise FileNotFoundError(f"no {MODEL_FILE} in {str(directory)!r}: the agent was saved before training")
+        agent.model = cls.algorithm.load(directory / MODEL_FILE, device="auto")
+        if (directory / BUFFER_FILE).is_file():
+            agent.model.load_replay_buffer(directory / BUFFER_FILE)
+        if (directory / VECNORM_FILE).is_file():
+            agent.vecnormalize = VecNormalize.load(str(directory / VECNORM_FILE), DummyVecEnv([lambda: outermost(agent.hp, agent.env)]))
+            agent.vecnormalize.training = False  # acting must not move the statistics; learn() turns it back on
+        return agent
+
+
+class PPOAgent(SB3Agent):
+    """PPO; shipped setting: the high level, a ``MultiBinary`` layer mask (:class:`~hiedit_env.wrappers.ChooseLayers`)."""
+
+    name = "ppo"
+    algorithm = PPO
+
+
+class A2CAgent(SB3Agent):
+    """A2C; shipped setting: the high level, a ``MultiBinary`` layer mask."""
+
+    name = "a2c"
+    algorithm = A2C
+
+
+class SACAgent(SB3Agent):
+    """SAC; shipped setting: the low level, step sizes for all candidates (:class:`~hiedit_env.wrappers.EmitStepSizes`)."""
+
+    name = "sac"
+    algorithm = SAC
+
+
+class TD3Agent(SB3Agent):
+    """TD3; shipped setting: both levels in one ``Box`` (:class:`~hiedit_env.wrappers.FlatAction`)."""
+
+    name = "td3"
+    algorithm = TD3
+
+
+class MaskablePPOAgent(SB3Agent):
+    """MaskablePPO; shipped setting: the high level, exactly ``k`` layers chosen in turn with masks
+    (:class:`~hiedit_env.wrappers.ChooseLayersInTurn`)."""
+
+    name = "maskable_ppo"
+    algorithm = MaskablePPO
+
+
+SB3_AGENTS: tuple[type[SB3Agent], ...] = (PPOAgent, A2CAgent, SACAgent, TD3Agent, MaskablePPOAgent)

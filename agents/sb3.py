@@ -39,8 +39,8 @@ from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
+import torch
 import yaml
-from tqdm import TqdmExperimentalWarning
 from sb3_contrib import MaskablePPO
 from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback
 from stable_baselines3 import A2C, PPO, SAC, TD3
@@ -49,6 +49,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalC
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.noise import NormalActionNoise, OrnsteinUhlenbeckActionNoise
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
+from tqdm import TqdmExperimentalWarning
 
 from hiedit_env.env import REWARD_TERMS
 from hiedit_env.wrappers import ChooseLayersInTurn, LevelWrapper
@@ -94,10 +95,16 @@ def _wrapper_specs(hp: dict[str, Any]) -> list[tuple[type, dict[str, Any]]]:
                          "[{'hiedit_env.wrappers:ChooseLayersInTurn': {'k': 9}}]")
     pairs: list[tuple[type, dict[str, Any]]] = []
     for spec in specs:
-        name, kwargs = (spec, {}) if isinstance(spec, str) else next(iter(spec.items())) if isinstance(spec, dict) and len(spec) == 1 else (None, None)
-        if name is None:
+        if isinstance(spec, str):
+            name, kwargs = spec, {}
+        elif isinstance(spec, dict) and len(spec) == 1:
+            (name, kwargs), = spec.items()
+        else:
             raise ValueError(f"each env_wrapper entry must be 'module:Class' or {{'module:Class': kwargs}}, got {spec!r}")
-        pairs.append((_import(name), dict(kwargs or {})))
+        cls = _import(name)
+        if not isinstance(cls, type):
+            raise ValueError(f"env_wrapper entry {name!r} is not a class")
+        pairs.append((cls, dict(kwargs or {})))
     if not issubclass(pairs[0][0], LevelWrapper) or any(issubclass(c, LevelWrapper) for c, _ in pairs[1:]):
         raise ValueError("env_wrapper must start with exactly one level wrapper from hiedit_env.wrappers")
     if any(not issubclass(c, gym.ObservationWrapper) for c, _ in pairs[1:]):
@@ -151,6 +158,13 @@ def outermost(hp: dict[str, Any], env: gym.Env) -> gym.Env:
     """The fully wrapped ``env`` (a module-level function, so subprocess copies can be built from it)."""
     level, wrappers = wrap_levels(hp, env)
     return wrappers[-1] if wrappers else level
+
+
+def _make_copy(spec: gym.envs.registration.EnvSpec, kwargs: dict[str, Any], threads: int) -> gym.Env:
+    """A copy of the environment; a subprocess copy also takes the parent's torch thread count
+    (torch's default there oversubscribes the cores the parent was told to use)."""
+    torch.set_num_threads(threads)
+    return gym.make(spec, **kwargs)
 
 
 class RewardTermsCallback(BaseCallback):
@@ -242,7 +256,7 @@ class SB3Agent(Agent):
             factory: Callable[[], gym.Env] = lambda: env
         else:
             kwargs = {} if split is None else {"split": split}
-            factory = lambda: gym.make(env.spec, **kwargs)
+            factory = functools.partial(_make_copy, env.spec, kwargs, torch.get_num_threads())
         vec_name = self.hp.get("vec_env", "dummy")
         if vec_name not in ("dummy", "subproc"):
             raise ValueError(f"vec_env must be 'dummy' or 'subproc', got {vec_name!r}")
@@ -309,10 +323,16 @@ class SB3Agent(Agent):
         checkpoint_freq = int(self.hp.get("checkpoint_freq", 0))
         if checkpoint_freq > 0 and checkpoint_dir is not None:
             callbacks.append(EveryNTimesteps(checkpoint_freq, SaveAgentCallback(self, Path(checkpoint_dir))))
-        with warnings.catch_warnings():  # SB3's progress bar is tqdm.rich, which warns that it is experimental
-            warnings.filterwarnings("ignore", category=TqdmExperimentalWarning)
-            self.model.learn(total_timesteps=remaining, callback=CallbackList(callbacks), tb_log_name=self.name,
-                             reset_num_timesteps=False, progress_bar=progress)
+        try:
+            with warnings.catch_warnings():  # SB3's progress bar is tqdm.rich, which warns that it is experimental
+                warnings.filterwarnings("ignore", category=TqdmExperimentalWarning)
+                self.model.learn(total_timesteps=remaining, callback=CallbackList(callbacks), tb_log_name=self.name,
+                                 reset_num_timesteps=False, progress_bar=progress)
+        finally:  # subprocess copies end with the run
+            venv.close()
+            for callback in callbacks:
+                if isinstance(callback, EvalCallback):
+                    callback.eval_env.close()
         return self._stats(steps)
 
     def _stats(self, steps: int) -> dict[str, Any]:

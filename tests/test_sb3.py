@@ -202,6 +202,14 @@ def test_flattened_observations_and_two_envs_in_one_process(zsre_path, tmp_path)
     assert _evaluate(zsre_path, out, "a2c", tmp_path / "results.json")["num_edits"] == 6
 
 
+def test_copies_in_subprocesses(zsre_path, tmp_path):
+    out = tmp_path / "ppo"
+    kwargs = {"n_envs": 2, "vec_env": "subproc", "n_steps": 4, "batch_size": 8, "eval_freq": 0}
+    assert _train(zsre_path, out, "ppo", 16, kwargs) == 0
+    assert json.loads((out / "train_stats.json").read_text())["agent_steps"] >= 16
+    assert _train(zsre_path, tmp_path / "bad", "ppo", 8, {"vec_env": "threads"}) == 2
+
+
 def test_trained_low_level_as_the_editor_of_a_layer_selector(zsre_path, tmp_path):
     editor_dir = tmp_path / "rledit"
     assert main(["train", "--agent", "rledit", "--model", MODEL, "--dataset", zsre_path, "--num-edits", "3",

@@ -371,40 +371,19 @@ class SB3Agent(Agent):
         return agent
 
 
-class PPOAgent(SB3Agent):
-    """PPO; shipped setting: the high level, a ``MultiBinary`` layer mask (:class:`~hiedit_env.wrappers.ChooseLayers`)."""
-
-    name = "ppo"
-    algorithm = PPO
+def _sb3_agent(class_name: str, name: str, algorithm: type[BaseAlgorithm], doc: str) -> type[SB3Agent]:
+    return type(class_name, (SB3Agent,), {"name": name, "algorithm": algorithm, "__doc__": doc, "__module__": __name__})
 
 
-class A2CAgent(SB3Agent):
-    """A2C; shipped setting: the high level, a ``MultiBinary`` layer mask."""
-
-    name = "a2c"
-    algorithm = A2C
-
-
-class SACAgent(SB3Agent):
-    """SAC; shipped setting: the low level, step sizes for all candidates (:class:`~hiedit_env.wrappers.EmitStepSizes`)."""
-
-    name = "sac"
-    algorithm = SAC
-
-
-class TD3Agent(SB3Agent):
-    """TD3; shipped setting: both levels in one ``Box`` (:class:`~hiedit_env.wrappers.FlatAction`)."""
-
-    name = "td3"
-    algorithm = TD3
-
-
-class MaskablePPOAgent(SB3Agent):
-    """MaskablePPO; shipped setting: the high level, exactly ``k`` layers chosen in turn with masks
-    (:class:`~hiedit_env.wrappers.ChooseLayersInTurn`)."""
-
-    name = "maskable_ppo"
-    algorithm = MaskablePPO
-
+PPOAgent = _sb3_agent("PPOAgent", "ppo", PPO, "PPO; shipped setting: the high level, a ``MultiBinary`` layer mask "
+                      "(:class:`~hiedit_env.wrappers.ChooseLayers`).")
+A2CAgent = _sb3_agent("A2CAgent", "a2c", A2C, "A2C; shipped setting: the high level, a ``MultiBinary`` layer mask.")
+SACAgent = _sb3_agent("SACAgent", "sac", SAC, "SAC; shipped setting: the low level, step sizes for all candidates "
+                      "(:class:`~hiedit_env.wrappers.EmitStepSizes`).")
+TD3Agent = _sb3_agent("TD3Agent", "td3", TD3, "TD3; shipped setting: both levels in one ``Box`` "
+                      "(:class:`~hiedit_env.wrappers.FlatAction`).")
+MaskablePPOAgent = _sb3_agent("MaskablePPOAgent", "maskable_ppo", MaskablePPO,
+                              "MaskablePPO; shipped setting: the high level, exactly ``k`` layers chosen in turn with "
+                              "masks (:class:`~hiedit_env.wrappers.ChooseLayersInTurn`).")
 
 SB3_AGENTS: tuple[type[SB3Agent], ...] = (PPOAgent, A2CAgent, SACAgent, TD3Agent, MaskablePPOAgent)

@@ -9,7 +9,6 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -22,14 +21,6 @@ from hiedit_env.wrappers import ChooseLayers, ChooseLayersInTurn, EmitStepSizes,
 MODEL = "test-tiny-llama"  # 4 candidate modules
 pytestmark = [pytest.mark.filterwarnings("ignore:.*Box (observation|action) space (minimum|maximum) value"),
               pytest.mark.filterwarnings("ignore:.*is different from the unwrapped version")]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 WRAPPERS = {

@@ -155,3 +155,48 @@ def test_objective_under_no_grad_gives_the_same_value(make_env):
         assert not torch.is_grad_enabled()
     assert torch.is_grad_enabled()
     assert without.total.item() == pytest.approx(with_grad.total.item(), rel=1e-6)
+
+
+def _kl(log_probs: torch.Tensor, reference: torch.Tensor) -> float:
+    """KL(reference || edited) per answer token, the objective's convention."""
+    return float((reference.exp() * (reference - log_probs)).sum(-1).mean())
+
+
+def test_locality_covers_the_unrelated_prompts_of_the_window(make_env, helpers):
+    env = make_env("test-tiny-gpt2", num_edits=5, locality_depth=2).unwrapped
+    env.reset(seed=0)
+    pad = env.tokenizer.pad_token_id
+    locs = [encode_record(env.tokenizer, r).loc for r in env.episode_records()]
+    reference = score_pairs(env.model, locs, pad, keep_log_probs=True).log_probs
+    for _ in range(3):
+        env.step(helpers.full_action(env, 1.0, 1.0))
+    edited = score_pairs(env.model, locs, pad, keep_log_probs=True).log_probs
+    per_prompt = [_kl(edited[t], reference[t]) for t in range(4)]
+    assert min(per_prompt[:3]) > 1e-5  # the earlier edits moved the model on their own unrelated prompts
+    window = per_prompt[1:]
+    assert env.objective([None] * 4, back_depth=0).locality.item() == pytest.approx(sum(window) / 3, rel=1e-3)
+    # Gradient reaches the updates through the locality term alone: they can undo the drift.
+    updates = _zeros(env)
+    env.objective(updates).locality.backward()
+    assert all(u.grad is not None and u.grad.abs().sum() > 0 for u in updates)
+    env.locality_depth = 0  # the default: the current edit's unrelated prompt only
+    assert env.objective([None] * 4).locality.item() == pytest.approx(per_prompt[3], rel=1e-3)
+
+
+def test_locality_depth_follows_back_depth_when_none(make_env):
+    env = make_env("test-tiny-gpt2", back_depth=4, locality_depth=None).unwrapped
+    assert env.locality_depth == 4
+    with pytest.raises(ValueError, match="locality_depth"):
+        make_env("test-tiny-gpt2", locality_depth=-1)
+
+
+def test_window_locality_is_zero_while_the_model_is_unedited(make_env, helpers):
+    env = make_env("test-tiny-llama", num_edits=4, locality_depth=2).unwrapped
+    env.reset(seed=0)
+    for _ in range(2):
+        env.step(helpers.full_action(env, 0.0))  # no module chosen: nothing changes
+    for updates in ([None] * 4, _zeros(env)):
+        assert abs(env.objective(updates).locality.item()) < 1e-5
+    gen = torch.Generator().manual_seed(0)
+    big = [0.5 * torch.randn(d_out, d_in, generator=gen) for d_in, d_out in env.module_dims()]
+    assert env.objective(big).locality.item() > 1e-3

@@ -15,9 +15,10 @@ command line with ``--agent-kwargs '{"learning_rate": 0.001}'``. Keys of ours:
   zoo agent, ``{"agent": "rledit", "checkpoint": "runs/rledit"}`` or ``{"agent": "topk_grad"}``;
 * ``vec_env``: ``dummy`` (copies in this process: they share one model, so memory barely grows) or
   ``subproc`` (one process and one model per copy);
-* ``eval_freq``/``eval_episodes``/``eval_split``: an evaluation episode on held-out edits every
-  ``eval_freq`` agent steps, logged to TensorBoard only (the saved model is the last one, never the
-  best on that split, so the evaluation split is not used to select anything);
+* ``eval_freq``/``eval_episodes``/``eval_split``/``eval_dataset``: an evaluation episode on held-out
+  edits (the ``eval_split`` of the training data, or of ``eval_dataset`` when training uses a whole
+  file) every ``eval_freq`` agent steps, logged to TensorBoard only (the saved model is the last one,
+  never the best on those edits, so they select nothing);
 * ``checkpoint_freq``: save the agent (model, ``VecNormalize`` statistics, replay buffer) every that
   many agent steps, so ``hiedit train --resume`` continues an interrupted run;
 * ``noise_type``/``noise_std``: action noise for the off-policy algorithms (``normal`` or ``ornstein-uhlenbeck``).
@@ -51,7 +52,7 @@ from stable_baselines3.common.noise import NormalActionNoise, OrnsteinUhlenbeckA
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 from tqdm import TqdmExperimentalWarning
 
-from hiedit_env.env import REWARD_TERMS
+from hiedit_env.env import REWARD_TERMS, HiEditEnv
 from hiedit_env.wrappers import ChooseLayersInTurn, LevelWrapper
 
 from .base import Agent, UpdateMode
@@ -62,7 +63,8 @@ HYPERPARAMS_DIR = Path(__file__).parent / "hyperparams"
 MODEL_FILE, VECNORM_FILE, BUFFER_FILE = "model.zip", "vecnormalize.pkl", "replay_buffer.pkl"
 # Keys read here; every other key is passed to the algorithm's constructor.
 OWN_KEYS = frozenset({"level", "env_wrapper", "env_kwargs", "n_timesteps", "policy", "n_envs", "normalize", "vec_env",
-                      "eval_freq", "eval_episodes", "eval_split", "checkpoint_freq", "noise_type", "noise_std"})
+                      "eval_freq", "eval_episodes", "eval_split", "eval_dataset", "checkpoint_freq", "noise_type",
+                      "noise_std"})
 EPISODE_METRICS = ("ES", "GS", "LS", "mean", "ES_first_20pct", "layers_per_edit")
 
 
@@ -248,15 +250,15 @@ class SB3Agent(Agent):
         return self.level.env_action(action, observation, info)
 
     # ------------------------------------------------------------------ learning
-    def _vec_env(self, env: gym.Env, n_envs: int, seed: int, split: str | None = None) -> VecEnv:
-        """``n_envs`` wrapped copies of ``env`` (re-made from its spec; in-process copies share the model)."""
+    def _vec_env(self, env: gym.Env, n_envs: int, seed: int, changes: dict[str, Any] | None = None) -> VecEnv:
+        """``n_envs`` wrapped copies of ``env`` (re-made from its spec with ``changes``; in-process copies
+        share the model)."""
         if env.spec is None:
-            if n_envs != 1 or split is not None:
-                raise ValueError("n_envs > 1 and evaluation need an environment made with gym.make (it has a spec)")
+            if n_envs != 1 or changes:
+                raise ValueError("n_envs > 1 needs an environment made with gym.make (it has a spec)")
             factory: Callable[[], gym.Env] = lambda: env
         else:
-            kwargs = {} if split is None else {"split": split}
-            factory = functools.partial(_make_copy, env.spec, kwargs, torch.get_num_threads())
+            factory = functools.partial(_make_copy, env.spec, changes or {}, torch.get_num_threads())
         vec_name = self.hp.get("vec_env", "dummy")
         if vec_name not in ("dummy", "subproc"):
             raise ValueError(f"vec_env must be 'dummy' or 'subproc', got {vec_name!r}")
@@ -315,8 +317,9 @@ class SB3Agent(Agent):
             return self._stats(steps)
         callbacks: list[BaseCallback] = [RewardTermsCallback()]
         eval_freq = int(self.hp.get("eval_freq", 0))
-        if eval_freq > 0 and log_dir is not None:
-            eval_env = self._normalized(self._vec_env(env, 1, seed + 10_000, self.hp.get("eval_split", "test")), training=False)
+        eval_changes = self._held_out(env) if eval_freq > 0 and log_dir is not None else None
+        if eval_changes is not None:
+            eval_env = self._normalized(self._vec_env(env, 1, seed + 10_000, eval_changes), training=False)
             eval_cls = MaskableEvalCallback if isinstance(self.model, MaskablePPO) else EvalCallback
             callbacks.append(eval_cls(eval_env, n_eval_episodes=int(self.hp.get("eval_episodes", 1)),
                                       eval_freq=max(1, eval_freq // venv.num_envs), deterministic=True, verbose=0))
@@ -334,6 +337,19 @@ class SB3Agent(Agent):
                 if isinstance(callback, EvalCallback):
                     callback.eval_env.close()
         return self._stats(steps)
+
+    def _held_out(self, env: gym.Env) -> dict[str, Any] | None:
+        """``gym.make`` changes that give the evaluation callback edits the training never sees, or
+        ``None`` (with a warning) when there are none to be had."""
+        changes = {"split": self.hp.get("eval_split", "test")}
+        if self.hp.get("eval_dataset"):
+            changes["dataset"] = self.hp["eval_dataset"]
+        unwrapped: HiEditEnv = env.unwrapped
+        if env.spec is None or (unwrapped.split == "all" and "dataset" not in changes):
+            warnings.warn("no evaluation callback: it needs an environment made with gym.make and, when training "
+                          "uses split 'all', an 'eval_dataset' hyperparameter (held-out edits)", stacklevel=3)
+            return None
+        return changes
 
     def _stats(self, steps: int) -> dict[str, Any]:
         assert self.model is not None

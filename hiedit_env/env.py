@@ -178,6 +178,7 @@ class HiEditEnv(gym.Env):
                 raise ValueError(f"layer_budget={layer_budget} exceeds the {n} candidate modules")
 
         self.edit_set: EditSet = load_edits(dataset, on_error=on_bad_record)
+        self.split = split
         self.records: list[EditRecord] = self.edit_set.split(split, test_fraction, split_seed)
         _check_int("num_edits", num_edits, 1)
         if num_edits > len(self.records):

@@ -165,6 +165,16 @@ def test_resume_continues_to_the_total_and_logs_reward_terms(zsre_path, tmp_path
     assert events.Scalars("edit/edit_success")[-1].step >= 60  # the resumed part logs too
 
 
+def test_evaluation_callback_needs_held_out_edits(zsre_path, tmp_path):
+    kwargs = {"learning_starts": 5, "eval_freq": 10, "checkpoint_freq": 0}
+    with pytest.warns(UserWarning, match="no evaluation callback"):
+        assert _train(zsre_path, tmp_path / "all", "sac", 12, kwargs, "--split", "all") == 0
+    out = tmp_path / "other_file"
+    assert _train(zsre_path, out, "sac", 12, {**kwargs, "eval_dataset": zsre_path}, "--split", "all") == 0
+    events = EventAccumulator(str(next((out / "tensorboard").glob("sac_*")))).Reload()
+    assert "eval/mean_reward" in events.Tags()["scalars"]
+
+
 def test_cli_overrides_and_bad_hyperparameters(zsre_path, tmp_path, capsys):
     out = tmp_path / "ppo"
     assert _train(zsre_path, out, "ppo", 32, {"n_steps": 32, "batch_size": 16, "learning_rate": 0.005,

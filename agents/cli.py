@@ -85,6 +85,8 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     if args.resume:
         if not cls.resumable:
             raise ValueError(f"agent {args.agent!r} cannot resume; train it again without --resume")
+        if args.agent_kwargs:
+            raise ValueError("--resume continues the saved configuration; --agent-kwargs cannot change it")
         config = read_checkpoint_meta(out)["config"]
         env = make_env(args, cls, config, evaluate_generation=False)
         agent = cls.load(out, env)

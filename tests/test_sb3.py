@@ -156,6 +156,7 @@ def test_resume_continues_to_the_total_and_logs_reward_terms(zsre_path, tmp_path
     assert _train(zsre_path, out, "sac", 40, kwargs) == 0
     assert json.loads((out / "train_stats.json").read_text())["agent_steps"] == 40
     assert (out / "replay_buffer.pkl").is_file()
+    assert _train(zsre_path, out, "sac", 70, {"learning_rate": 0.1}, "--resume") == 2
     assert _train(zsre_path, out, "sac", 70, {}, "--resume") == 0
     stats = json.loads((out / "train_stats.json").read_text())
     assert stats["agent_steps"] == 70 and stats["hyperparams"]["learning_starts"] == 10

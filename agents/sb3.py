@@ -159,7 +159,7 @@ def wrap_levels(hp: dict[str, Any], env: gym.Env) -> tuple[LevelWrapper, list[gy
 def outermost(hp: dict[str, Any], env: gym.Env) -> gym.Env:
     """The fully wrapped ``env`` (a module-level function, so subprocess copies can be built from it)."""
     level, wrappers = wrap_levels(hp, env)
-    return wrappers[-1] if wrappers else level
+    return (wrappers or [level])[-1]
 
 
 def _make_copy(spec: gym.envs.registration.EnvSpec, kwargs: dict[str, Any], threads: int) -> gym.Env:
@@ -215,6 +215,7 @@ class SB3Agent(Agent):
         super().__init__(env)
         self.default_train_steps = int(self.hp.get("n_timesteps", 1000))
         self.level, self.observation_wrappers = wrap_levels(self.hp, self.env)
+        self.wrapped: gym.Env = (self.observation_wrappers or [self.level])[-1]
         self.model: BaseAlgorithm | None = None
         self.vecnormalize: VecNormalize | None = None
 
@@ -382,7 +383,7 @@ class SB3Agent(Agent):
         if (directory / BUFFER_FILE).is_file():
             agent.model.load_replay_buffer(directory / BUFFER_FILE)
         if (directory / VECNORM_FILE).is_file():
-            agent.vecnormalize = VecNormalize.load(str(directory / VECNORM_FILE), DummyVecEnv([lambda: outermost(agent.hp, agent.env)]))
+            agent.vecnormalize = VecNormalize.load(str(directory / VECNORM_FILE), DummyVecEnv([lambda: agent.wrapped]))
             agent.vecnormalize.training = False  # acting must not move the statistics; learn() turns it back on
         return agent
 

@@ -23,7 +23,7 @@ import torch
 
 import hiedit_env  # noqa: F401  (registers HiEdit-v0)
 from hiedit_agents import agent_class
-from hiedit_agents.base import Agent, run_episode
+from hiedit_agents.base import Agent, read_checkpoint_meta, run_episode
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -102,11 +102,13 @@ def main() -> None:
             results[name] = json.loads(done.read_text())
             continue
         cls = agent_class(name)
-        common = {"model": args.model, "update_mode": cls.update_mode}
+        checkpoint = Path(args.checkpoints or ".") / name
+        config = read_checkpoint_meta(checkpoint)["config"] if cls.requires_training else {}
+        common = {"model": args.model, **cls.env_requirements(config)}
         env = gym.make("HiEdit-v0", dataset=args.dataset, split=args.eval_split, num_edits=args.num_edits, **common)
         tuning: dict[str, Any] = {}
         if cls.requires_training:
-            agent = cls.load(Path(args.checkpoints) / name, env)
+            agent = cls.load(checkpoint, env)
         else:
             agent = cls(env)
             train_env = gym.make("HiEdit-v0", dataset=args.train_dataset or args.dataset,

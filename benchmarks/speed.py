@@ -17,6 +17,7 @@ import resource
 import statistics
 import time
 import warnings
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 
 import hiedit_env  # noqa: F401  (registers HiEdit-v0)
 from hiedit_agents import agent_class
+from hiedit_agents.base import read_checkpoint_meta
 from hiedit_env.score import score_pairs
 from hiedit_env.tokens import collate
 
@@ -63,8 +65,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     cls = agent_class(args.agent) if args.agent else None
+    config = read_checkpoint_meta(Path(args.checkpoint))["config"] if cls and args.checkpoint else {}
     env = gym.make("HiEdit-v0", model=args.model, dataset=args.dataset, num_edits=args.num_edits,
-                   evaluate_generation=False, update_mode=cls.update_mode if cls else "step_size").unwrapped
+                   evaluate_generation=False, **(cls.env_requirements(config) if cls else {})).unwrapped
     n = len(env.candidate_modules)
     if cls:
         agent = cls.load(args.checkpoint, env) if args.checkpoint else cls(env)

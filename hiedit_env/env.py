@@ -80,8 +80,9 @@ class HiEditEnv(gym.Env):
     ## Episode End
     ``terminated`` after the last edit; the final ``info["episode_metrics"]`` holds the evaluation of
     the final model over the whole sequence: ``ES``, ``GS``, ``LS``, ``LS_answer``, ``mean`` (of ES, GS,
-    LS), ``ES_gen``, ``GS_gen``, ``ES_first_20pct``, ``ES_at_edit`` (success right after each edit, before later ones), ``efficacy`` (CounterFact), ``layers_per_edit``,
-    ``layer_share``, ``candidates``, ``seconds_per_edit``, ``num_edits`` and ``protocols``. There is no
+    LS), ``ES_gen``, ``GS_gen``, ``ES_first_20pct``, ``ES_at_edit`` (success right after each edit,
+    before later ones), ``efficacy`` (CounterFact), ``layers_per_edit``, ``layer_share``,
+    ``candidates``, ``seconds_per_edit``, ``num_edits`` and ``protocols``. There is no
     truncation. ``step`` after the end raises ``gymnasium.error.ResetNeeded``.
 
     ## Arguments

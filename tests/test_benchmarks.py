@@ -39,3 +39,26 @@ def test_agent_sweep_writes_table_curves_and_results(zsre_path: str, tmp_path: P
     assert topk["tuning"]["step"] in (-1.0, -0.5, 0.0, 0.5, 1.0)
     assert "| noop |" in (tmp_path / "table.md").read_text()
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_benchmarks_build_the_environment_a_checkpoint_needs(zsre_path: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A MaskablePPO selector over a trained RLEdit editor needs a low_rank environment, which only its
+    saved configuration says (the class alone would give step_size)."""
+    from hiedit_agents.cli import main
+
+    common = ["--model", "test-tiny-llama", "--dataset", zsre_path, "--num-edits", "3", "--threads", "1"]
+    assert main(["train", "--agent", "rledit", *common, "--steps", "2", "--out", str(tmp_path / "rledit")]) == 0
+    wrappers = [{"hiedit_env.wrappers:ChooseLayersInTurn": {"editor": {"agent": "rledit", "checkpoint": str(tmp_path / "rledit")}}}]
+    kwargs = {"env_wrapper": wrappers, "n_steps": 8, "batch_size": 8, "eval_freq": 0}
+    checkpoints = tmp_path / "checkpoints"
+    assert main(["train", "--agent", "maskable_ppo", *common, "--steps", "8", "--agent-kwargs", json.dumps(kwargs),
+                 "--out", str(checkpoints / "maskable_ppo")]) == 0
+    out = tmp_path / "sweep"
+    run_script("agents.py", ["--model", "test-tiny-llama", "--dataset", zsre_path, "--agents", "maskable_ppo",
+                             "--checkpoints", str(checkpoints), "--num-edits", "3", "--out", str(out)], monkeypatch)
+    assert json.loads((out / "maskable_ppo.json").read_text())["layers_per_edit"] == 2
+    speed = tmp_path / "speed.json"
+    run_script("speed.py", ["--model", "test-tiny-llama", "--dataset", zsre_path, "--num-edits", "3", "--agent", "maskable_ppo",
+                            "--checkpoint", str(checkpoints / "maskable_ppo"), "--out", str(speed)], monkeypatch)
+    assert json.loads(speed.read_text())["agent"] == "maskable_ppo"

@@ -2,7 +2,8 @@
 
 * The hub must fail fast when offline, so the offline switches are set before anything imports
   ``huggingface_hub`` (it reads them at import time).
-* The data sets live outside the project, in ``../shared/data`` relative to the repository root.
+* The data sets live outside the project, in ``../shared/data`` relative to the repository root
+  (or ``$HIEDIT_DATA_DIR``).
   CI has them, so a missing file **fails** the test with a clear message; nothing is skipped.
 * ``make_env(model, **kwargs)``: a small environment on a tiny test model (ZsRE, 3 edits unless
   overridden), closed afterwards; the ZsRE file's two skipped records are not warned about here
@@ -39,7 +40,8 @@ if _THREADS > 0:
     torch.set_num_threads(_THREADS)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+# A clone kept elsewhere points HIEDIT_DATA_DIR at the shared data instead.
+DATA_DIR = Path(os.environ.get("HIEDIT_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -55,7 +57,8 @@ def _data_file(relative: str) -> str:
     if not path.is_file():
         pytest.fail(
             f"test data file {path} is missing: the tests read the shared benchmark data from "
-            f"../shared/data relative to the repository root {REPO_ROOT} (see ../shared/data/README.md)",
+            f"../shared/data relative to the repository root {REPO_ROOT}, or from $HIEDIT_DATA_DIR "
+            "(see ../shared/data/README.md)",
             pytrace=False,
         )
     return str(path)

@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from hiedit_env import HiEditEnv
+from hiedit_env.env import REWARD_WEIGHTS
 
 UpdateMode = Literal["step_size", "low_rank"]
 CONFIG_FILE = "agent.json"
@@ -59,6 +60,13 @@ class Agent:
     def env_requirements(cls, config: dict[str, Any]) -> dict[str, Any]:
         """``gym.make`` arguments the agent built with ``config`` needs (default: its ``update_mode``)."""
         return {"update_mode": cls.update_mode}
+
+    @classmethod
+    def acting_requirements(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`env_requirements` less the reward weights, for evaluation: the reward changes neither
+        what the agent sees nor the end-of-sequence metrics, and a costly term (``w_sequence`` scores
+        every edit so far at every step) would only slow evaluation down."""
+        return {k: v for k, v in cls.env_requirements(config).items() if k not in REWARD_WEIGHTS}
 
     def act(self, observation: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
         """The action for the environment's current edit."""

@@ -53,13 +53,15 @@ def positive_int(text: str) -> int:
     return value
 
 
-def make_env(args: argparse.Namespace, cls: type[Agent], config: dict[str, Any], evaluate_generation: bool) -> gym.Env:
+def make_env(args: argparse.Namespace, cls: type[Agent], config: dict[str, Any], evaluation: bool) -> gym.Env:
     """The environment ``cls`` built with ``config`` needs (e.g. its update mode) for the command's
-    model, data and split; ``--env-kwargs`` has the last word."""
+    model, data and split; ``--env-kwargs`` has the last word. Evaluation adds the generation-based
+    metrics and leaves out the agent's reward weights (:meth:`Agent.acting_requirements`)."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    requirements = cls.acting_requirements(config) if evaluation else cls.env_requirements(config)
     kwargs = {"model": args.model, "dataset": args.dataset, "num_edits": args.num_edits, "split": args.split,
-              "evaluate_generation": evaluate_generation, **cls.env_requirements(config), **args.env_kwargs}
+              "evaluate_generation": evaluation, **requirements, **args.env_kwargs}
     return gym.make("HiEdit-v0", **kwargs)
 
 
@@ -88,10 +90,10 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
         if args.agent_kwargs:
             raise ValueError("--resume continues the saved configuration; --agent-kwargs cannot change it")
         config = read_checkpoint_meta(out)["config"]
-        env = make_env(args, cls, config, evaluate_generation=False)
+        env = make_env(args, cls, config, evaluation=False)
         agent = cls.load(out, env)
     else:
-        env = make_env(args, cls, args.agent_kwargs, evaluate_generation=False)
+        env = make_env(args, cls, args.agent_kwargs, evaluation=False)
         agent = build_agent(cls, env, args.agent_kwargs)
     steps = args.steps or agent.default_train_steps
     # Resumable agents save themselves into --out as they go, so an interrupted run loses little.
@@ -116,12 +118,12 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         meta = read_checkpoint_meta(Path(args.checkpoint))
         if meta["class"] != f"{cls.__module__}:{cls.__qualname__}":
             raise ValueError(f"checkpoint {args.checkpoint!r} holds a {meta['class']} agent, not {args.agent!r}")
-        env = make_env(args, cls, meta["config"], evaluate_generation=True)
+        env = make_env(args, cls, meta["config"], evaluation=True)
         agent = cls.load(args.checkpoint, env)
     elif cls.requires_training:
         raise ValueError(f"agent {args.agent!r} must be trained first: pass --checkpoint DIR from 'hiedit train'")
     else:
-        env = make_env(args, cls, args.agent_kwargs, evaluate_generation=True)
+        env = make_env(args, cls, args.agent_kwargs, evaluation=True)
         agent = build_agent(cls, env, args.agent_kwargs)
     metrics = run_episode(agent, env, args.seed)
     print(format_metrics(metrics, f"{args.agent} on {args.model}, {args.num_edits} sequential edits "

@@ -104,7 +104,7 @@ def main() -> None:
         cls = agent_class(name)
         checkpoint = Path(args.checkpoints or ".") / name
         config = read_checkpoint_meta(checkpoint)["config"] if cls.requires_training else {}
-        common = {"model": args.model, **cls.env_requirements(config)}
+        common = {"model": args.model, **cls.acting_requirements(config)}
         env = gym.make("HiEdit-v0", dataset=args.dataset, split=args.eval_split, num_edits=args.num_edits, **common)
         tuning: dict[str, Any] = {}
         if cls.requires_training:

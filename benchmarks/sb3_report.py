@@ -22,7 +22,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
-TAGS = ("rollout/ep_rew_mean", "episode/mean", "edit/edit_success", "edit/locality", "edit/retention", "eval/mean_reward")
+TAGS = ("rollout/ep_rew_mean", "episode/mean", "edit/edit_success", "edit/locality", "edit/retention", "edit/sequence_gain",
+        "eval/mean_reward")
 TABLE_KEYS = ("mean", "ES", "GS", "LS", "LS_answer", "ES_first_20pct", "layers_per_edit", "seconds_per_edit")
 
 
@@ -64,15 +65,17 @@ def plot(runs: dict[str, Path], out: Path) -> Path:
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
     for ax in axes.flat[len(tags):]:
         ax.set_visible(False)
+    colours = {name: f"C{i}" for i, name in enumerate(data)}  # one colour per run in every panel
     for ax, tag in zip(axes.flat, tags):
         for name, (curves, per_edit) in data.items():
             if tag in curves:
                 steps, values = zip(*curves[tag])
-                ax.plot([s / per_edit for s in steps], values, label=name)
+                ax.plot([s / per_edit for s in steps], values, label=name, color=colours[name])
         ax.set_title(tag)
         ax.set_xlabel("training edits")
         ax.grid(alpha=0.3)
-    axes.flat[0].legend()
+    handles = {label: handle for ax in axes.flat for handle, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), loc="lower right", fontsize="small")
     fig.tight_layout()
     path = out / "learning_curves.png"
     fig.savefig(path, dpi=110)

@@ -67,7 +67,7 @@ def main() -> None:
     cls = agent_class(args.agent) if args.agent else None
     config = read_checkpoint_meta(Path(args.checkpoint))["config"] if cls and args.checkpoint else {}
     env = gym.make("HiEdit-v0", model=args.model, dataset=args.dataset, num_edits=args.num_edits,
-                   evaluate_generation=False, **(cls.env_requirements(config) if cls else {})).unwrapped
+                   evaluate_generation=False, **(cls.acting_requirements(config) if cls else {})).unwrapped
     n = len(env.candidate_modules)
     if cls:
         agent = cls.load(args.checkpoint, env) if args.checkpoint else cls(env)

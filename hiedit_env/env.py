@@ -22,7 +22,9 @@ from .tokens import EncodedRecord, Pair, encode_record
 from .trace import EditTrace, trace_edit
 
 LAYER_FEATURES = ("key_norm", "grad_norm", "weight_grad_norm", "depth", "changed", "chosen_share")
-REWARD_TERMS = ("edit_success", "generalization", "locality", "sparsity", "retention", "update_norm")
+REWARD_TERMS = ("edit_success", "generalization", "locality", "sparsity", "retention", "update_norm", "sequence_gain")
+# Reward weights change neither the observations nor the end-of-sequence metrics.
+REWARD_WEIGHTS = ("w_edit", "w_generalization", "w_locality", "w_sparsity", "w_retention", "w_update_norm", "w_sequence")
 _BASE = object()  # owner token meaning "the unedited weights are swapped in"
 
 
@@ -66,12 +68,20 @@ class HiEditEnv(gym.Env):
 
     ## Rewards
     ``w_edit * ES + w_generalization * GS + w_locality * LS + w_sparsity * (1 - chosen / L)
-    + w_retention * retention - w_update_norm * update_norm``, every term in [0, 1] and reported in
-    ``info`` each step under the names ``edit_success``, ``generalization``, ``locality``, ``sparsity``,
-    ``retention``, ``update_norm``. ES/GS: teacher-forced token accuracy of the new answer on the
-    edit prompt / its paraphrase after the update; LS: agreement with the unedited model's argmax
-    on the unrelated prompt (computed once per record at reset); retention: ES of the previous
-    ``retention_window`` edits on the current model; update_norm: mean ``||dW|| / (max_update_ratio ||W0||)``.
+    + w_retention * retention - w_update_norm * update_norm + w_sequence * sequence_gain``, reported
+    in ``info`` each step under the names ``edit_success``, ``generalization``, ``locality``,
+    ``sparsity``, ``retention``, ``update_norm``, ``sequence_gain``. ES/GS: teacher-forced token
+    accuracy of the new answer on the edit prompt / its paraphrase after the update; LS: agreement
+    with the unedited model's argmax on the unrelated prompt (computed once per record at reset);
+    retention: ES of the previous ``retention_window`` edits on the current model; update_norm: mean
+    ``||dW|| / (max_update_ratio ||W0||)``. These terms are in [0, 1].
+
+    ``sequence_gain`` (off by default: it scores every edit so far, 3(t+1) pairs at edit ``t``) is
+    potential-based: with ``S_t`` the sum over the edits made so far of mean(ES, GS, LS), each scored
+    on the current model, it is ``S_{t+1} - S_t``, in [-t, 1]. It credits each edit with what it
+    added and with what it broke in every earlier edit, and the undiscounted return of an episode is
+    exactly ``num_edits`` times the end-of-sequence ``mean``: the per-edit terms only pay for the
+    current edit, so an agent trained on them never sees that editing low blocks erodes the others.
 
     ## Starting State
     The base weights, restored bit for bit at every ``reset`` (no reload), and a seeded draw of
@@ -82,6 +92,7 @@ class HiEditEnv(gym.Env):
     the final model over the whole sequence: ``ES``, ``GS``, ``LS``, ``LS_answer``, ``mean`` (of ES, GS,
     LS), ``ES_gen``, ``GS_gen``, ``ES_first_20pct``, ``ES_at_edit`` (success right after each edit,
     before later ones), ``efficacy`` (CounterFact), ``layers_per_edit``, ``layer_share``,
+    ``module_share`` (per candidate, the share of edits that changed it),
     ``candidates``, ``seconds_per_edit``, ``num_edits`` and ``protocols``. There is no
     truncation. ``step`` after the end raises ``gymnasium.error.ResetNeeded``.
 
@@ -101,7 +112,7 @@ class HiEditEnv(gym.Env):
       the facts at the step they are made; a tenth of that edits few, ten times that breaks the model.
       ``max_update_ratio``: cap on ``||dW|| / ||W0||`` per module and edit (default 0.25).
     * ``w_edit``, ``w_generalization``, ``w_locality``, ``w_sparsity``, ``w_retention``,
-      ``w_update_norm``: reward weights (finite, >= 0); ``retention_window``.
+      ``w_update_norm``, ``w_sequence``: reward weights (finite, >= 0); ``retention_window``.
     * ``back_depth``, ``locality_depth``, ``time_decay``, ``kl_weight``, ``l2_weight``: the
       differentiable objective (:meth:`objective`). ``locality_depth``: how many earlier edits' unrelated
       prompts the KL covers besides the current one (``None``: ``back_depth``). ``l2_weight`` multiplies
@@ -137,6 +148,7 @@ class HiEditEnv(gym.Env):
         w_sparsity: float = 0.1,
         w_retention: float = 0.0,
         w_update_norm: float = 0.0,
+        w_sequence: float = 0.0,
         retention_window: int = 5,
         back_depth: int = 3,
         locality_depth: int | None = 0,
@@ -150,7 +162,8 @@ class HiEditEnv(gym.Env):
         render_mode: str | None = None,
     ) -> None:
         self.reward_weights = _check_weights(w_edit=w_edit, w_generalization=w_generalization, w_locality=w_locality,
-                                             w_sparsity=w_sparsity, w_retention=w_retention, w_update_norm=w_update_norm)
+                                             w_sparsity=w_sparsity, w_retention=w_retention, w_update_norm=w_update_norm,
+                                             w_sequence=w_sequence)
         if update_mode not in ("step_size", "low_rank"):
             raise ValueError(f"update_mode must be 'step_size' or 'low_rank', got {update_mode!r}")
         if render_mode not in (None, "ansi"):
@@ -276,6 +289,8 @@ class HiEditEnv(gym.Env):
         self._chosen_counts = np.zeros(len(self._modules), dtype=np.float32)
         self._changed = np.zeros(len(self._modules), dtype=np.float32)
         self._history: dict[str, list[float]] = {k: [] for k in (*REWARD_TERMS, "layers_chosen", "seconds")}
+        self._chosen_per_edit: list[list[int]] = []
+        self._sequence_total = 0.0
         self._done = False
         self._trace = self._trace_current()
         return self._observation(), {"edit_index": 0}
@@ -298,10 +313,12 @@ class HiEditEnv(gym.Env):
         w = self.reward_weights
         reward = (w["w_edit"] * terms["edit_success"] + w["w_generalization"] * terms["generalization"]
                   + w["w_locality"] * terms["locality"] + w["w_sparsity"] * terms["sparsity"]
-                  + w["w_retention"] * terms["retention"] - w["w_update_norm"] * terms["update_norm"])
+                  + w["w_retention"] * terms["retention"] - w["w_update_norm"] * terms["update_norm"]
+                  + w["w_sequence"] * terms["sequence_gain"])
         for key, value in terms.items():
             self._history[key].append(value)
         self._history["layers_chosen"].append(len(parsed.chosen))
+        self._chosen_per_edit.append(list(parsed.chosen))
 
         self._t += 1
         terminated = self._t >= len(self._episode)
@@ -352,6 +369,10 @@ class HiEditEnv(gym.Env):
         metrics["layers_per_edit"] = float(np.mean(chosen)) if chosen else 0.0
         metrics["candidates"] = len(self._modules)
         metrics["layer_share"] = metrics["layers_per_edit"] / len(self._modules)
+        counts = np.zeros(len(self._modules))
+        for chosen_at_edit in self._chosen_per_edit[:n]:
+            counts[chosen_at_edit] += 1
+        metrics["module_share"] = dict(zip(self.candidate_modules, (counts / n).tolist()))
         metrics["seconds_per_edit"] = float(np.mean(self._history["seconds"])) if self._history["seconds"] else 0.0
         metrics["num_edits"] = n
         metrics["per_edit"] = {"ES": es.tolist(), "GS": gs.tolist(), "LS": ls.tolist()}
@@ -401,18 +422,33 @@ class HiEditEnv(gym.Env):
         return self._loc_log_probs[t]
 
     def _step_terms(self, chosen: list[int], deltas: dict[int, Delta]) -> dict[str, float]:
-        current = self._episode[self._t]
-        past = self._episode[max(0, self._t - self.retention_window): self._t] if self.reward_weights["w_retention"] > 0 else []
-        scores = score_pairs(self.model, [current.edit, current.rephrase, current.loc, *[e.edit for e in past]], self._pad_id)
-        locality = agreement(scores.predictions[2:3], self._loc_reference[self._t:self._t + 1])
+        t, w = self._t, self.reward_weights
+        window = range(max(0, t - self.retention_window), t) if w["w_retention"] > 0 else range(0)
+        # One batched pass: edit, paraphrase and unrelated prompt of the scored edits, then the
+        # retention window's edit prompts (already among them when the whole sequence is scored).
+        scored = list(range(t + 1)) if w["w_sequence"] > 0 else [t]
+        extra = [] if w["w_sequence"] > 0 else list(window)
+        episode = self._episode
+        pairs = ([episode[j].edit for j in scored] + [episode[j].rephrase for j in scored]
+                 + [episode[j].loc for j in scored] + [episode[j].edit for j in extra])
+        scores = score_pairs(self.model, pairs, self._pad_id)
+        n = len(scored)
+        es, gs = scores.accuracy[:n], scores.accuracy[n:2 * n]
+        ls = agreement(scores.predictions[2 * n:3 * n], [self._loc_reference[j] for j in scored])
+        retained = es[list(window)] if w["w_sequence"] > 0 else scores.accuracy[3 * n:]
+        gain = 0.0
+        if w["w_sequence"] > 0:
+            total = float(((es + gs + ls) / 3).sum())
+            gain, self._sequence_total = total - self._sequence_total, total
         norms = [float(d.norm()) / (self.max_update_ratio * self._base_norms[i]) for i, d in deltas.items()]
         return {
-            "edit_success": float(scores.accuracy[0]),
-            "generalization": float(scores.accuracy[1]),
-            "locality": float(locality[0]),
+            "edit_success": float(es[-1]),
+            "generalization": float(gs[-1]),
+            "locality": float(ls[-1]),
             "sparsity": 1.0 - len(chosen) / len(self._modules),
-            "retention": float(scores.accuracy[3:].mean()) if past else 0.0,
+            "retention": float(retained.mean()) if len(window) else 0.0,
             "update_norm": float(np.clip(np.mean(norms), 0.0, 1.0)) if norms else 0.0,
+            "sequence_gain": gain,
         }
 
     def _observation(self) -> dict[str, np.ndarray]:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
-from .tokens import Pair, collate
+from .tokens import Pair, answer_logits, collate
 
 Update = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None
 
@@ -68,8 +68,8 @@ def edit_objective(model: PreTrainedModel, modules: list[nn.Module], updates: Se
                          f"and {len(reference_log_probs)} references")
     handles = [_add_update_hook(m, u) for m, u in zip(modules, updates) if u is not None]
     try:
-        batch = collate([*edits, *locs], pad_id, model.device)
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
+        out, batch = answer_logits(model, collate([*edits, *locs], pad_id, model.device))
+        logits = out.logits.float()
     finally:
         for h in handles:
             h.remove()

@@ -7,10 +7,12 @@ predict answer token ``j`` sit at position ``answer_start + j - 1``.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .records import EditRecord
 
@@ -87,3 +89,18 @@ def collate(pairs: list[Pair], pad_id: int, device: torch.device) -> Batch:
         attention[row, :n] = 1
         labels[row, pair.answer_start - 1 : n - 1] = pair.answer
     return Batch(ids.to(device), attention.to(device), labels.to(device), (labels != -100).to(device))
+
+
+def answer_logits(model: PreTrainedModel, batch: Batch, **kwargs: Any) -> tuple[Any, Batch]:
+    """The model's output on ``batch`` with logits only at the columns that predict an answer token,
+    and the batch narrowed to those columns (``labels`` and ``answer_mask`` line up with the logits).
+
+    The vocabulary projection is a fifth of SmolLM2's parameters and answers are a few tokens of each
+    sequence, so projecting every position would mostly be wasted work. Models whose ``forward``
+    takes no ``logits_to_keep`` get every column.
+    """
+    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs), batch
+    columns = batch.answer_mask.any(0).nonzero().squeeze(1)
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=columns, **kwargs)
+    return out, Batch(batch.input_ids, batch.attention_mask, batch.labels[:, columns], batch.answer_mask[:, columns])

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
-from .tokens import Pair, collate
+from .tokens import Pair, answer_logits, collate
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,6 @@ class EditTrace:
 
 def trace_edit(model: PreTrainedModel, modules: list[nn.Module], names: list[str], pair: Pair,
                pad_id: int, instance_layer: int) -> EditTrace:
-    batch = collate([pair], pad_id, model.device)
     keys: list[torch.Tensor | None] = [None] * len(modules)
     outputs: list[torch.Tensor | None] = [None] * len(modules)
 
@@ -52,8 +51,7 @@ def trace_edit(model: PreTrainedModel, modules: list[nn.Module], names: list[str
     handles = [m.register_forward_hook(hook_for(i)) for i, m in enumerate(modules)]
     try:
         with torch.enable_grad():
-            out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                        output_hidden_states=True)
+            out, batch = answer_logits(model, collate([pair], pad_id, model.device), output_hidden_states=True)
             logits = out.logits[0][batch.answer_mask[0]]
             loss = F.cross_entropy(logits.float(), batch.labels[0][batch.answer_mask[0]])
             grads = torch.autograd.grad(loss, outputs)

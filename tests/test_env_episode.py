@@ -67,13 +67,17 @@ def test_full_episode(make_env, helpers, model):
         w = env.unwrapped.reward_weights
         expected = (w["w_edit"] * info["edit_success"] + w["w_generalization"] * info["generalization"]
                     + w["w_locality"] * info["locality"] + w["w_sparsity"] * info["sparsity"]
-                    + w["w_retention"] * info["retention"] - w["w_update_norm"] * info["update_norm"])
+                    + w["w_retention"] * info["retention"] - w["w_update_norm"] * info["update_norm"]
+                    + w["w_sequence"] * info["sequence_gain"])
         assert reward == pytest.approx(expected)
         assert ("episode_metrics" in info) is (t == 4)
         rewards.append(reward)
         observations.append(obs)
         infos.append(info)
     metrics = infos[-1]["episode_metrics"]
+    # Edits 0, 2, 4 changed the even-indexed candidates, edits 1 and 3 the odd ones.
+    share = [metrics["module_share"][name] for name in env.unwrapped.candidate_modules]
+    assert share == pytest.approx([0.6 if i % 2 == 0 else 0.4 for i in range(n)])
     for key in FINAL_KEYS:
         assert key in metrics, key
     for key in SHARE_KEYS:
@@ -292,9 +296,11 @@ def test_render_ansi(make_env, helpers):
     assert isinstance(text, str) and "edit 1/3" in text
 
 
-def test_retention_and_update_norm_terms(make_env, helpers):
+@pytest.mark.parametrize("w_sequence", [0.0, 1.0])
+def test_retention_and_update_norm_terms(make_env, helpers, w_sequence):
+    # With w_sequence the retention window is read from the whole-sequence pass: same numbers.
     env = make_env("test-tiny-llama", num_edits=4, w_retention=1.0, retention_window=2,
-                   w_update_norm=0.5).unwrapped
+                   w_update_norm=0.5, w_sequence=w_sequence).unwrapped
     env.reset(seed=0)
     pad = env.tokenizer.pad_token_id
     records = env.episode_records()
@@ -312,6 +318,30 @@ def test_retention_and_update_norm_terms(make_env, helpers):
             assert info["retention"] == pytest.approx(expected, abs=1e-6)
         # Each module moved by eta_i * ||W0||, reported as a share of the cap.
         assert info["update_norm"] == pytest.approx(np.mean(etas) / env.max_update_ratio, rel=1e-3)
+
+
+@pytest.mark.parametrize("model", ["test-tiny-gpt2", "test-tiny-llama"])
+def test_sequence_gain_adds_up_to_the_end_of_sequence_score(make_env, model):
+    env = make_env(model, num_edits=6, w_edit=0.0, w_generalization=0.0, w_locality=0.0, w_sparsity=0.0,
+                   w_sequence=1.0).unwrapped
+    env.reset(seed=3)
+    n = len(env.candidate_modules)
+    rewards, gains, totals, own = [], [], [], []
+    for t in range(6):
+        # A strong step on alternating halves: edits land and also disturb the earlier ones.
+        layers = (np.arange(n) % 2 == t % 2).astype(np.float32)
+        _, reward, terminated, _, info = env.step({"layers": layers, "update": np.full(n, 0.8, np.float32)})
+        rewards.append(reward)
+        gains.append(info["sequence_gain"])
+        own.append((info["edit_success"] + info["generalization"] + info["locality"]) / 3)
+        scored = env.evaluate(generation=False)
+        totals.append(scored["mean"] * (t + 1))
+    assert rewards == pytest.approx(gains)
+    # Each gain is the change of the summed per-edit score of all edits so far.
+    assert gains == pytest.approx(np.diff([0.0, *totals]).tolist(), abs=1e-5)
+    assert sum(gains) == pytest.approx(6 * info["episode_metrics"]["mean"], abs=1e-5)
+    # The later edits moved the earlier ones' scores, which the per-edit terms alone never show.
+    assert any(abs(g - o) > 1e-3 for g, o in zip(gains[1:], own[1:]))
 
 
 def test_evaluate_needs_an_applied_edit(make_env):

@@ -112,3 +112,36 @@ def test_tracing_leaves_no_autograd_state(make_env, helpers, model):
     trace = env.edit_trace
     for t in [*trace.keys, *trace.grads, trace.hidden]:
         assert not t.requires_grad and t.grad_fn is None
+
+
+class _NoLogitSlicing(torch.nn.Module):
+    """A causal LM whose ``forward`` takes no ``logits_to_keep`` (as some remote-code models)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = model
+        self.device = model.device
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+
+@pytest.mark.parametrize("model", ["test-tiny-gpt2", "test-tiny-llama"])
+@pytest.mark.parametrize("slicing", [True, False])
+def test_batched_scores_match_one_pair_at_a_time(make_env, model, slicing):
+    # Batches sorted by length with logits on the answer columns only, put back in the callers' order.
+    env = make_env(model, num_edits=8).unwrapped
+    env.reset(seed=1)
+    pad = env.tokenizer.pad_token_id
+    pairs = [p for r in env.episode_records() for p in (encode_record(env.tokenizer, r).loc,
+                                                          encode_record(env.tokenizer, r).edit)]
+    assert len({len(p.ids) for p in pairs}) > 3  # lengths differ, so sorting reorders them
+    lm = env.model if slicing else _NoLogitSlicing(env.model)
+    batched = score_pairs(lm, pairs, pad, batch_size=5, keep_log_probs=True)
+    for i, pair in enumerate(pairs):
+        batch = collate([pair], pad, env.model.device)
+        logits = env.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[0][batch.answer_mask[0]]
+        labels = batch.labels[0][batch.answer_mask[0]]
+        assert torch.equal(batched.predictions[i], logits.argmax(-1))
+        assert float(batched.nll[i]) == pytest.approx(float(F.cross_entropy(logits, labels)), abs=1e-5)
+        assert torch.allclose(batched.log_probs[i], logits.log_softmax(-1), atol=1e-5)

@@ -166,6 +166,22 @@ def test_resume_continues_to_the_total_and_logs_reward_terms(zsre_path, tmp_path
     assert events.Scalars("edit/edit_success")[-1].step >= 60  # the resumed part logs too
 
 
+def test_sequence_reward_trains_and_evaluation_leaves_the_reward_out(zsre_path, tmp_path):
+    out = tmp_path / "maskable_ppo"
+    reward = {"w_edit": 0.0, "w_generalization": 0.0, "w_locality": 0.0, "w_sparsity": 0.0, "w_sequence": 1.0}
+    kwargs = {**SMALL["maskable_ppo"], "env_kwargs": {**reward, "eta_range": [1e-3, 1e-2]}, "eval_freq": 0,
+              "checkpoint_freq": 0}
+    assert _train(zsre_path, out, "maskable_ppo", 20, kwargs) == 0
+    events = EventAccumulator(str(next((out / "tensorboard").glob("maskable_ppo_*")))).Reload()
+    assert "edit/sequence_gain" in events.Tags()["scalars"]
+    # Evaluating needs what shapes the agent's view (the step-size range), not the reward.
+    config = json.loads((out / "agent.json").read_text())["config"]
+    cls = agent_class("maskable_ppo")
+    assert cls.env_requirements(config)["w_sequence"] == 1.0
+    assert cls.acting_requirements(config) == {"update_mode": "step_size", "eta_range": [1e-3, 1e-2]}
+    assert 0.0 <= _evaluate(zsre_path, out, "maskable_ppo", tmp_path / "results.json")["mean"] <= 1.0
+
+
 def test_evaluation_callback_needs_held_out_edits(zsre_path, tmp_path):
     kwargs = {"learning_starts": 5, "eval_freq": 10, "checkpoint_freq": 0}
     with pytest.warns(UserWarning, match="no evaluation callback"):

@@ -7,6 +7,8 @@ round-trips), not editing quality.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import textwrap
 import warnings
 
@@ -220,6 +222,18 @@ def test_cli_train_then_evaluate(zsre_path, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "holds a hiedit_agents.hiedit:HiEditAgent agent, not 'rledit'" in err
     assert "must be trained first" in err
+
+
+def test_low_memory_training_runs_in_its_own_process(zsre_path, tmp_path):
+    # A subprocess: the allocator setting would otherwise slow every later test of this process.
+    out = tmp_path / "run"
+    code = "import sys; from hiedit_agents.cli import main, return_freed_memory; " \
+           "assert return_freed_memory(); sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", code, "train", "--agent", "rledit", "--model", MODEL, "--dataset", zsre_path,
+                           "--steps", "2", "--num-edits", "2", "--threads", "1", "--low-memory", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((out / "train_stats.json").read_text())["low_memory"] is True
 
 
 def test_user_agent_as_module_path_runs_in_evaluate(zsre_path, tmp_path, monkeypatch):

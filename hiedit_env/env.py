@@ -288,7 +288,7 @@ class HiEditEnv(gym.Env):
         self._loc_log_probs: dict[int, torch.Tensor] = {}
         self._chosen_counts = np.zeros(len(self._modules), dtype=np.float32)
         self._changed = np.zeros(len(self._modules), dtype=np.float32)
-        self._history: dict[str, list[float]] = {k: [] for k in (*REWARD_TERMS, "layers_chosen", "seconds")}
+        self._history: dict[str, list[float]] = {k: [] for k in (*REWARD_TERMS, "seconds")}
         self._chosen_per_edit: list[list[int]] = []
         self._sequence_total = 0.0
         self._done = False
@@ -317,7 +317,6 @@ class HiEditEnv(gym.Env):
                   + w["w_sequence"] * terms["sequence_gain"])
         for key, value in terms.items():
             self._history[key].append(value)
-        self._history["layers_chosen"].append(len(parsed.chosen))
         self._chosen_per_edit.append(list(parsed.chosen))
 
         self._t += 1
@@ -365,12 +364,12 @@ class HiEditEnv(gym.Env):
             metrics["ES_gen"], metrics["GS_gen"] = float(gen[:n].mean()), float(gen[n:].mean())
         at_edit = self._history["edit_success"][:n]
         metrics["ES_at_edit"] = float(np.mean(at_edit)) if at_edit else 0.0
-        chosen = self._history["layers_chosen"][:n]
-        metrics["layers_per_edit"] = float(np.mean(chosen)) if chosen else 0.0
+        chosen = self._chosen_per_edit[:n]
+        metrics["layers_per_edit"] = float(np.mean([len(c) for c in chosen])) if chosen else 0.0
         metrics["candidates"] = len(self._modules)
         metrics["layer_share"] = metrics["layers_per_edit"] / len(self._modules)
         counts = np.zeros(len(self._modules))
-        for chosen_at_edit in self._chosen_per_edit[:n]:
+        for chosen_at_edit in chosen:
             counts[chosen_at_edit] += 1
         metrics["module_share"] = dict(zip(self.candidate_modules, (counts / n).tolist()))
         metrics["seconds_per_edit"] = float(np.mean(self._history["seconds"])) if self._history["seconds"] else 0.0

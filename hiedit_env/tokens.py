@@ -7,6 +7,7 @@ predict answer token ``j`` sit at position ``answer_start + j - 1``.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Any
@@ -91,6 +92,12 @@ def collate(pairs: list[Pair], pad_id: int, device: torch.device) -> Batch:
     return Batch(ids.to(device), attention.to(device), labels.to(device), (labels != -100).to(device))
 
 
+@functools.cache
+def _takes_logits_to_keep(model_class: type) -> bool:
+    """Whether the class's ``forward`` takes ``logits_to_keep`` (read once per class, not per pass)."""
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
+
+
 def answer_logits(model: PreTrainedModel, batch: Batch, **kwargs: Any) -> tuple[Any, Batch]:
     """The model's output on ``batch`` with logits only at the columns that predict an answer token,
     and the batch narrowed to those columns (``labels`` and ``answer_mask`` line up with the logits).
@@ -99,7 +106,7 @@ def answer_logits(model: PreTrainedModel, batch: Batch, **kwargs: Any) -> tuple[
     sequence, so projecting every position would mostly be wasted work. Models whose ``forward``
     takes no ``logits_to_keep`` get every column.
     """
-    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+    if not _takes_logits_to_keep(type(model)):
         return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs), batch
     columns = batch.answer_mask.any(0).nonzero().squeeze(1)
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=columns, **kwargs)

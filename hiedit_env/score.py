@@ -48,8 +48,8 @@ def score_pairs(model: PreTrainedModel, pairs: list[Pair], pad_id: int, batch_si
     """Teacher-forced scores of ``pairs`` (in their order), in batches of similar length.
 
     Sorting by length cuts the padding, and the vocabulary projection runs only on the answer columns
-    (:func:`~hiedit_env.tokens.answer_logits`): 150 ZsRE pairs on SmolLM2 take 6.3 s instead of 8.9 s
-    on one core.
+    (:func:`~hiedit_env.tokens.answer_logits`): the 150 pairs of a 50-edit ZsRE episode on SmolLM2
+    take 6.6 s instead of 10.0 s on one core (README).
     """
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].ids))
     acc: list[torch.Tensor] = [torch.empty(())] * len(pairs)

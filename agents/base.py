@@ -107,6 +107,11 @@ class Agent:
         return directory
 
     @classmethod
+    def saved_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """The constructor arguments a checkpoint's ``config`` stands for (older checkpoints may lack some)."""
+        return config
+
+    @classmethod
     def load(cls, directory: str | Path, env: gym.Env) -> Agent:
         """Rebuild an agent saved by :meth:`save` against ``env`` (which must have the same candidates)."""
         directory = Path(directory)
@@ -114,7 +119,7 @@ class Agent:
         if meta["candidate_modules"] != list(env.unwrapped.candidate_modules):
             raise ValueError(f"checkpoint {str(directory)!r} was trained on modules {meta['candidate_modules']}, "
                              f"the environment edits {env.unwrapped.candidate_modules}")
-        agent = cls(env, **meta["config"])
+        agent = cls(env, **cls.saved_config(meta["config"]))
         state_file = directory / STATE_FILE
         if state_file.exists():
             agent.load_state_dict(torch.load(state_file, map_location=agent.env.model.device, weights_only=True))

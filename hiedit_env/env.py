@@ -19,7 +19,7 @@ from .objective import ObjectiveTerms, Update, edit_objective
 from .records import DEFAULT_DATASET, EditRecord, EditSet, load_edits
 from .score import PROTOCOLS, agreement, generation_exact_match, score_pairs
 from .tokens import EncodedRecord, Pair, encode_record
-from .trace import EditTrace, trace_edit
+from .trace import EditTrace, trace_edit, trace_objective
 
 LAYER_FEATURES = ("key_norm", "grad_norm", "weight_grad_norm", "depth", "changed", "chosen_share")
 REWARD_TERMS = ("edit_success", "generalization", "locality", "sparsity", "retention", "update_norm", "sequence_gain")
@@ -64,7 +64,8 @@ class HiEditEnv(gym.Env):
       ``||W - W0|| / ||W0||`` that costs nothing to keep), share of past edits that chose it;
     * ``progress`` ``(2,)``: ``t / num_edits`` and the running edit success of past steps.
 
-    The full per-token tensors live in :attr:`edit_trace` (an :class:`~hiedit_env.trace.EditTrace`).
+    The full per-token tensors live in :attr:`edit_trace` (an :class:`~hiedit_env.trace.EditTrace`);
+    :meth:`objective_trace` gives the same two tensors for the whole differentiable objective.
 
     ## Rewards
     ``w_edit * ES + w_generalization * GS + w_locality * LS + w_sparsity * (1 - chosen / L)
@@ -391,19 +392,35 @@ class HiEditEnv(gym.Env):
         """
         if self._trace is None:
             raise gym.error.ResetNeeded("objective() needs a current edit: call reset() first")
-        depth = self.back_depth if back_depth is None else back_depth
-        decay = self.time_decay if time_decay is None else time_decay
-        edited = [self._t - j for j in range(min(depth, self._t) + 1)]
-        unrelated = [self._t - j for j in range(min(self.locality_depth, self._t) + 1)]
-        references = [self._reference_log_probs(t) for t in unrelated]
-        self._activate()
-        return edit_objective(self.model, self._modules, updates, [self._episode[t].edit for t in edited],
-                              [self._episode[t].loc for t in unrelated], references,
-                              self._pad_id, decay, self.kl_weight, self.l2_weight)
+        edits, locs, references = self._objective_window(back_depth)
+        return edit_objective(self.model, self._modules, updates, edits, locs, references, self._pad_id,
+                              self.time_decay if time_decay is None else time_decay, self.kl_weight, self.l2_weight)
+
+    def objective_trace(self, updates: Sequence[Update]) -> EditTrace:
+        """Keys and output gradients of :meth:`objective`'s loss under ``updates`` (L2 aside), one row
+        per token of its prompts: the edit window and the unrelated prompts, whose KL gradient points
+        back toward the unedited model's answers. One forward+backward on the objective's batch."""
+        if self._trace is None:
+            raise gym.error.ResetNeeded("objective_trace() needs a current edit: call reset() first")
+        detached = [None if u is None else u.detach() if isinstance(u, torch.Tensor) else tuple(f.detach() for f in u)
+                    for u in updates]  # a trace carries no gradient to the updates
+        edits, locs, references = self._objective_window(None)
+        return trace_objective(self.model, self._modules, self.candidate_modules, detached, edits, locs, references,
+                               self._pad_id, self.time_decay, self.kl_weight)
 
     # ---------------------------------------------------------------- internals
     def _activate(self) -> None:
         self.shared.activate(self, self._weights)
+
+    def _objective_window(self, back_depth: int | None) -> tuple[list[Pair], list[Pair], list[torch.Tensor]]:
+        """The objective's prompts for the current edit: edits ``t .. t - back_depth``, the unrelated
+        prompts of ``t .. t - locality_depth`` and the unedited model's log-probs on those."""
+        depth = self.back_depth if back_depth is None else back_depth
+        edited = [self._t - j for j in range(min(depth, self._t) + 1)]
+        unrelated = [self._t - j for j in range(min(self.locality_depth, self._t) + 1)]
+        references = [self._reference_log_probs(t) for t in unrelated]
+        self._activate()
+        return [self._episode[t].edit for t in edited], [self._episode[t].loc for t in unrelated], references
 
     def _trace_current(self) -> EditTrace:
         return trace_edit(self.model, self._modules, self.candidate_modules, self._episode[self._t].edit,

@@ -44,14 +44,16 @@ def update_sq_norm(update: Update) -> torch.Tensor:
     return ((u @ u.T) * (v @ v.T)).sum()
 
 
-def _add_update_hook(module: nn.Module, update: Update):
+def add_update_hook(module: nn.Module, update: Update):
+    """A forward hook that adds ``update``'s effect to ``module``'s output; remove it with ``.remove()``."""
     def hook(_module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         x = args[0]
         if isinstance(update, torch.Tensor):
             return output + x @ update.T.to(x.dtype)
         u, v = update
         return output + (x @ v.T.to(x.dtype)) @ u.to(x.dtype)
-    return module.register_forward_hook(hook)
+    # First among the module's hooks, so recording hooks (the trace's) see the updated output.
+    return module.register_forward_hook(hook, prepend=True)
 
 
 @torch.enable_grad()  # gradients to the updates even when the caller is inside torch.no_grad()
@@ -66,7 +68,7 @@ def edit_objective(model: PreTrainedModel, modules: list[nn.Module], updates: Se
     if not locs or len(locs) != len(reference_log_probs):
         raise ValueError(f"objective needs one reference per unrelated prompt, got {len(locs)} prompts "
                          f"and {len(reference_log_probs)} references")
-    handles = [_add_update_hook(m, u) for m, u in zip(modules, updates) if u is not None]
+    handles = [add_update_hook(m, u) for m, u in zip(modules, updates) if u is not None]
     try:
         out, batch = answer_logits(model, collate([*edits, *locs], pad_id, model.device))
         logits = out.logits.float()

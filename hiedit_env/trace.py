@@ -5,10 +5,14 @@ The gradient of the loss w.r.t. a module's weight (in ``nn.Linear`` orientation)
 so these two tensors are everything an MEND/RLEdit-style editor needs. The backward pass asks
 autograd for the output gradients only: no weight gradient is ever formed or stored, and the graph
 starts at the lowest candidate, so the layers below it cost a forward pass only.
+
+:func:`trace_objective` records the same two tensors for the whole training objective: the edit
+window and the unrelated prompts, whose KL gradient says how the sequence has drifted so far.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
+from .objective import Update, edit_objective
 from .tokens import Pair, answer_logits, collate
 
 
@@ -26,42 +31,77 @@ class EditTrace:
     module_names: list[str]
     keys: list[torch.Tensor]  # [n, d_in] per module
     grads: list[torch.Tensor]  # [n, d_out] per module, d(loss)/d(output)
-    loss: float  # mean cross-entropy of the new answer, before the edit
-    hidden: torch.Tensor  # [n, d_model] hidden states at the observation's instance layer
+    loss: float  # mean cross-entropy of the new answer, before the edit (the objective's, for its trace)
+    hidden: torch.Tensor | None  # [n, d_model] hidden states at the observation's instance layer
 
     def weight_gradient(self, i: int) -> torch.Tensor:
         """d(loss)/dW of module ``i`` in Linear orientation, [d_out, d_in]."""
         return self.grads[i].T @ self.keys[i]
 
 
-def trace_edit(model: PreTrainedModel, modules: list[nn.Module], names: list[str], pair: Pair,
-               pad_id: int, instance_layer: int) -> EditTrace:
-    keys: list[torch.Tensor | None] = [None] * len(modules)
-    outputs: list[torch.Tensor | None] = [None] * len(modules)
+class _Recorder:
+    """Forward hooks that keep every candidate's input and (graph-starting) output of one pass."""
 
-    def hook_for(i: int):
+    def __init__(self, modules: list[nn.Module]) -> None:
+        self.keys: list[torch.Tensor | None] = [None] * len(modules)
+        self.outputs: list[torch.Tensor | None] = [None] * len(modules)
+        self.handles = [m.register_forward_hook(self._hook_for(i)) for i, m in enumerate(modules)]
+
+    def _hook_for(self, i: int):
         def hook(_module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-            keys[i] = args[0][0].detach()
+            self.keys[i] = args[0].detach()
             if not output.requires_grad:  # the lowest candidate: start the graph here
                 output = output.detach().requires_grad_(True)
-            outputs[i] = output
+            self.outputs[i] = output
             return output
         return hook
 
-    handles = [m.register_forward_hook(hook_for(i)) for i, m in enumerate(modules)]
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def trace_edit(model: PreTrainedModel, modules: list[nn.Module], names: list[str], pair: Pair,
+               pad_id: int, instance_layer: int) -> EditTrace:
+    recorder = _Recorder(modules)
     try:
         with torch.enable_grad():
             out, batch = answer_logits(model, collate([pair], pad_id, model.device), output_hidden_states=True)
             logits = out.logits[0][batch.answer_mask[0]]
             loss = F.cross_entropy(logits.float(), batch.labels[0][batch.answer_mask[0]])
-            grads = torch.autograd.grad(loss, outputs)
+            grads = torch.autograd.grad(loss, recorder.outputs)
     finally:
-        for h in handles:
-            h.remove()
+        recorder.remove()
     return EditTrace(
         module_names=list(names),
-        keys=[k for k in keys],
+        keys=[k[0] for k in recorder.keys],
         grads=[g[0].detach() for g in grads],
         loss=float(loss.detach()),
         hidden=out.hidden_states[instance_layer][0].detach(),
+    )
+
+
+def trace_objective(model: PreTrainedModel, modules: list[nn.Module], names: list[str], updates: Sequence[Update],
+                    edits: list[Pair], locs: list[Pair], reference_log_probs: list[torch.Tensor], pad_id: int,
+                    time_decay: float, kl_weight: float) -> EditTrace:
+    """Keys and output gradients of the edit objective's loss (edit cross-entropy over the window plus
+    ``kl_weight`` times the KL on the unrelated prompts; L2 has no per-token part) under ``updates``,
+    one row per non-padding token of every prompt of the objective's batch. The objective adds the
+    updates with hooks that run before the recording ones, so the recorded outputs include them.
+    ``hidden`` is left empty: the observation is built from the edit's own trace."""
+    recorder = _Recorder(modules)
+    try:
+        with torch.enable_grad():
+            terms = edit_objective(model, modules, updates, edits, locs, reference_log_probs, pad_id,
+                                   time_decay, kl_weight, l2_weight=0.0)
+            grads = torch.autograd.grad(terms.total, recorder.outputs)
+    finally:
+        recorder.remove()
+    tokens = collate([*edits, *locs], pad_id, model.device).attention_mask.bool()
+    return EditTrace(
+        module_names=list(names),
+        keys=[k[tokens] for k in recorder.keys],
+        grads=[g.detach()[tokens] for g in grads],
+        loss=float(terms.total.detach()),
+        hidden=None,
     )

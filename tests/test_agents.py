@@ -21,6 +21,8 @@ import hiedit_agents
 from hiedit_agents import HiEditAgent, agent_class, available_agents, make_agent, run_episode
 from hiedit_agents.cli import main
 from hiedit_agents.learned import masked
+from hiedit_agents.selection import gradient_norms
+from hiedit_env.objective import update_sq_norm
 
 MODEL = "test-tiny-llama"
 
@@ -97,7 +99,7 @@ def test_agent_refuses_an_environment_of_the_wrong_mode(env_for):
 def test_learning_reduces_the_loss_on_a_fixed_stream(name, env_for):
     env = env_for(num_edits=5)
     torch.manual_seed(0)
-    agent = make_agent(name, env, lr_lr=0.05)
+    agent = make_agent(name, env, meta_lr=1e-3, lr_lr=0.05)  # fast rates: a short test of the mechanics
     before = stream_loss(agent, env, seed=100)
     agent.learn(env, steps=40, seed=100, progress=False)  # the same stream, episode after episode
     after = stream_loss(agent, env, seed=100)
@@ -153,6 +155,29 @@ def test_gate_gets_gradient_from_edit_and_locality_through_the_mask(env_for):
     assert all(g is None for g in torch.autograd.grad(hard_terms.edit, params, allow_unused=True))
 
 
+@pytest.mark.parametrize("scale", ["edit", "running"])
+def test_untrained_update_size_follows_the_scale(scale, env_for):
+    """``edit``: every update has the relative size ``init_lr``; ``running``: it grows with the edit's
+    own gradient, relative to the mean gradient seen so far."""
+    env = env_for(num_edits=2)
+    agent = make_agent("rledit", env, scale=scale)
+    env.reset(seed=0)
+    traces = []
+    for _ in range(2):
+        traces.append(env.unwrapped.edit_trace)
+        agent.editor.observe(traces[-1])
+        env.step({"layers": np.zeros(4, np.float32), "update": [None] * 4})
+    base = torch.tensor(env.unwrapped.base_weight_norms())
+    with torch.no_grad():
+        for trace in traces:
+            sizes = torch.stack([update_sq_norm(u).sqrt() for u in agent.editor(trace)]) / base
+            expected = torch.full_like(sizes, agent.hparams["init_lr"])
+            if scale == "running":
+                mean = (gradient_norms(traces[0]) + gradient_norms(traces[1])) / 2
+                expected = expected * gradient_norms(trace) / mean
+            torch.testing.assert_close(sizes, expected, rtol=1e-3, atol=0)
+
+
 @pytest.mark.parametrize("k", [1, 3])
 def test_topk_keeps_exactly_k(k, env_for):
     env = env_for(num_edits=3)
@@ -192,6 +217,18 @@ def test_checkpoint_round_trip_gives_the_same_actions(name, env_for, tmp_path):
             assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
         else:
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_checkpoint_from_before_the_objective_trace_loads_as_it_was_trained(env_for, tmp_path):
+    env = env_for(num_edits=3)
+    agent = make_agent("rledit", env, trace_of="edit", scale="edit")
+    agent.save(tmp_path)
+    meta = json.loads((tmp_path / "agent.json").read_text())
+    for key in ("trace_of", "scale"):  # what an older checkpoint lacks
+        del meta["config"][key]
+    (tmp_path / "agent.json").write_text(json.dumps(meta))
+    loaded = agent_class("rledit").load(tmp_path, env)
+    assert loaded.config() == agent.config()
 
 
 def test_constant_step_is_tuned_on_the_given_environment(env_for):

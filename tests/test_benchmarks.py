@@ -41,6 +41,34 @@ def test_agent_sweep_writes_table_curves_and_results(zsre_path: str, tmp_path: P
     assert (tmp_path / "curves.png").stat().st_size > 0
 
 
+def test_untrained_editor_observes_training_edits_then_evaluates(zsre_path: str, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "untrained.json"
+    run_script("untrained_editor.py", ["--model", "test-tiny-llama", "--dataset", zsre_path, "--num-edits", "3",
+                                       "--observe-edits", "25", "--agent-kwargs", '{"init_lr": 0.01}', "--out", str(out)],
+               monkeypatch)
+    result = json.loads(out.read_text())
+    assert result["num_edits"] == 3 and result["observed_edits"] == 25 and result["config"]["init_lr"] == 0.01
+    assert result["layers_per_edit"] == 4.0 and 0.0 <= result["mean"] <= 1.0
+
+
+def test_untrained_editor_statistics_come_from_unedited_training_edits(zsre_path: str) -> None:
+    import gymnasium as gym
+    import torch
+
+    from hiedit_agents import RLEditAgent
+
+    script = runpy.run_path(str(BENCHMARKS / "untrained_editor.py"))
+    env = gym.make("HiEdit-v0", model="test-tiny-llama", dataset=zsre_path, split="train", num_edits=20,
+                   update_mode="low_rank", evaluate_generation=False)
+    agent = RLEditAgent(env)
+    env.reset(seed=0)  # the model is shared between environments: this one's weights are in it after a reset
+    before = [p.detach().clone() for p in env.unwrapped.model.parameters()]
+    script["observe_unedited"](agent, env, 25)  # one full episode of 20 and 5 of the next
+    assert int(agent.editor.gradient_size.count) == 25
+    assert all(torch.equal(a, b) for a, b in zip(before, env.unwrapped.model.parameters()))
+
+
 def test_benchmarks_build_the_environment_a_checkpoint_needs(zsre_path: str, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """A MaskablePPO selector over a trained RLEdit editor needs a low_rank environment, which only its

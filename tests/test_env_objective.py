@@ -200,3 +200,27 @@ def test_window_locality_is_zero_while_the_model_is_unedited(make_env, helpers):
     gen = torch.Generator().manual_seed(0)
     big = [0.5 * torch.randn(d_out, d_in, generator=gen) for d_in, d_out in env.module_dims()]
     assert env.objective(big).locality.item() > 1e-3
+
+
+@pytest.mark.parametrize("model", ["test-tiny-gpt2", "test-tiny-llama"])
+def test_objective_trace_gives_the_objective_gradient(make_env, helpers, model):
+    """Summed over its token rows, ``delta^T k`` is the objective's gradient w.r.t. a dense update, at
+    zero and under an update; it has more rows than the edit's own trace, and another gradient; nothing
+    is written."""
+    env = make_env(model, back_depth=2, update_mode="step_size").unwrapped
+    env.reset(seed=0)
+    n = len(env.candidate_modules)
+    env.step({"layers": np.ones(n, np.float32), "update": np.full(n, 0.5, np.float32)})  # drift, then trace edit 2
+    before = helpers.snapshot(env)
+    generator = torch.Generator().manual_seed(1)
+    for updates in ([None] * n, [0.02 * torch.randn(d_out, d_in, generator=generator) for d_in, d_out in env.module_dims()]):
+        trace = env.objective_trace(updates)
+        dense = [torch.zeros(d_out, d_in) if u is None else u.clone() for u, (d_in, d_out) in zip(updates, env.module_dims())]
+        for d in dense:
+            d.requires_grad_(True)
+        expected = torch.autograd.grad(env.objective(dense).total, dense)
+        for i in range(n):
+            assert trace.keys[i].shape[0] == trace.grads[i].shape[0] > env.edit_trace.keys[i].shape[0]
+            torch.testing.assert_close(trace.weight_gradient(i), expected[i], rtol=1e-4, atol=1e-7)
+    assert helpers.same_weights(before, helpers.snapshot(env))
+    assert not torch.allclose(env.objective_trace([None] * n).weight_gradient(0), env.edit_trace.weight_gradient(0))

@@ -1,0 +1,74 @@
+"""The learned editors' starting point, evaluated: does training help over it?
+
+An untrained RLEdit editor emits exactly the gradient step of the trace it reads (its up-projections
+start at zero), at the relative step ``init_lr``, once its normalisers and, with ``scale="running"``,
+its gradient-size statistics have seen some edits. Here they see the first ``--observe-edits`` edits
+of training-split episodes (seeds 0, 1, ...; 20 edits each) on the unedited model (no-op steps), and
+the editor is then evaluated on one episode, like a trained checkpoint.
+
+    python benchmarks/untrained_editor.py --split train --seed 1000 --out runs/untrained/objective_train1000.json
+    python benchmarks/untrained_editor.py --split train --seed 1000 --agent-kwargs '{"trace_of": "edit"}' --out ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import hiedit_env  # noqa: F401  (registers HiEdit-v0)
+from hiedit_agents import RLEditAgent, run_episode
+
+OBSERVED_EPISODE = 20
+
+
+def observe_unedited(agent: RLEditAgent, env: gym.Env, edits: int) -> None:
+    """Fill the editor's statistics from ``edits`` training edits, leaving the model unchanged."""
+    n = agent.num_candidates
+    seed = 0
+    while edits > 0:
+        env.reset(seed=seed)
+        for _ in range(min(edits, OBSERVED_EPISODE)):
+            agent.editor.observe(agent.read_trace(env.unwrapped))
+            env.step({"layers": np.zeros(n, np.float32), "update": [None] * n})
+            edits -= 1
+        seed += 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--dataset", default="../shared/data/zsre/zsre_mend_1k.json")
+    parser.add_argument("--split", default="test", help="split of --dataset to evaluate on")
+    parser.add_argument("--train-dataset", default=None, help="observe this file (all of it) instead of --dataset's train split")
+    parser.add_argument("--num-edits", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--observe-edits", type=int, default=60)
+    parser.add_argument("--agent-kwargs", type=json.loads, default={})
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", category=UserWarning)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    common = {"model": args.model, "update_mode": "low_rank"}
+    train_env = gym.make("HiEdit-v0", dataset=args.train_dataset or args.dataset,
+                         split="all" if args.train_dataset else "train", num_edits=OBSERVED_EPISODE,
+                         evaluate_generation=False, **common)
+    env = gym.make("HiEdit-v0", dataset=args.dataset, split=args.split, num_edits=args.num_edits, **common)
+    agent = RLEditAgent(env, **args.agent_kwargs)
+    observe_unedited(agent, train_env, args.observe_edits)
+    metrics = {**run_episode(agent, env, args.seed), "config": agent.config(), "observed_edits": args.observe_edits}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(metrics, indent=2))
+    print({k: round(metrics[k], 3) for k in ("ES", "GS", "LS", "mean", "ES_at_edit", "ES_first_20pct")})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,7 @@
 """The low-level editor shared by HiEdit and RLEdit: an MEND/RLEdit-style hypernetwork.
 
-For candidate module ``i`` the edit's trace gives per-token keys ``k`` [n, d_in] and output gradients
+For candidate module ``i`` the trace it reads (the edit's, or the whole objective's: the agents'
+``trace_of``) gives per-token keys ``k`` [n, d_in] and output gradients
 ``delta`` [n, d_out]; the raw weight gradient is ``G = delta^T k``. The editor
 
 1. standardises keys and gradients per module with running mean/variance statistics (updated while

@@ -29,7 +29,7 @@ same size whatever the edit needs.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -44,7 +44,7 @@ from .selection import gradient_norms
 # than it gained edit loss, which is why the earlier editors started at 3e-3.
 DEFAULT_INIT_LR = 0.006
 Scale = Literal["edit", "running"]
-SCALES = ("edit", "running")
+SCALES = get_args(Scale)
 
 
 class RunningNorm(nn.Module):
@@ -150,9 +150,10 @@ class HyperEditor(nn.Module):
                    for i, (k, g) in enumerate(zip(trace.keys, trace.grads))]
         inputs = [torch.cat([(k.float() - mk) / sk, (g.float() - mg) / sg], dim=-1)
                   for (k, g), ((mk, sk), (mg, sg)) in zip(zip(trace.keys, trace.grads), moments)]
-        divisors = gradient_norms(trace)
         if self.gradient_size is not None and self.gradient_size.count > 0:
-            divisors = self.gradient_size.mean.to(divisors.dtype)
+            divisors = self.gradient_size.mean.float()
+        else:  # the edit's own ||G|| needs the trace's Gram matrices: only computed when used
+            divisors = gradient_norms(trace)
         divisors = divisors.clamp_min(1e-12)
         updates: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(inputs)
         for shape, editor in enumerate(self.editors):

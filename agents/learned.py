@@ -53,9 +53,9 @@ class LearnedEditorAgent(Agent):
     objective (:meth:`HiEditEnv.objective_trace`), whose KL rows show the editor how the unrelated
     prompt has drifted, for one forward+backward on the objective's prompts per edit.
 
-    The defaults (objective trace, running scale, ``meta_lr`` 1e-4, ``lr_lr`` 1e-3, ``init_lr`` 6e-3) won
-    the selection on a 100-edit episode of the ZsRE training split against the edit trace, ten times
-    the learning rates and half the initial step (README, agent zoo).
+    The defaults (objective trace, ``scale="direction"``, ``meta_lr`` 1e-4, ``lr_lr`` 1e-3, ``init_lr``
+    6e-3) won the selection on a 100-edit episode of the ZsRE training split against the edit trace,
+    the running scale, ten times the learning rates and half the initial step (README, agent zoo).
     """
 
     update_mode = "low_rank"
@@ -63,7 +63,7 @@ class LearnedEditorAgent(Agent):
 
     def __init__(self, env: gym.Env, rank: int = 32, num_blocks: int = 2, init_lr: float = DEFAULT_INIT_LR,
                  max_lr: float | None = None, meta_lr: float = 1e-4, lr_lr: float = 1e-3, update_every: int = 1,
-                 grad_clip: float = 1.0, scale: Scale = "running",
+                 grad_clip: float = 1.0, scale: Scale = "direction",
                  trace_of: Literal["edit", "objective"] = "objective") -> None:
         super().__init__(env)
         if trace_of not in ("edit", "objective"):

@@ -8,6 +8,7 @@ the editor is then evaluated on one episode, like a trained checkpoint.
 
     python benchmarks/untrained_editor.py --split train --seed 1000 --out runs/untrained/objective_train1000.json
     python benchmarks/untrained_editor.py --split train --seed 1000 --agent-kwargs '{"trace_of": "edit"}' --out ...
+    python benchmarks/untrained_editor.py --split train --seed 1000 --env-kwargs '{"back_depth": 0}' --out ...
 """
 
 from __future__ import annotations
@@ -50,20 +51,22 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--observe-edits", type=int, default=60)
     parser.add_argument("--agent-kwargs", type=json.loads, default={})
+    parser.add_argument("--env-kwargs", type=json.loads, default={}, help="extra gym.make arguments for both environments")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
     if args.threads:
         torch.set_num_threads(args.threads)
-    common = {"model": args.model, "update_mode": "low_rank"}
+    common = {"model": args.model, "update_mode": "low_rank", **args.env_kwargs}
     train_env = gym.make("HiEdit-v0", dataset=args.train_dataset or args.dataset,
                          split="all" if args.train_dataset else "train", num_edits=OBSERVED_EPISODE,
                          evaluate_generation=False, **common)
     env = gym.make("HiEdit-v0", dataset=args.dataset, split=args.split, num_edits=args.num_edits, **common)
     agent = RLEditAgent(env, **args.agent_kwargs)
     observe_unedited(agent, train_env, args.observe_edits)
-    metrics = {**run_episode(agent, env, args.seed), "config": agent.config(), "observed_edits": args.observe_edits}
+    metrics = {**run_episode(agent, env, args.seed), "config": agent.config(), "env_kwargs": args.env_kwargs,
+               "observed_edits": args.observe_edits}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=2))

@@ -99,7 +99,7 @@ def test_agent_refuses_an_environment_of_the_wrong_mode(env_for):
 def test_learning_reduces_the_loss_on_a_fixed_stream(name, env_for):
     env = env_for(num_edits=5)
     torch.manual_seed(0)
-    agent = make_agent(name, env, meta_lr=1e-3, lr_lr=0.05)  # fast rates: a short test of the mechanics
+    agent = make_agent(name, env, meta_lr=1e-3, lr_lr=0.2)  # fast rates: a short test of the mechanics
     before = stream_loss(agent, env, seed=100)
     agent.learn(env, steps=40, seed=100, progress=False)  # the same stream, episode after episode
     after = stream_loss(agent, env, seed=100)
@@ -155,10 +155,11 @@ def test_gate_gets_gradient_from_edit_and_locality_through_the_mask(env_for):
     assert all(g is None for g in torch.autograd.grad(hard_terms.edit, params, allow_unused=True))
 
 
-@pytest.mark.parametrize("scale", ["edit", "running"])
+@pytest.mark.parametrize("scale", ["edit", "running", "direction"])
 def test_untrained_update_size_follows_the_scale(scale, env_for):
     """``edit``: every update has the relative size ``init_lr``; ``running``: it grows with the edit's
-    own gradient, relative to the mean gradient seen so far."""
+    own gradient, relative to the mean gradient seen so far; ``direction``: the same as ``running``,
+    and still so once the network's up-projections are no longer zero."""
     env = env_for(num_edits=2)
     agent = make_agent("rledit", env, scale=scale)
     env.reset(seed=0)
@@ -168,14 +169,26 @@ def test_untrained_update_size_follows_the_scale(scale, env_for):
         agent.editor.observe(traces[-1])
         env.step({"layers": np.zeros(4, np.float32), "update": [None] * 4})
     base = torch.tensor(env.unwrapped.base_weight_norms())
+
+    def relative_sizes(trace):
+        return torch.stack([update_sq_norm(u).sqrt() for u in agent.editor(trace)]) / base
+
     with torch.no_grad():
-        for trace in traces:
-            sizes = torch.stack([update_sq_norm(u).sqrt() for u in agent.editor(trace)]) / base
+        untrained = [relative_sizes(trace) for trace in traces]
+        for trace, sizes in zip(traces, untrained):
             expected = torch.full_like(sizes, agent.hparams["init_lr"])
-            if scale == "running":
+            if scale != "edit":
                 mean = (gradient_norms(traces[0]) + gradient_norms(traces[1])) / 2
                 expected = expected * gradient_norms(trace) / mean
             torch.testing.assert_close(sizes, expected, rtol=1e-3, atol=0)
+        for editor in agent.editor.editors:  # as if trained: the network now reshapes the update
+            for block in editor.blocks:
+                block.up.weight.normal_(0, 0.5)
+        trained = relative_sizes(traces[0])
+    if scale == "direction":
+        torch.testing.assert_close(trained, untrained[0], rtol=1e-3, atol=0)
+    else:
+        assert not torch.allclose(trained, untrained[0], rtol=1e-2)
 
 
 @pytest.mark.parametrize("k", [1, 3])

@@ -45,10 +45,12 @@ def test_untrained_editor_observes_training_edits_then_evaluates(zsre_path: str,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "untrained.json"
     run_script("untrained_editor.py", ["--model", "test-tiny-llama", "--dataset", zsre_path, "--num-edits", "3",
-                                       "--observe-edits", "25", "--agent-kwargs", '{"init_lr": 0.01}', "--out", str(out)],
+                                       "--observe-edits", "25", "--agent-kwargs", '{"init_lr": 0.01}',
+                                       "--env-kwargs", '{"back_depth": 0}', "--out", str(out)],
                monkeypatch)
     result = json.loads(out.read_text())
     assert result["num_edits"] == 3 and result["observed_edits"] == 25 and result["config"]["init_lr"] == 0.01
+    assert result["env_kwargs"] == {"back_depth": 0}
     assert result["layers_per_edit"] == 4.0 and 0.0 <= result["mean"] <= 1.0
 
 
@@ -90,3 +92,21 @@ def test_benchmarks_build_the_environment_a_checkpoint_needs(zsre_path: str, tmp
     run_script("speed.py", ["--model", "test-tiny-llama", "--dataset", zsre_path, "--num-edits", "3", "--agent", "maskable_ppo",
                             "--checkpoint", str(checkpoints / "maskable_ppo"), "--out", str(speed)], monkeypatch)
     assert json.loads(speed.read_text())["agent"] == "maskable_ppo"
+
+
+def test_seeds_table_averages_the_agents_every_folder_has(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for seed, (hiedit, rledit) in enumerate([(0.5, 0.4), (0.7, 0.6)]):
+        folder = tmp_path / f"seed{seed}"
+        folder.mkdir()
+        for name, mean in (("hiedit", hiedit), ("rledit", rledit)):
+            (folder / f"{name}.json").write_text(json.dumps({"ES": mean, "GS": mean, "LS": 1.0, "mean": mean}))
+        (folder / "config.json").write_text(json.dumps({"not": "a result"}))
+    (tmp_path / "seed0" / "noop.json").write_text(json.dumps({"ES": 0.1, "GS": 0.1, "LS": 1.0, "mean": 0.4}))
+    out = tmp_path / "seeds.md"
+    run_script("seeds_table.py", [str(tmp_path / "seed0"), str(tmp_path / "seed1"), "--out", str(out)], monkeypatch)
+    rows = out.read_text().splitlines()
+    assert rows[0] == "| agent (n=2 episodes) | ES | GS | LS | mean |"
+    assert rows[2:] == ["| hiedit | 0.600 (0.141) | 0.600 (0.141) | 1.000 (0.000) | 0.600 (0.141) |",
+                        "| rledit | 0.500 (0.141) | 0.500 (0.141) | 1.000 (0.000) | 0.500 (0.141) |"]  # noop: one folder only
+    with pytest.raises(SystemExit, match="not a folder"):
+        run_script("seeds_table.py", [str(tmp_path / "nope")], monkeypatch)

@@ -159,13 +159,13 @@ class HyperEditor(nn.Module):
                    for i, (k, g) in enumerate(zip(trace.keys, trace.grads))]
         inputs = [torch.cat([(k.float() - mk) / sk, (g.float() - mg) / sg], dim=-1)
                   for (k, g), ((mk, sk), (mg, sg)) in zip(zip(trace.keys, trace.grads), moments)]
+        running = self.gradient_size is not None and self.gradient_size.count > 0
         # The edit's own ||G|| needs the trace's Gram matrices: only computed when used.
-        own = gradient_norms(trace) if self.scale != "running" or self.gradient_size.count == 0 else None
-        divisors = self.gradient_size.mean.float() if self.scale != "edit" and self.gradient_size.count > 0 else own
-        divisors = divisors.clamp_min(1e-12)
+        own = gradient_norms(trace) if self.scale == "direction" or not running else None
+        divisors = (self.gradient_size.mean.float() if running else own).clamp_min(1e-12)
         updates: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(inputs)
         for shape, editor in enumerate(self.editors):
-            members = [i for i, own in enumerate(self.shape_of) if own == shape]
+            members = [i for i, of in enumerate(self.shape_of) if of == shape]
             slots = torch.tensor([self.slot_of[i] for i in members], device=inputs[0].device)
             keys, grads = editor(torch.stack([inputs[i] for i in members]), slots)
             for j, i in enumerate(members):

@@ -145,4 +145,3 @@ def test_batched_scores_match_one_pair_at_a_time(make_env, model, slicing):
         assert torch.equal(batched.predictions[i], logits.argmax(-1))
         assert float(batched.nll[i]) == pytest.approx(float(F.cross_entropy(logits, labels)), abs=1e-5)
         assert torch.allclose(batched.log_probs[i], logits.log_softmax(-1), atol=1e-5)
-

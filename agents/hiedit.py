@@ -46,8 +46,8 @@ class HiEditAgent(LearnedEditorAgent):
 
     def training_loss(self, env: HiEditEnv, updates: list[LowRank],
                       selection: Selection) -> tuple[torch.Tensor, dict[str, float]]:
-        sparse = env.objective(masked(updates, selection.mask))
-        dense = env.objective(detached(updates)).total  # no graph: every input is detached
+        sparse = self.loss_objective(env, masked(updates, selection.mask))
+        dense = self.loss_objective(env, detached(updates)).total  # no graph: every input is detached
         loss = sparse.total - dense
         return loss, {"loss": sparse.total.item(), "edit_loss": sparse.edit.item(),
                       "locality_kl": sparse.locality.item(), "dense_loss": dense.item(),

@@ -31,6 +31,12 @@ the running scale's; after training, an edit still gets the gradient step's size
 one-step objective, the other scales learned to push the current edit harder than its gradient
 (higher success at the edit, less of it kept after 100 edits); here that size is not the network's
 to choose, and the learned ``lr_i`` moves it only per module, for every edit alike.
+
+``scale="effect"`` measures that size where it acts, on the module's outputs for the trace's own
+tokens ``K``: the update is scaled so that ``||dW K^T||`` equals the gradient step's
+``||lr_i * ||W0_i|| / mean ||G|| * G K^T||``. A direction that moves every token's output alike (a
+bias-like update, cheap in Frobenius norm and costly to every unrelated prompt) gets a smaller step.
+Untrained, it is the same update as ``running`` and ``direction``.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import torch
 from torch import nn
 
 from hiedit_env import EditTrace
+from hiedit_env.objective import update_sq_norm
 
 from .selection import gradient_norms
 
@@ -51,8 +58,14 @@ from .selection import gradient_norms
 # candidates of SmolLM2 even 5e-3 cost more locality than it gained edit loss, which is why the
 # earlier editors started at 3e-3.
 DEFAULT_INIT_LR = 0.006
-Scale = Literal["edit", "running", "direction"]
+Scale = Literal["edit", "running", "direction", "effect"]
 SCALES = get_args(Scale)
+
+
+def output_change(grads: torch.Tensor, keys: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``||(grads^T keys) tokens^T||_F``: how much the update ``grads^T keys`` moves the module's outputs
+    on the rows of ``tokens``, through ``n x n`` products (``grads`` [n, d_out], ``keys`` [n, d_in])."""
+    return update_sq_norm((grads, keys @ tokens.T)).clamp_min(0).sqrt()
 
 
 class RunningNorm(nn.Module):
@@ -173,7 +186,10 @@ class HyperEditor(nn.Module):
                 pseudo_grads, pseudo_keys = grads[j] * sg + mg, keys[j] * sk + mk
                 step = self.log_lr[i].exp() * self.base_norms[i] / divisors[i]
                 if self.scale == "direction":
-                    size = ((pseudo_grads @ pseudo_grads.T) * (pseudo_keys @ pseudo_keys.T)).sum().clamp_min(1e-30).sqrt()
+                    size = update_sq_norm((pseudo_grads, pseudo_keys)).clamp_min(1e-30).sqrt()
                     step = step * own[i] / size
+                elif self.scale == "effect":
+                    k, g = trace.keys[i].float(), trace.grads[i].float()
+                    step = step * output_change(g, k, k) / output_change(pseudo_grads, pseudo_keys, k).clamp_min(1e-30)
                 updates[i] = (-step * pseudo_grads, pseudo_keys)
         return updates

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import trange
 
-from hiedit_env import EditTrace, HiEditEnv
+from hiedit_env import EditTrace, HiEditEnv, ObjectiveTerms
 
 from .base import Agent
 from .gate import Selection
@@ -52,10 +52,13 @@ class LearnedEditorAgent(Agent):
     trace (free: the environment has taken it), or ``"objective"``, the trace of the whole training
     objective (:meth:`HiEditEnv.objective_trace`), whose KL rows show the editor how the unrelated
     prompt has drifted, for one forward+backward on the objective's prompts per edit.
+    ``loss_back_depth`` and ``loss_time_decay`` widen the training loss's window beyond the trace's
+    (:meth:`loss_objective`); ``None`` keeps the environment's.
 
     The defaults (objective trace, ``scale="direction"``, ``meta_lr`` 1e-4, ``lr_lr`` 1e-3, ``init_lr``
     6e-3) won the selection on a 100-edit episode of the ZsRE training split against the edit trace,
-    the running scale, ten times the learning rates and half the initial step (README, agent zoo).
+    the running scale, ten times the learning rates, half the initial step and a loss over the whole
+    training episode; ``scale="effect"`` helped HiEdit and hurt RLEdit (README, agent zoo).
     """
 
     update_mode = "low_rank"
@@ -64,7 +67,8 @@ class LearnedEditorAgent(Agent):
     def __init__(self, env: gym.Env, rank: int = 32, num_blocks: int = 2, init_lr: float = DEFAULT_INIT_LR,
                  max_lr: float | None = None, meta_lr: float = 1e-4, lr_lr: float = 1e-3, update_every: int = 1,
                  grad_clip: float = 1.0, scale: Scale = "direction",
-                 trace_of: Literal["edit", "objective"] = "objective") -> None:
+                 trace_of: Literal["edit", "objective"] = "objective", loss_back_depth: int | None = None,
+                 loss_time_decay: float | None = None) -> None:
         super().__init__(env)
         if trace_of not in ("edit", "objective"):
             raise ValueError(f"trace_of must be 'edit' or 'objective', got {trace_of!r}")
@@ -72,11 +76,17 @@ class LearnedEditorAgent(Agent):
             raise ValueError(f"update_every must be an integer >= 1, got {update_every!r}")
         if meta_lr <= 0 or lr_lr <= 0 or grad_clip <= 0:
             raise ValueError("meta_lr, lr_lr and grad_clip must be > 0")
+        if loss_back_depth is not None and (isinstance(loss_back_depth, bool) or not isinstance(loss_back_depth, int)
+                                            or loss_back_depth < 0):
+            raise ValueError(f"loss_back_depth must be None or an integer >= 0, got {loss_back_depth!r}")
+        if loss_time_decay is not None and not 0 < loss_time_decay <= 1:
+            raise ValueError(f"loss_time_decay must be None or in (0, 1], got {loss_time_decay!r}")
         if max_lr is not None and max_lr < init_lr:
             raise ValueError(f"max_lr must be >= init_lr, got {max_lr} < {init_lr}")
         self.hparams = {"rank": rank, "num_blocks": num_blocks, "init_lr": init_lr, "max_lr": max_lr,
                         "meta_lr": meta_lr, "lr_lr": lr_lr, "update_every": update_every, "grad_clip": grad_clip,
-                        "scale": scale, "trace_of": trace_of}
+                        "scale": scale, "trace_of": trace_of, "loss_back_depth": loss_back_depth,
+                        "loss_time_decay": loss_time_decay}
         self.editor = HyperEditor(self.env.module_dims(), self.env.base_weight_norms(), rank, num_blocks,
                                   init_lr, scale).to(self.env.model.device)
         self.optimizer_steps = 0
@@ -100,6 +110,14 @@ class LearnedEditorAgent(Agent):
         rest = [p for p in self.editor.parameters() if p is not self.editor.log_lr]
         return [{"params": rest, "lr": self.hparams["meta_lr"]},
                 {"params": [self.editor.log_lr], "lr": self.hparams["lr_lr"]}]
+
+    def loss_objective(self, env: HiEditEnv, updates: list[LowRank]) -> ObjectiveTerms:
+        """``env.objective`` over the training loss's window: ``loss_back_depth`` earlier edits weighted
+        ``loss_time_decay**j`` (``None``: the environment's ``back_depth`` and ``time_decay``, the window
+        the objective's trace covers). A longer window charges an update for the earlier edits of the
+        episode it breaks, which the trace does not show."""
+        return env.objective(updates, back_depth=self.hparams["loss_back_depth"],
+                             time_decay=self.hparams["loss_time_decay"])
 
     def read_trace(self, env: HiEditEnv) -> EditTrace:
         """What the editor reads (``trace_of``) for the current edit."""

@@ -23,6 +23,6 @@ class RLEditAgent(LearnedEditorAgent):
 
     def training_loss(self, env: HiEditEnv, updates: list[LowRank],
                       selection: Selection) -> tuple[torch.Tensor, dict[str, float]]:
-        terms = env.objective(updates)
+        terms = self.loss_objective(env, updates)
         return terms.total, {"loss": terms.total.item(), "edit_loss": terms.edit.item(),
                              "locality_kl": terms.locality.item()}

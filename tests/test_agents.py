@@ -20,6 +20,7 @@ import torch
 import hiedit_agents
 from hiedit_agents import HiEditAgent, agent_class, available_agents, make_agent, run_episode
 from hiedit_agents.cli import main
+from hiedit_agents.hypernet import output_change
 from hiedit_agents.learned import masked
 from hiedit_agents.selection import gradient_norms
 from hiedit_env.objective import update_sq_norm
@@ -137,6 +138,35 @@ def test_training_takes_the_configured_number_of_optimizer_steps(env_for, monkey
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.parametrize("name", ["hiedit", "rledit"])
+def test_training_loss_covers_the_configured_window(name, env_for):
+    env = env_for(num_edits=4, back_depth=1)
+    with pytest.raises(ValueError, match="loss_back_depth"):
+        make_agent(name, env, loss_back_depth=-1)
+    with pytest.raises(ValueError, match="loss_time_decay"):
+        make_agent(name, env, loss_time_decay=0.0)
+    agent = make_agent(name, env, loss_back_depth=3, loss_time_decay=1.0)
+    observation, info = env.reset(seed=0)
+    for _ in range(3):  # three edits in: the loss's window reaches two edits further back than the env's
+        observation, _, _, _, info = env.step(agent.act(observation, info))
+    unwrapped = env.unwrapped
+    updates = agent.editor(agent.read_trace(unwrapped))
+    selection = agent.select(observation, unwrapped.edit_trace)
+    chosen = masked(updates, selection.mask)
+    windows = []
+    objective = unwrapped.objective
+
+    def spy(updates, back_depth=None, time_decay=None):
+        windows.append((back_depth, time_decay))
+        return objective(updates, back_depth, time_decay)
+
+    unwrapped.objective = spy
+    _, scalars = agent.training_loss(unwrapped, updates, selection)
+    del unwrapped.objective
+    assert windows and set(windows) == {(3, 1.0)}
+    assert scalars["edit_loss"] == pytest.approx(objective(chosen, back_depth=3, time_decay=1.0).edit.item(), rel=1e-5)
+
+
 def test_gate_gets_gradient_from_edit_and_locality_through_the_mask(env_for):
     env = env_for()
     observation, _ = env.reset(seed=0)
@@ -155,11 +185,12 @@ def test_gate_gets_gradient_from_edit_and_locality_through_the_mask(env_for):
     assert all(g is None for g in torch.autograd.grad(hard_terms.edit, params, allow_unused=True))
 
 
-@pytest.mark.parametrize("scale", ["edit", "running", "direction"])
+@pytest.mark.parametrize("scale", ["edit", "running", "direction", "effect"])
 def test_untrained_update_size_follows_the_scale(scale, env_for):
     """``edit``: every update has the relative size ``init_lr``; ``running``: it grows with the edit's
     own gradient, relative to the mean gradient seen so far; ``direction``: the same as ``running``,
-    and still so once the network's up-projections are no longer zero."""
+    and still so once the network's up-projections are no longer zero; ``effect``: the same as
+    ``running`` untrained, and once trained, the same change of the outputs on the trace's tokens."""
     env = env_for(num_edits=2)
     agent = make_agent("rledit", env, scale=scale)
     env.reset(seed=0)
@@ -173,8 +204,12 @@ def test_untrained_update_size_follows_the_scale(scale, env_for):
     def relative_sizes(trace):
         return torch.stack([update_sq_norm(u).sqrt() for u in agent.editor(trace)]) / base
 
+    def output_changes(trace):
+        return torch.stack([output_change(u, v, k) for (u, v), k in zip(agent.editor(trace), trace.keys)])
+
     with torch.no_grad():
         untrained = [relative_sizes(trace) for trace in traces]
+        untrained_changes = output_changes(traces[0])
         for trace, sizes in zip(traces, untrained):
             expected = torch.full_like(sizes, agent.hparams["init_lr"])
             if scale != "edit":
@@ -185,10 +220,15 @@ def test_untrained_update_size_follows_the_scale(scale, env_for):
             for block in editor.blocks:
                 block.up.weight.normal_(0, 0.5)
         trained = relative_sizes(traces[0])
+        trained_changes = output_changes(traces[0])
     if scale == "direction":
         torch.testing.assert_close(trained, untrained[0], rtol=1e-3, atol=0)
     else:
         assert not torch.allclose(trained, untrained[0], rtol=1e-2)
+    if scale == "effect":
+        torch.testing.assert_close(trained_changes, untrained_changes, rtol=1e-3, atol=0)
+    else:
+        assert not torch.allclose(trained_changes, untrained_changes, rtol=1e-2)
 
 
 @pytest.mark.parametrize("k", [1, 3])

@@ -80,7 +80,9 @@ class LearnedEditorAgent(Agent):
         if loss_back_depth is not None and (isinstance(loss_back_depth, bool) or not isinstance(loss_back_depth, int)
                                             or loss_back_depth < 0):
             raise ValueError(f"loss_back_depth must be None or an integer >= 0, got {loss_back_depth!r}")
-        if loss_time_decay is not None and not 0 < loss_time_decay <= 1:
+        if loss_time_decay is not None and (isinstance(loss_time_decay, bool)
+                                            or not isinstance(loss_time_decay, (int, float))
+                                            or not 0 < loss_time_decay <= 1):
             raise ValueError(f"loss_time_decay must be None or in (0, 1], got {loss_time_decay!r}")
         if max_lr is not None and max_lr < init_lr:
             raise ValueError(f"max_lr must be >= init_lr, got {max_lr} < {init_lr}")

@@ -143,8 +143,9 @@ def test_training_loss_covers_the_configured_window(name, env_for):
     env = env_for(num_edits=4, back_depth=1)
     with pytest.raises(ValueError, match="loss_back_depth"):
         make_agent(name, env, loss_back_depth=-1)
-    with pytest.raises(ValueError, match="loss_time_decay"):
-        make_agent(name, env, loss_time_decay=0.0)
+    for bad in (0.0, float("nan"), "0.9"):
+        with pytest.raises(ValueError, match="loss_time_decay"):
+            make_agent(name, env, loss_time_decay=bad)
     agent = make_agent(name, env, loss_back_depth=3, loss_time_decay=1.0)
     observation, info = env.reset(seed=0)
     for _ in range(3):  # three edits in: the loss's window reaches two edits further back than the env's

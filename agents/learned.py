@@ -24,6 +24,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import trange
 
 from hiedit_env import EditTrace, HiEditEnv, ObjectiveTerms
+from hiedit_env.checks import check_int, check_range
 
 from .base import Agent
 from .gate import Selection
@@ -77,13 +78,10 @@ class LearnedEditorAgent(Agent):
             raise ValueError(f"update_every must be an integer >= 1, got {update_every!r}")
         if meta_lr <= 0 or lr_lr <= 0 or grad_clip <= 0:
             raise ValueError("meta_lr, lr_lr and grad_clip must be > 0")
-        if loss_back_depth is not None and (isinstance(loss_back_depth, bool) or not isinstance(loss_back_depth, int)
-                                            or loss_back_depth < 0):
-            raise ValueError(f"loss_back_depth must be None or an integer >= 0, got {loss_back_depth!r}")
-        if loss_time_decay is not None and (isinstance(loss_time_decay, bool)
-                                            or not isinstance(loss_time_decay, (int, float))
-                                            or not 0 < loss_time_decay <= 1):
-            raise ValueError(f"loss_time_decay must be None or in (0, 1], got {loss_time_decay!r}")
+        if loss_back_depth is not None:
+            check_int("loss_back_depth", loss_back_depth, 0)
+        if loss_time_decay is not None:
+            check_range("loss_time_decay", loss_time_decay, 0, 1, low_open=True)
         if max_lr is not None and max_lr < init_lr:
             raise ValueError(f"max_lr must be >= init_lr, got {max_lr} < {init_lr}")
         self.hparams = {"rank": rank, "num_blocks": num_blocks, "init_lr": init_lr, "max_lr": max_lr,

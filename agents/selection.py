@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from hiedit_env import EditTrace
+from hiedit_env.objective import update_sq_norm
 
 
 def default_k(num_candidates: int) -> int:
@@ -30,5 +31,4 @@ def topk_indicator(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 def gradient_norms(trace: EditTrace) -> torch.Tensor:
     """``||delta^T k||_F`` per candidate, through the n x n Gram matrices so no [d_out, d_in] is formed."""
-    return torch.stack([((g @ g.T) * (k @ k.T)).sum().clamp_min(0).sqrt()
-                        for k, g in zip(trace.keys, trace.grads)]).float()
+    return torch.stack([update_sq_norm((g, k)).clamp_min(0).sqrt() for k, g in zip(trace.keys, trace.grads)]).float()

@@ -13,6 +13,7 @@ import torch
 from gymnasium import spaces
 
 from .action import parse_action
+from .checks import check_int, check_range
 from .delta import Delta, apply_delta, weight_deltas
 from .models import SharedModel, candidate_modules, load_shared_model, module_dims, weight_as_linear
 from .objective import ObjectiveTerms, Update, edit_objective
@@ -172,15 +173,15 @@ class HiEditEnv(gym.Env):
         lo, hi = _pair(eta_range, "eta_range")
         if not 0 < lo <= hi:
             raise ValueError(f"eta_range must satisfy 0 < min <= max, got {eta_range}")
-        _check_range("max_update_ratio", max_update_ratio, 0, None, low_open=True)
-        _check_range("time_decay", time_decay, 0, 1)
-        _check_range("kl_weight", kl_weight, 0, None)
-        _check_range("l2_weight", l2_weight, 0, None)
-        _check_int("back_depth", back_depth, 0)
+        check_range("max_update_ratio", max_update_ratio, 0, None, low_open=True)
+        check_range("time_decay", time_decay, 0, 1)
+        check_range("kl_weight", kl_weight, 0, None)
+        check_range("l2_weight", l2_weight, 0, None)
+        check_int("back_depth", back_depth, 0)
         if locality_depth is not None:
-            _check_int("locality_depth", locality_depth, 0)
-        _check_int("retention_window", retention_window, 1)
-        _check_int("rank", rank, 1)
+            check_int("locality_depth", locality_depth, 0)
+        check_int("retention_window", retention_window, 1)
+        check_int("rank", rank, 1)
 
         self.shared: SharedModel = load_shared_model(model, dtype=dtype, device=device)
         self.model = self.shared.model
@@ -188,14 +189,14 @@ class HiEditEnv(gym.Env):
         self.candidate_modules: list[str] = candidate_modules(self.model, modules if modules is None or isinstance(modules, str) else list(modules))
         n = len(self.candidate_modules)
         if layer_budget is not None:
-            _check_int("layer_budget", layer_budget, 1)
+            check_int("layer_budget", layer_budget, 1)
             if layer_budget > n:
                 raise ValueError(f"layer_budget={layer_budget} exceeds the {n} candidate modules")
 
         self.edit_set: EditSet = load_edits(dataset, on_error=on_bad_record)
         self.split = split
         self.records: list[EditRecord] = self.edit_set.split(split, test_fraction, split_seed)
-        _check_int("num_edits", num_edits, 1)
+        check_int("num_edits", num_edits, 1)
         if num_edits > len(self.records):
             raise ValueError(f"num_edits={num_edits} is larger than the {len(self.records)} records of "
                              f"{self.edit_set.source!r} (split {split!r})")
@@ -496,19 +497,6 @@ def _check_weights(**weights: float) -> dict[str, float]:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise ValueError(f"reward weight {name} must be a finite number >= 0, got {value!r}")
     return {k: float(v) for k, v in weights.items()}
-
-
-def _check_range(name: str, value: float, lo: float, hi: float | None, low_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > lo if low_open else value >= lo) and (hi is None or value <= hi)
-    if not ok:
-        bounds = f"{'(' if low_open else '['}{lo}, {hi if hi is not None else 'inf'}{']' if hi is not None else ')'}"
-        raise ValueError(f"{name} must be a finite number in {bounds}, got {value!r}")
-
-
-def _check_int(name: str, value: int, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _pair(value: Any, name: str) -> tuple[float, float]:

@@ -128,8 +128,10 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
                  num_edits=args.num_edits, low_memory=args.low_memory, total_seconds=seconds, seconds_per_step=seconds / steps,
                  **peak_memory_mb())
     (out / "train_stats.json").write_text(json.dumps(stats, indent=2))
+    kept = (f"; kept the editor of edit {stats['kept_after_edits']} (validation mean "
+            f"{stats['kept_validation_mean']:.3f})" if stats.get("validations") else "")
     print(f"trained {args.agent} on {steps} edits ({stats.get('optimizer_steps', 0)} optimiser steps) in "
-          f"{seconds:.0f} s, {stats['seconds_per_step']:.2f} s/edit; checkpoint, TensorBoard logs and "
+          f"{seconds:.0f} s, {stats['seconds_per_step']:.2f} s/edit{kept}; checkpoint, TensorBoard logs and "
           f"train_stats.json in {out}")
     return stats
 

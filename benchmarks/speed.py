@@ -7,6 +7,7 @@ prompt. Both are timed on the same records, interleaved, and the medians are com
 
     python benchmarks/speed.py --model smollm2-135m --num-edits 30 --out speed.json
     python benchmarks/speed.py --agent hiedit --checkpoint runs/zsre/hiedit
+    python benchmarks/speed.py --agent hiedit --checkpoint runs/zsre/hiedit --env-kwargs '{"trace": "edit"}'
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def main() -> None:
     parser.add_argument("--agent", default=None, help="time this agent's act + step (default: a constant action)")
     parser.add_argument("--checkpoint", default=None, help="checkpoint folder for a learned --agent")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--env-kwargs", type=json.loads, default={}, help="gym.make arguments, over the agent's own")
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -67,7 +69,8 @@ def main() -> None:
     cls = agent_class(args.agent) if args.agent else None
     config = read_checkpoint_meta(Path(args.checkpoint))["config"] if cls and args.checkpoint else {}
     env = gym.make("HiEdit-v0", model=args.model, dataset=args.dataset, num_edits=args.num_edits,
-                   evaluate_generation=False, **(cls.acting_requirements(config) if cls else {})).unwrapped
+                   evaluate_generation=False, **{**(cls.acting_requirements(config) if cls else {}), **args.env_kwargs}
+                   ).unwrapped
     n = len(env.candidate_modules)
     if cls:
         agent = cls.load(args.checkpoint, env) if args.checkpoint else cls(env)
@@ -86,7 +89,7 @@ def main() -> None:
     step, floor = statistics.median(step_times), statistics.median(floor_times)
     first, last = statistics.median(step_times[:5]), statistics.median(step_times[-5:])
     figures = {
-        "model": args.model, "agent": args.agent or "constant action", "candidates": n,
+        "model": args.model, "agent": args.agent or "constant action", "env_kwargs": args.env_kwargs, "candidates": n,
         "edits_timed": len(step_times), "threads": torch.get_num_threads(),
         "median_step_s": step, "median_floor_s": floor, "ratio": step / floor,
         "first5_step_s": first, "last5_step_s": last,

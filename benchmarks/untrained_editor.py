@@ -58,7 +58,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
     if args.threads:
         torch.set_num_threads(args.threads)
-    common = {"model": args.model, "update_mode": "low_rank", **args.env_kwargs}
+    common = {"model": args.model, **RLEditAgent.acting_requirements(args.agent_kwargs), **args.env_kwargs}
     train_env = gym.make("HiEdit-v0", dataset=args.train_dataset or args.dataset,
                          split="all" if args.train_dataset else "train", num_edits=OBSERVED_EPISODE,
                          evaluate_generation=False, **common)

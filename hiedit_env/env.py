@@ -20,7 +20,7 @@ from .objective import ObjectiveTerms, Update, edit_objective
 from .records import DEFAULT_DATASET, EditRecord, EditSet, load_edits
 from .score import PROTOCOLS, agreement, generation_exact_match, score_pairs
 from .tokens import EncodedRecord, Pair, encode_record
-from .trace import EditTrace, trace_edit, trace_objective
+from .trace import EditTrace, trace_edit, trace_edit_and_objective, trace_objective
 
 LAYER_FEATURES = ("key_norm", "grad_norm", "weight_grad_norm", "depth", "changed", "chosen_share")
 REWARD_TERMS = ("edit_success", "generalization", "locality", "sparsity", "retention", "update_norm", "sequence_gain")
@@ -122,6 +122,11 @@ class HiEditEnv(gym.Env):
       5.3, against an edit loss of 1 to 3). The defaults (0 and 0) won the selection on a 100-edit
       episode of the ZsRE training split against ``l2_weight`` 0.1 or 1.0 and ``locality_depth``
       ``back_depth`` (README, agent zoo).
+    * ``trace``: what each edit's forward+backward covers. ``"edit"`` (default): the edit alone, the
+      floor. ``"objective"``: the objective's whole batch (the edit window and the unrelated prompts);
+      :attr:`edit_trace` is then that pass's rows of the edit (the same tensors up to float rounding)
+      and :meth:`objective_trace` of the unchanged model costs nothing, which saves an agent that reads
+      it every edit (the learned editors) one pass per edit.
     * ``evaluate_generation``: compute ``ES_gen``/``GS_gen`` at the end (greedy decoding).
     * ``instance_layer``: block whose hidden state encodes the edit (default: the middle one).
     * ``device`` (``"auto"``), ``dtype`` (``"float32"``), ``render_mode`` (``None`` or ``"ansi"``).
@@ -157,6 +162,7 @@ class HiEditEnv(gym.Env):
         time_decay: float = 0.8,
         kl_weight: float = 1.0,
         l2_weight: float = 0.0,
+        trace: Literal["edit", "objective"] = "edit",
         evaluate_generation: bool = True,
         instance_layer: int | None = None,
         device: str = "auto",
@@ -168,6 +174,8 @@ class HiEditEnv(gym.Env):
                                              w_sequence=w_sequence)
         if update_mode not in ("step_size", "low_rank"):
             raise ValueError(f"update_mode must be 'step_size' or 'low_rank', got {update_mode!r}")
+        if trace not in ("edit", "objective"):
+            raise ValueError(f"trace must be 'edit' or 'objective', got {trace!r}")
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
         lo, hi = _pair(eta_range, "eta_range")
@@ -206,7 +214,7 @@ class HiEditEnv(gym.Env):
         self.retention_window, self.back_depth, self.time_decay = retention_window, back_depth, float(time_decay)
         self.locality_depth = back_depth if locality_depth is None else locality_depth
         self.kl_weight, self.l2_weight = float(kl_weight), float(l2_weight)
-        self.evaluate_generation, self.render_mode = bool(evaluate_generation), render_mode
+        self.evaluate_generation, self.render_mode, self.trace = bool(evaluate_generation), render_mode, trace
         n_layers = self.model.config.num_hidden_layers
         self.instance_layer = n_layers // 2 if instance_layer is None else instance_layer
         if not 0 <= self.instance_layer <= n_layers:
@@ -239,6 +247,7 @@ class HiEditEnv(gym.Env):
         self._episode: list[EncodedRecord] = []
         self._t = 0
         self._trace: EditTrace | None = None
+        self._objective_trace: EditTrace | None = None  # of the unchanged model, with trace="objective"
         self._last_render = ""
 
     # ---------------------------------------------------------------- public accessors
@@ -294,7 +303,7 @@ class HiEditEnv(gym.Env):
         self._chosen_per_edit: list[list[int]] = []
         self._sequence_total = 0.0
         self._done = False
-        self._trace = self._trace_current()
+        self._trace_current()
         return self._observation(), {"edit_index": 0}
 
     def step(self, action: dict[str, Any]):
@@ -323,7 +332,10 @@ class HiEditEnv(gym.Env):
 
         self._t += 1
         terminated = self._t >= len(self._episode)
-        self._trace = None if terminated else self._trace_current()
+        if terminated:
+            self._trace = self._objective_trace = None
+        else:
+            self._trace_current()
         self._history["seconds"].append(time.perf_counter() - started)
         info: dict[str, Any] = {"edit_index": self._t - 1, **terms,
                                 "layers_chosen": list(parsed.chosen), "num_layers_chosen": len(parsed.chosen)}
@@ -400,9 +412,12 @@ class HiEditEnv(gym.Env):
     def objective_trace(self, updates: Sequence[Update]) -> EditTrace:
         """Keys and output gradients of :meth:`objective`'s loss under ``updates`` (L2 aside), one row
         per token of its prompts: the edit window and the unrelated prompts, whose KL gradient points
-        back toward the unedited model's answers. One forward+backward on the objective's batch."""
+        back toward the unedited model's answers. One forward+backward on the objective's batch; none
+        with ``trace="objective"`` and no update (every entry ``None``): the edit's pass made it."""
         if self._trace is None:
             raise gym.error.ResetNeeded("objective_trace() needs a current edit: call reset() first")
+        if self._objective_trace is not None and len(updates) == len(self._modules) and all(u is None for u in updates):
+            return self._objective_trace
         detached = [None if u is None else u.detach() if isinstance(u, torch.Tensor) else tuple(f.detach() for f in u)
                     for u in updates]  # a trace carries no gradient to the updates
         edits, locs, references = self._objective_window(None)
@@ -423,9 +438,16 @@ class HiEditEnv(gym.Env):
         self._activate()
         return [self._episode[t].edit for t in edited], [self._episode[t].loc for t in unrelated], references
 
-    def _trace_current(self) -> EditTrace:
-        return trace_edit(self.model, self._modules, self.candidate_modules, self._episode[self._t].edit,
-                          self._pad_id, self.instance_layer)
+    def _trace_current(self) -> None:
+        """The current edit's trace (and, with ``trace="objective"``, the objective's, same pass)."""
+        if self.trace == "edit":
+            self._trace = trace_edit(self.model, self._modules, self.candidate_modules, self._episode[self._t].edit,
+                                     self._pad_id, self.instance_layer)
+            return
+        edits, locs, references = self._objective_window(None)
+        self._trace, self._objective_trace = trace_edit_and_objective(
+            self.model, self._modules, self.candidate_modules, edits, locs, references, self._pad_id,
+            self.time_decay, self.kl_weight, self.instance_layer)
 
     def _reference_log_probs(self, t: int) -> torch.Tensor:
         """Unedited log-probs on edit ``t``'s unrelated prompt, computed once per record per episode."""

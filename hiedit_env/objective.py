@@ -34,6 +34,13 @@ class ObjectiveTerms(NamedTuple):
     edit: torch.Tensor
     locality: torch.Tensor
     l2: torch.Tensor
+    per_edit: torch.Tensor  # cross-entropy of each edit of the window, the current one first
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # the pass's, when asked for (a trace's observation)
+
+
+def window_weights(num_edits: int, time_decay: float) -> list[float]:
+    """Weight of the edit ``j`` steps back in the edit loss, before normalising by their sum."""
+    return [time_decay**j for j in range(num_edits)]
 
 
 def update_sq_norm(update: Update) -> torch.Tensor:
@@ -59,10 +66,12 @@ def add_update_hook(module: nn.Module, update: Update):
 @torch.enable_grad()  # gradients to the updates even when the caller is inside torch.no_grad()
 def edit_objective(model: PreTrainedModel, modules: list[nn.Module], updates: Sequence[Update],
                    edits: list[Pair], locs: list[Pair], reference_log_probs: list[torch.Tensor], pad_id: int,
-                   time_decay: float, kl_weight: float, l2_weight: float) -> ObjectiveTerms:
+                   time_decay: float, kl_weight: float, l2_weight: float,
+                   output_hidden_states: bool = False) -> ObjectiveTerms:
     """``edits[0]`` is the current edit, ``edits[j]`` the edit ``j`` steps back; ``locs`` are unrelated
     prompts (at least one) with the unedited model's log-probs over their answer tokens in
-    ``reference_log_probs``. One batched forward pass scores them all."""
+    ``reference_log_probs``. One batched forward pass scores them all (rows of
+    ``collate([*edits, *locs])``, whose hidden states ``output_hidden_states`` keeps)."""
     if len(updates) != len(modules):
         raise ValueError(f"objective expects {len(modules)} updates (None for unchanged modules), got {len(updates)}")
     if not locs or len(locs) != len(reference_log_probs):
@@ -70,12 +79,13 @@ def edit_objective(model: PreTrainedModel, modules: list[nn.Module], updates: Se
                          f"and {len(reference_log_probs)} references")
     handles = [add_update_hook(m, u) for m, u in zip(modules, updates) if u is not None]
     try:
-        out, batch = answer_logits(model, collate([*edits, *locs], pad_id, model.device))
+        out, batch = answer_logits(model, collate([*edits, *locs], pad_id, model.device),
+                                   output_hidden_states=output_hidden_states)
         logits = out.logits.float()
     finally:
         for h in handles:
             h.remove()
-    weights = torch.tensor([time_decay**j for j in range(len(edits))], device=logits.device)
+    weights = torch.tensor(window_weights(len(edits), time_decay), device=logits.device)
     per_edit = torch.stack([
         F.cross_entropy(logits[row][batch.answer_mask[row]], batch.labels[row][batch.answer_mask[row]])
         for row in range(len(edits))
@@ -87,4 +97,5 @@ def edit_objective(model: PreTrainedModel, modules: list[nn.Module], updates: Se
     ]).mean()
     chosen = [u for u in updates if u is not None]
     l2 = torch.stack([update_sq_norm(u) for u in chosen]).sum() if chosen else logits.new_zeros(())
-    return ObjectiveTerms(edit_loss + kl_weight * kl + l2_weight * l2, edit_loss, kl, l2)
+    return ObjectiveTerms(edit_loss + kl_weight * kl + l2_weight * l2, edit_loss, kl, l2, per_edit,
+                          out.hidden_states if output_hidden_states else None)

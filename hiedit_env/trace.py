@@ -8,6 +8,7 @@ starts at the lowest candidate, so the layers below it cost a forward pass only.
 
 :func:`trace_objective` records the same two tensors for the whole training objective: the edit
 window and the unrelated prompts, whose KL gradient says how the sequence has drifted so far.
+:func:`trace_edit_and_objective` takes both traces from that one pass (``gym.make(..., trace="objective")``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
-from .objective import Update, edit_objective
+from .objective import Update, edit_objective, window_weights
 from .tokens import Pair, answer_logits, collate
 
 
@@ -81,27 +82,59 @@ def trace_edit(model: PreTrainedModel, modules: list[nn.Module], names: list[str
     )
 
 
-def trace_objective(model: PreTrainedModel, modules: list[nn.Module], names: list[str], updates: Sequence[Update],
-                    edits: list[Pair], locs: list[Pair], reference_log_probs: list[torch.Tensor], pad_id: int,
-                    time_decay: float, kl_weight: float) -> EditTrace:
-    """Keys and output gradients of the edit objective's loss (edit cross-entropy over the window plus
-    ``kl_weight`` times the KL on the unrelated prompts; L2 has no per-token part) under ``updates``,
-    one row per non-padding token of every prompt of the objective's batch. The objective adds the
-    updates with hooks that run before the recording ones, so the recorded outputs include them.
-    ``hidden`` is left empty: the observation is built from the edit's own trace."""
+def _objective_pass(model: PreTrainedModel, modules: list[nn.Module], updates: Sequence[Update], edits: list[Pair],
+                    locs: list[Pair], reference_log_probs: list[torch.Tensor], pad_id: int, time_decay: float,
+                    kl_weight: float, output_hidden_states: bool = False):
+    """One forward+backward of the objective (L2 aside: it has no per-token part) under ``updates``:
+    every candidate's keys and output gradients, [rows, width, d], and the objective's terms. The
+    objective adds the updates with hooks that run before the recording ones, so the recorded outputs
+    include them."""
     recorder = _Recorder(modules)
     try:
         with torch.enable_grad():
             terms = edit_objective(model, modules, updates, edits, locs, reference_log_probs, pad_id,
-                                   time_decay, kl_weight, l2_weight=0.0)
+                                   time_decay, kl_weight, l2_weight=0.0, output_hidden_states=output_hidden_states)
             grads = torch.autograd.grad(terms.total, recorder.outputs)
     finally:
         recorder.remove()
+    return recorder.keys, [g.detach() for g in grads], terms
+
+
+def _token_rows(names: list[str], keys: list[torch.Tensor], grads: list[torch.Tensor], tokens: torch.Tensor,
+                loss: float, hidden: torch.Tensor | None = None, grad_scale: float = 1.0) -> EditTrace:
+    return EditTrace(module_names=list(names), keys=[k[tokens] for k in keys],
+                     grads=[g[tokens] * grad_scale for g in grads], loss=loss, hidden=hidden)
+
+
+def trace_objective(model: PreTrainedModel, modules: list[nn.Module], names: list[str], updates: Sequence[Update],
+                    edits: list[Pair], locs: list[Pair], reference_log_probs: list[torch.Tensor], pad_id: int,
+                    time_decay: float, kl_weight: float) -> EditTrace:
+    """Keys and output gradients of the edit objective's loss (edit cross-entropy over the window plus
+    ``kl_weight`` times the KL on the unrelated prompts) under ``updates``, one row per non-padding
+    token of every prompt of the objective's batch. ``hidden`` is left empty: the observation is
+    built from the edit's own trace."""
+    keys, grads, terms = _objective_pass(model, modules, updates, edits, locs, reference_log_probs, pad_id,
+                                         time_decay, kl_weight)
     tokens = collate([*edits, *locs], pad_id, model.device).attention_mask.bool()
-    return EditTrace(
-        module_names=list(names),
-        keys=[k[tokens] for k in recorder.keys],
-        grads=[g.detach()[tokens] for g in grads],
-        loss=float(terms.total.detach()),
-        hidden=None,
-    )
+    return _token_rows(names, keys, grads, tokens, float(terms.total.detach()))
+
+
+def trace_edit_and_objective(model: PreTrainedModel, modules: list[nn.Module], names: list[str], edits: list[Pair],
+                             locs: list[Pair], reference_log_probs: list[torch.Tensor], pad_id: int,
+                             time_decay: float, kl_weight: float, instance_layer: int) -> tuple[EditTrace, EditTrace]:
+    """:func:`trace_edit` of ``edits[0]`` and :func:`trace_objective` of the unchanged model, from one
+    forward+backward on the objective's batch instead of two passes.
+
+    Rows of a batch do not attend to each other, so the output gradients on the current edit's tokens
+    come from its own cross-entropy alone, which the objective weighs by ``1 / sum(window weights)``:
+    scaled back, they are the edit's trace (equal up to float rounding; the batch is right-padded, so
+    the edit's tokens sit where a pass of its own would put them)."""
+    keys, grads, terms = _objective_pass(model, modules, [None] * len(modules), edits, locs, reference_log_probs,
+                                         pad_id, time_decay, kl_weight, output_hidden_states=True)
+    tokens = collate([*edits, *locs], pad_id, model.device).attention_mask.bool()
+    own = torch.zeros_like(tokens)
+    own[0, : len(edits[0].ids)] = True
+    edit = _token_rows(names, keys, grads, own, float(terms.per_edit[0].detach()),
+                       hidden=terms.hidden_states[instance_layer][own].detach(),
+                       grad_scale=sum(window_weights(len(edits), time_decay)))
+    return edit, _token_rows(names, keys, grads, tokens, float(terms.total.detach()))

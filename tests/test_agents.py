@@ -100,11 +100,68 @@ def test_agent_refuses_an_environment_of_the_wrong_mode(env_for):
 def test_learning_reduces_the_loss_on_a_fixed_stream(name, env_for):
     env = env_for(num_edits=5)
     torch.manual_seed(0)
-    agent = make_agent(name, env, meta_lr=1e-3, lr_lr=0.2)  # fast rates: a short test of the mechanics
+    # fast rates: a short test of the mechanics; no validation, which could keep the starting editor
+    agent = make_agent(name, env, meta_lr=1e-3, lr_lr=0.2, validation_edits=0)
     before = stream_loss(agent, env, seed=100)
     agent.learn(env, steps=40, seed=100, progress=False)  # the same stream, episode after episode
     after = stream_loss(agent, env, seed=100)
     assert after < before - 0.05, (before, after)
+
+
+def test_validation_records_are_held_out_of_training(env_for, monkeypatch):
+    env = env_for(num_edits=3)
+    agent = make_agent("rledit", env, validation_edits=5, validate_every=4)
+    resets = []
+    original = type(env.unwrapped).reset
+
+    def spy(self, *, seed=None, options=None):
+        resets.append(list((options or {})["records"]))
+        return original(self, seed=seed, options=options)
+
+    monkeypatch.setattr(type(env.unwrapped), "reset", spy)
+    stats = agent.learn(env, steps=10, seed=3, progress=False)
+    validation = [r for r in resets if len(r) == 5]
+    training = [r for r in resets if len(r) == 3]
+    assert all(r == validation[0] for r in validation)
+    assert not set(validation[0]) & {i for r in training for i in r}
+    # after the first episode, at the first episode end after 4 and after 8 edits (6, 9), after the last edit
+    assert [v["after_edits"] for v in stats["validations"]] == [3, 6, 9, 10]
+    assert len(training) == 4  # episodes starting at edits 0, 3, 6, 9
+    again = make_agent("rledit", env, validation_edits=5, validate_every=4)
+    resets.clear()
+    again.learn(env, steps=10, seed=3, progress=False)
+    assert [r for r in resets if len(r) == 5][0] == validation[0]  # the same seed holds out the same records
+
+
+def test_learn_keeps_the_editor_that_validated_best(env_for, monkeypatch):
+    env = env_for(num_edits=2)
+    torch.manual_seed(0)
+    agent = make_agent("hiedit", env, meta_lr=1e-2, validation_edits=4, validate_every=2)
+    scores, states = iter([0.2, 0.9, 0.5, 0.1]), []
+
+    def fake_validate(env, records, seed, progress):
+        states.append({k: v.clone() for k, v in agent.editor.state_dict().items()})
+        return {"ES": 0.0, "GS": 0.0, "LS": 0.0, "mean": next(scores), "ES_first_20pct": 0.0}
+
+    monkeypatch.setattr(agent, "_validate", fake_validate)
+    stats = agent.learn(env, steps=8, progress=False)
+    assert [v["after_edits"] for v in stats["validations"]] == [2, 4, 6, 8]
+    assert stats["kept_after_edits"] == 4 and stats["kept_validation_mean"] == 0.9
+    assert stats["optimizer_steps"] == 8 and agent.optimizer_steps == 4
+    kept = agent.editor.state_dict()
+    assert all(torch.equal(kept[k], states[1][k]) for k in kept)
+    assert not all(torch.equal(states[1][k], states[3][k]) for k in kept)  # training did move on after it
+
+
+def test_validation_options_are_checked(env_for):
+    env = env_for(num_edits=3)
+    for kwargs, name in [({"validation_edits": -1}, "validation_edits"), ({"validation_edits": 2.5}, "validation_edits"),
+                         ({"validate_every": 0}, "validate_every")]:
+        with pytest.raises(ValueError, match=name):
+            make_agent("rledit", env, **kwargs)
+    records = len(env.unwrapped.records)
+    with pytest.raises(ValueError, match=f"validation_edits={records}.*validation_edits=0 turns it off"):
+        make_agent("rledit", env, validation_edits=records).learn(env, steps=1, progress=False)
 
 
 def test_learned_step_sizes_stay_under_max_lr(env_for):
@@ -112,7 +169,7 @@ def test_learned_step_sizes_stay_under_max_lr(env_for):
     torch.manual_seed(0)
     with pytest.raises(ValueError, match="max_lr"):
         make_agent("rledit", env, init_lr=0.01, max_lr=0.005)
-    agent = make_agent("rledit", env, init_lr=0.002, max_lr=0.004, lr_lr=0.5)
+    agent = make_agent("rledit", env, init_lr=0.002, max_lr=0.004, lr_lr=0.5, validation_edits=0)
     agent.learn(env, steps=10, seed=100, progress=False)
     lrs = agent.editor.log_lr.detach().exp()
     assert float(lrs.max()) <= 0.004 * (1 + 1e-5)
@@ -129,7 +186,7 @@ def test_training_takes_the_configured_number_of_optimizer_steps(env_for, monkey
 
     monkeypatch.setattr(torch.optim.Adam, "step", counting_step)
     env = env_for(num_edits=3)
-    agent = make_agent("hiedit", env, update_every=2)
+    agent = make_agent("hiedit", env, update_every=2, validation_edits=0)
     before = [p.detach().clone() for p in agent.gate.parameters()]
     stats = agent.learn(env, steps=9, log_dir=tmp_path / "tb", progress=False)
     assert len(calls) == 5 == stats["optimizer_steps"] == agent.optimizer_steps  # ceil(9 / 2): the tail counts too
@@ -252,7 +309,8 @@ def test_topk_keeps_exactly_k(k, env_for):
 @pytest.mark.parametrize("name", ["hiedit", "rledit", "random_k"])
 def test_checkpoint_round_trip_gives_the_same_actions(name, env_for, tmp_path):
     env = env_for(agent_class(name).update_mode, num_edits=3)
-    agent = make_agent(name, env, **({"update_every": 1} if name != "random_k" else {"k": 3, "seed": 7}))
+    kwargs = {"update_every": 1, "validation_edits": 0} if name != "random_k" else {"k": 3, "seed": 7}
+    agent = make_agent(name, env, **kwargs)
     agent.learn(env, steps=3, progress=False)
     agent.save(tmp_path)
     loaded = type(agent).load(tmp_path, env)
@@ -298,6 +356,7 @@ def test_cli_train_then_evaluate(zsre_path, tmp_path, capsys):
     assert main(["train", "--agent", "hiedit", *common, "--steps", "4", "--num-edits", "2", "--out", str(out)]) == 0
     stats = json.loads((out / "train_stats.json").read_text())
     assert stats["optimizer_steps"] == 4 and stats["seconds_per_step"] > 0 and stats["peak_rss_mb"] > 0
+    assert [v["after_edits"] for v in stats["validations"]] == [2, 4]  # by default: after the first episode and the last edit
     assert (out / "agent.json").is_file() and (out / "agent_state.pt").is_file()
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     results = tmp_path / "results.json"

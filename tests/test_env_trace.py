@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -145,3 +146,56 @@ def test_batched_scores_match_one_pair_at_a_time(make_env, model, slicing):
         assert torch.equal(batched.predictions[i], logits.argmax(-1))
         assert float(batched.nll[i]) == pytest.approx(float(F.cross_entropy(logits, labels)), abs=1e-5)
         assert torch.allclose(batched.log_probs[i], logits.log_softmax(-1), atol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["test-tiny-gpt2", "test-tiny-llama"])
+def test_objective_pass_gives_the_edit_trace_and_the_objective_trace(make_env, helpers, model):
+    """``trace="objective"``: one pass per edit yields both traces, equal to the two separate passes."""
+    fused = make_env(model, update_mode="low_rank", num_edits=4, back_depth=2, trace="objective").unwrapped
+    plain = make_env(model, update_mode="low_rank", num_edits=4, back_depth=2).unwrapped
+    n = len(fused.candidate_modules)
+    observations = [fused.reset(seed=3)[0], plain.reset(seed=3)[0]]
+    for t in range(3):  # the window fills up: edits t, t-1, t-2 and the unrelated prompt
+        for name in ("instance", "layers", "progress"):
+            np.testing.assert_allclose(observations[0][name], observations[1][name], rtol=1e-4, atol=1e-5)
+        a, b = fused.edit_trace, plain.edit_trace
+        assert a.loss == pytest.approx(b.loss, rel=1e-5)
+        torch.testing.assert_close(a.hidden, b.hidden, rtol=1e-4, atol=1e-5)
+        for i in range(n):
+            torch.testing.assert_close(a.keys[i], b.keys[i], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(a.grads[i], b.grads[i], rtol=1e-4, atol=1e-6)
+        passes = []
+        hook = fused.model.register_forward_pre_hook(lambda *_: passes.append(1))
+        try:
+            cached = fused.objective_trace([None] * n)
+        finally:
+            hook.remove()
+        assert passes == []  # the edit's pass made it
+        fresh = plain.objective_trace([None] * n)
+        assert cached.loss == pytest.approx(fresh.loss, rel=1e-5)
+        for i in range(n):
+            assert cached.keys[i].shape[0] > a.keys[i].shape[0]  # the window's and unrelated prompts' rows too
+            torch.testing.assert_close(cached.keys[i], fresh.keys[i], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(cached.grads[i], fresh.grads[i], rtol=1e-4, atol=1e-6)
+        # the same factored update on both: the edited models stay identical
+        update = [(g[:1].clone(), k[:1].clone() * 1e-2) for g, k in zip(a.grads, a.keys)]
+        action = {"layers": np.ones(n, np.float32), "update": update}
+        observations = [fused.step(action)[0], plain.step(action)[0]]
+        assert helpers.same_weights(helpers.snapshot(fused), helpers.snapshot(plain))
+
+
+def test_objective_trace_under_an_update_is_still_computed(make_env):
+    env = make_env("test-tiny-llama", update_mode="low_rank", trace="objective").unwrapped
+    env.reset(seed=0)
+    n = len(env.candidate_modules)
+    plain = env.objective_trace([None] * n)
+    k, g = env.edit_trace.keys[0], env.edit_trace.grads[0]
+    moved = env.objective_trace([(g[:1] * 10.0, k[:1]), *[None] * (n - 1)])
+    assert moved is not plain and not torch.allclose(moved.grads[-1], plain.grads[-1])
+    with pytest.raises(ValueError, match="objective expects"):
+        env.objective_trace([None] * (n + 1))
+
+
+def test_trace_argument_is_checked(make_env):
+    with pytest.raises(ValueError, match="trace must be 'edit' or 'objective'"):
+        make_env(trace="window")

@@ -121,7 +121,10 @@ class HiEditEnv(gym.Env):
       the absolute ``sum ||dW||_F^2`` (on SmolLM2 a relative step of 3e-3 on all 18 candidates makes it
       5.3, against an edit loss of 1 to 3). The defaults (0 and 0) won the selection on a 100-edit
       episode of the ZsRE training split against ``l2_weight`` 0.1 or 1.0 and ``locality_depth``
-      ``back_depth`` (README, agent zoo).
+      ``back_depth`` (README, agent zoo). ``objective_chunk``: rows of the objective's batch per forward
+      pass when gradients flow to the updates (``None``: all at once); each chunk is recomputed in the
+      backward pass (activation checkpointing), which lowers the peak memory of gradient-based
+      training for one more forward of the objective, with the same loss and gradients.
     * ``trace``: what each edit's forward+backward covers. ``"edit"`` (default): the edit alone, the
       floor. ``"objective"``: the objective's whole batch (the edit window and the unrelated prompts);
       :attr:`edit_trace` is then that pass's rows of the edit (the same tensors up to float rounding)
@@ -162,6 +165,7 @@ class HiEditEnv(gym.Env):
         time_decay: float = 0.8,
         kl_weight: float = 1.0,
         l2_weight: float = 0.0,
+        objective_chunk: int | None = None,
         trace: Literal["edit", "objective"] = "edit",
         evaluate_generation: bool = True,
         instance_layer: int | None = None,
@@ -186,6 +190,8 @@ class HiEditEnv(gym.Env):
         check_range("kl_weight", kl_weight, 0, None)
         check_range("l2_weight", l2_weight, 0, None)
         check_int("back_depth", back_depth, 0)
+        if objective_chunk is not None:
+            check_int("objective_chunk", objective_chunk, 1)
         if locality_depth is not None:
             check_int("locality_depth", locality_depth, 0)
         check_int("retention_window", retention_window, 1)
@@ -213,7 +219,7 @@ class HiEditEnv(gym.Env):
         self.eta_range, self.max_update_ratio = (lo, hi), float(max_update_ratio)
         self.retention_window, self.back_depth, self.time_decay = retention_window, back_depth, float(time_decay)
         self.locality_depth = back_depth if locality_depth is None else locality_depth
-        self.kl_weight, self.l2_weight = float(kl_weight), float(l2_weight)
+        self.kl_weight, self.l2_weight, self.objective_chunk = float(kl_weight), float(l2_weight), objective_chunk
         self.evaluate_generation, self.render_mode, self.trace = bool(evaluate_generation), render_mode, trace
         n_layers = self.model.config.num_hidden_layers
         self.instance_layer = n_layers // 2 if instance_layer is None else instance_layer
@@ -407,7 +413,8 @@ class HiEditEnv(gym.Env):
             raise gym.error.ResetNeeded("objective() needs a current edit: call reset() first")
         edits, locs, references = self._objective_window(back_depth)
         return edit_objective(self.model, self._modules, updates, edits, locs, references, self._pad_id,
-                              self.time_decay if time_decay is None else time_decay, self.kl_weight, self.l2_weight)
+                              self.time_decay if time_decay is None else time_decay, self.kl_weight, self.l2_weight,
+                              chunk_rows=self.objective_chunk)
 
     def objective_trace(self, updates: Sequence[Update]) -> EditTrace:
         """Keys and output gradients of :meth:`objective`'s loss under ``updates`` (L2 aside), one row

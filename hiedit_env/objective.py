@@ -22,6 +22,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
 from .tokens import Pair, answer_logits, collate
@@ -63,39 +64,62 @@ def add_update_hook(module: nn.Module, update: Update):
     return module.register_forward_hook(hook, prepend=True)
 
 
+def _row_losses(model: PreTrainedModel, modules: list[nn.Module], updates: Sequence[Update], pairs: list[Pair],
+                references: list[torch.Tensor | None], pad_id: int, output_hidden_states: bool = False):
+    """One batched pass over ``pairs`` under ``updates``: per row, the cross-entropy of its answer
+    (reference ``None``) or the KL from the reference log-probs to the model's; and the hidden states
+    if asked for."""
+    handles = [add_update_hook(m, u) for m, u in zip(modules, updates) if u is not None]
+    try:
+        out, batch = answer_logits(model, collate(pairs, pad_id, model.device), output_hidden_states=output_hidden_states)
+        logits = out.logits.float()
+    finally:
+        for h in handles:
+            h.remove()
+    losses = []
+    for row, reference in enumerate(references):
+        mask = batch.answer_mask[row]
+        if reference is None:
+            losses.append(F.cross_entropy(logits[row][mask], batch.labels[row][mask]))
+        else:
+            losses.append(F.kl_div(logits[row][mask].log_softmax(-1), reference, log_target=True, reduction="batchmean"))
+    return torch.stack(losses), out.hidden_states if output_hidden_states else None
+
+
 @torch.enable_grad()  # gradients to the updates even when the caller is inside torch.no_grad()
 def edit_objective(model: PreTrainedModel, modules: list[nn.Module], updates: Sequence[Update],
                    edits: list[Pair], locs: list[Pair], reference_log_probs: list[torch.Tensor], pad_id: int,
                    time_decay: float, kl_weight: float, l2_weight: float,
-                   output_hidden_states: bool = False) -> ObjectiveTerms:
+                   output_hidden_states: bool = False, chunk_rows: int | None = None) -> ObjectiveTerms:
     """``edits[0]`` is the current edit, ``edits[j]`` the edit ``j`` steps back; ``locs`` are unrelated
     prompts (at least one) with the unedited model's log-probs over their answer tokens in
     ``reference_log_probs``. One batched forward pass scores them all (rows of
-    ``collate([*edits, *locs])``, whose hidden states ``output_hidden_states`` keeps)."""
+    ``collate([*edits, *locs])``, whose hidden states ``output_hidden_states`` keeps).
+
+    ``chunk_rows``: when gradients flow to the updates, run the batch ``chunk_rows`` rows at a time,
+    each chunk under activation checkpointing (its forward is run again in the backward pass), so
+    only one chunk's activations are held at once: less peak memory for one more forward. The rows
+    are independent, so the value and the gradients are the same."""
     if len(updates) != len(modules):
         raise ValueError(f"objective expects {len(modules)} updates (None for unchanged modules), got {len(updates)}")
     if not locs or len(locs) != len(reference_log_probs):
         raise ValueError(f"objective needs one reference per unrelated prompt, got {len(locs)} prompts "
                          f"and {len(reference_log_probs)} references")
-    handles = [add_update_hook(m, u) for m, u in zip(modules, updates) if u is not None]
-    try:
-        out, batch = answer_logits(model, collate([*edits, *locs], pad_id, model.device),
-                                   output_hidden_states=output_hidden_states)
-        logits = out.logits.float()
-    finally:
-        for h in handles:
-            h.remove()
-    weights = torch.tensor(window_weights(len(edits), time_decay), device=logits.device)
-    per_edit = torch.stack([
-        F.cross_entropy(logits[row][batch.answer_mask[row]], batch.labels[row][batch.answer_mask[row]])
-        for row in range(len(edits))
-    ])
+    pairs, references = [*edits, *locs], [None] * len(edits) + list(reference_log_probs)
+    tracked = any(t.requires_grad for u in updates if u is not None for t in (u if isinstance(u, tuple) else (u,)))
+    if chunk_rows is None or chunk_rows >= len(pairs) or not tracked or output_hidden_states:
+        losses, hidden = _row_losses(model, modules, updates, pairs, references, pad_id, output_hidden_states)
+    else:
+        hidden = None
+        losses = torch.cat([
+            checkpoint(lambda s=start: _row_losses(model, modules, updates, pairs[s:s + chunk_rows],
+                                                   references[s:s + chunk_rows], pad_id)[0], use_reentrant=False)
+            for start in range(0, len(pairs), chunk_rows)
+        ])
+    weights = torch.tensor(window_weights(len(edits), time_decay), device=losses.device)
+    per_edit = losses[: len(edits)]
     edit_loss = (weights * per_edit).sum() / weights.sum()
-    kl = torch.stack([
-        F.kl_div(logits[row][batch.answer_mask[row]].log_softmax(-1), reference, log_target=True, reduction="batchmean")
-        for row, reference in zip(range(len(edits), len(edits) + len(locs)), reference_log_probs)
-    ]).mean()
+    kl = losses[len(edits):].mean()
     chosen = [u for u in updates if u is not None]
-    l2 = torch.stack([update_sq_norm(u) for u in chosen]).sum() if chosen else logits.new_zeros(())
-    return ObjectiveTerms(edit_loss + kl_weight * kl + l2_weight * l2, edit_loss, kl, l2, per_edit,
-                          out.hidden_states if output_hidden_states else None)
+    l2 = torch.stack([update_sq_norm(u) for u in chosen]).sum() if chosen else losses.new_zeros(())
+    return ObjectiveTerms(edit_loss + kl_weight * kl + l2_weight * l2, edit_loss, kl, l2, per_edit, hidden)

@@ -224,3 +224,39 @@ def test_objective_trace_gives_the_objective_gradient(make_env, helpers, model):
             torch.testing.assert_close(trace.weight_gradient(i), expected[i], rtol=1e-4, atol=1e-7)
     assert helpers.same_weights(before, helpers.snapshot(env))
     assert not torch.allclose(env.objective_trace([None] * n).weight_gradient(0), env.edit_trace.weight_gradient(0))
+
+
+@pytest.mark.parametrize("model", ["test-tiny-gpt2", "test-tiny-llama"])
+def test_chunked_objective_gives_the_same_loss_and_gradients(make_env, model):
+    """``objective_chunk``: the batch runs a few rows at a time, each recomputed in the backward pass."""
+    whole = make_env(model, back_depth=3, locality_depth=1, num_edits=4, update_mode="step_size").unwrapped
+    chunked = make_env(model, back_depth=3, locality_depth=1, num_edits=4, update_mode="step_size",
+                       objective_chunk=2).unwrapped
+    n = len(whole.candidate_modules)
+    for env in (whole, chunked):
+        env.reset(seed=2)
+        for _ in range(3):  # a full window: 4 edit prompts and 2 unrelated ones, 6 rows
+            env.step({"layers": np.ones(n, np.float32), "update": np.full(n, 0.3, np.float32)})
+    generator = torch.Generator().manual_seed(4)
+    start = [0.01 * torch.randn(d_out, d_in, generator=generator) for d_in, d_out in whole.module_dims()]
+    results = []
+    for env in (whole, chunked):
+        updates = [u.clone().requires_grad_(True) for u in start]
+        env.objective([None] * n)  # the unedited model's references, scored once per record
+        passes = []
+        hook = env.model.register_forward_pre_hook(lambda *_: passes.append(1))
+        try:
+            terms = env.objective(updates)
+            terms.total.backward()
+        finally:
+            hook.remove()
+        results.append((terms, [u.grad for u in updates], len(passes)))
+    (a, grads_a, passes_a), (b, grads_b, passes_b) = results
+    assert (passes_a, passes_b) == (1, 6)  # 3 chunks, each run again in the backward pass
+    for x, y in zip((a.total, a.edit, a.locality, a.per_edit), (b.total, b.edit, b.locality, b.per_edit)):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    for x, y in zip(grads_a, grads_b):
+        assert x.abs().sum() > 0
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="objective_chunk"):
+        make_env(model, objective_chunk=0)

@@ -28,7 +28,9 @@ CONFIG_FILE = "agent.json"
 STATE_FILE = "agent_state.pt"
 # Sized for SmolLM2-135M on 2 CPU cores: a HiEdit training edit there (env step + objective
 # forward/backward + dense objective forward) took about 3 s with one torch thread on a machine
-# shared with other jobs (load ~4), so 300 edits (15 episodes of 20) take about 15 minutes.
+# shared with other jobs (load ~4), so 300 edits (15 episodes of 20) take about 15 minutes, and the
+# learned editors' five validation sequences of 50 edits about 5 more (18 to 20 minutes in all with
+# two or three runs sharing the two cores).
 DEFAULT_TRAIN_STEPS = 300
 
 

@@ -38,6 +38,8 @@ from .gate import Selection
 from .hypernet import DEFAULT_INIT_LR, HyperEditor, Scale
 
 LowRank = tuple[torch.Tensor, torch.Tensor]
+# What the training statistics and TensorBoard keep of an episode's end-of-sequence metrics.
+EPISODE_KEYS = ("ES", "GS", "LS", "mean", "ES_first_20pct")
 
 
 def masked(updates: list[LowRank], mask: torch.Tensor) -> list[LowRank]:
@@ -174,8 +176,8 @@ class LearnedEditorAgent(Agent):
         edited as one sequence at the end of the first episode (the editor then has its input
         statistics and has barely moved from its start: before them, its updates are sized by the edit's
         own gradient norm), at the first episode end after every ``validate_every`` edits, and after
-        the last edit. The returned statistics hold every
-        validation (``validations``) and the training edit of the editor kept (``kept_after_edits``).
+        the last edit. The returned statistics hold every validation (``validations``) and the
+        training edit of the editor kept (``kept_after_edits``).
         """
         unwrapped: HiEditEnv = env.unwrapped
         if unwrapped.update_mode != "low_rank" or unwrapped.candidate_modules != self.env.candidate_modules:
@@ -199,8 +201,8 @@ class LearnedEditorAgent(Agent):
             metrics = self._validate(unwrapped, held_out, seed, progress)
             validations.append({"after_edits": after, **metrics})
             if writer is not None:
-                for key in ("ES", "GS", "LS", "mean"):
-                    writer.add_scalar(f"validation/{key}", metrics[key], after)
+                for key, value in metrics.items():
+                    writer.add_scalar(f"validation/{key}", value, after)
             if best is None or metrics["mean"] > best[0]:
                 best = (metrics["mean"], after, copy.deepcopy(self.state_dict()))
 
@@ -237,7 +239,7 @@ class LearnedEditorAgent(Agent):
                 for key, value in scalars.items():
                     writer.add_scalar(f"train/{key}", value, step)
             if terminated:
-                metrics = {k: info["episode_metrics"][k] for k in ("ES", "GS", "LS", "mean", "ES_first_20pct")}
+                metrics = {k: info["episode_metrics"][k] for k in EPISODE_KEYS}
                 episodes.append(metrics)
                 if writer is not None:
                     for key, value in metrics.items():
@@ -277,7 +279,7 @@ class LearnedEditorAgent(Agent):
         observation, _ = env.reset(seed=seed, options={"records": records})
         for _ in trange(len(records), desc="validating", unit="edit", leave=False, disable=not progress):
             observation, _, terminated, _, info = env.step(self._act_on(env, observation))
-        return {k: info["episode_metrics"][k] for k in ("ES", "GS", "LS", "mean", "ES_first_20pct")}
+        return {k: info["episode_metrics"][k] for k in EPISODE_KEYS}
 
     @torch.no_grad()
     def _bound_step_size(self) -> None:

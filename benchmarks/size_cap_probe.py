@@ -5,7 +5,9 @@ The learned editors size each update like the objective's gradient step (``scale
 a sequence has damaged the model, its gradients grow, so the next steps grow, and the model can
 break (RLEdit, training seed 0, test episode 1: the ratio reached 89 at edit 12 and the sequence
 ended at mean 0.013). This probe bounds the ratio for one evaluation episode without retraining,
-by wrapping the editor's gradient-norm function; it is an experiment, not an agent option (yet).
+by wrapping the editor's gradient-norm function, and records the largest unbounded ratio of each
+edit (``ratio_max_per_edit``; a huge ``--cap`` only records). It is an experiment, not an agent
+option (yet).
 
     python benchmarks/size_cap_probe.py --checkpoint runs/s11/zsre_val_seed0/rledit --seed 1 --cap 3 \\
         --out benchmarks/results/zsre_validated/size_cap/rledit_train_seed0_episode1_cap3.json
@@ -48,12 +50,18 @@ def main() -> None:
     agent = cls.load(args.checkpoint, env)
     if agent.editor.gradient_size is None:
         raise SystemExit("the cap needs an editor with gradient-size statistics (scale other than 'edit')")
-    unbounded = hypernet.gradient_norms
-    hypernet.gradient_norms = lambda trace: torch.minimum(
-        unbounded(trace), args.cap * agent.editor.gradient_size.mean.float())
+    unbounded, ratios = hypernet.gradient_norms, []
+
+    def bounded(trace):
+        norms, mean = unbounded(trace), agent.editor.gradient_size.mean.float()
+        ratios.append(float((norms / mean).max()))  # the editor sizes one update per act
+        return torch.minimum(norms, args.cap * mean)
+
+    hypernet.gradient_norms = bounded
     metrics = run_episode(agent, env, args.seed)
     result = {"checkpoint": args.checkpoint, "seed": args.seed, "cap": args.cap,
-              **{k: metrics[k] for k in ("mean", "ES", "GS", "LS", "ES_at_edit", "ES_first_20pct")}}
+              **{k: metrics[k] for k in ("mean", "ES", "GS", "LS", "ES_at_edit", "ES_first_20pct")},
+              "ratio_max_per_edit": ratios}
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(result)
 

@@ -48,6 +48,8 @@ class Agent:
     requires_training: ClassVar[bool] = False
     # True when learn() continues a loaded checkpoint and takes ``checkpoint_dir`` (``hiedit train --resume``).
     resumable: ClassVar[bool] = False
+    # Constructor arguments that change only how a trained agent acts, so :meth:`load` may override them.
+    acting_options: ClassVar[tuple[str, ...]] = ()
     # Edits ``hiedit train`` trains on when ``--steps`` is not given.
     default_train_steps: int = DEFAULT_TRAIN_STEPS
 
@@ -114,14 +116,24 @@ class Agent:
         return config
 
     @classmethod
-    def load(cls, directory: str | Path, env: gym.Env) -> Agent:
-        """Rebuild an agent saved by :meth:`save` against ``env`` (which must have the same candidates)."""
+    def check_overrides(cls, overrides: dict[str, Any]) -> None:
+        """Raise unless every key of ``overrides`` is one of :attr:`acting_options`."""
+        fixed = sorted(set(overrides) - set(cls.acting_options))
+        if fixed:
+            raise ValueError(f"a checkpoint of {cls.name!r} fixes {fixed}; only its acting options "
+                             f"{list(cls.acting_options)} can be changed when loading it")
+
+    @classmethod
+    def load(cls, directory: str | Path, env: gym.Env, **overrides: Any) -> Agent:
+        """Rebuild an agent saved by :meth:`save` against ``env`` (which must have the same candidates);
+        ``overrides`` replace saved values of :attr:`acting_options` (the rest is the checkpoint's)."""
         directory = Path(directory)
+        cls.check_overrides(overrides)
         meta = read_checkpoint_meta(directory)
         if meta["candidate_modules"] != list(env.unwrapped.candidate_modules):
             raise ValueError(f"checkpoint {str(directory)!r} was trained on modules {meta['candidate_modules']}, "
                              f"the environment edits {env.unwrapped.candidate_modules}")
-        agent = cls(env, **cls.saved_config(meta["config"]))
+        agent = cls(env, **{**cls.saved_config(meta["config"]), **overrides})
         state_file = directory / STATE_FILE
         if state_file.exists():
             agent.load_state_dict(torch.load(state_file, map_location=agent.env.model.device, weights_only=True))
@@ -134,6 +146,18 @@ def read_checkpoint_meta(directory: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"no agent checkpoint in {str(directory)!r} (missing {CONFIG_FILE})")
     return json.loads(path.read_text())
+
+
+def load_for_acting(cls: type[Agent], checkpoint: str | Path, overrides: dict[str, Any] | None = None,
+                    **env_kwargs: Any) -> tuple[Agent, gym.Env]:
+    """``checkpoint`` loaded into a new ``HiEdit-v0`` built from what the checkpoint's configuration needs to
+    act (:meth:`Agent.acting_requirements`) and ``env_kwargs`` (which have the last word, as ``--env-kwargs``
+    in ``hiedit evaluate``); ``overrides`` set acting options (:meth:`Agent.load`)."""
+    overrides = overrides or {}
+    cls.check_overrides(overrides)
+    config = {**cls.saved_config(read_checkpoint_meta(Path(checkpoint))["config"]), **overrides}
+    env = gym.make("HiEdit-v0", **{**cls.acting_requirements(config), **env_kwargs})
+    return cls.load(checkpoint, env, **overrides), env
 
 
 def run_episode(agent: Agent, env: gym.Env, seed: int, progress: bool = True,

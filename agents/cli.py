@@ -142,8 +142,9 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         meta = read_checkpoint_meta(Path(args.checkpoint))
         if meta["class"] != f"{cls.__module__}:{cls.__qualname__}":
             raise ValueError(f"checkpoint {args.checkpoint!r} holds a {meta['class']} agent, not {args.agent!r}")
-        env = make_env(args, cls, meta["config"], evaluation=True)
-        agent = cls.load(args.checkpoint, env)
+        cls.check_overrides(args.agent_kwargs)  # before the model loads
+        env = make_env(args, cls, {**meta["config"], **args.agent_kwargs}, evaluation=True)
+        agent = cls.load(args.checkpoint, env, **args.agent_kwargs)
     elif cls.requires_training:
         raise ValueError(f"agent {args.agent!r} must be trained first: pass --checkpoint DIR from 'hiedit train'")
     else:
@@ -153,7 +154,8 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     print(format_metrics(metrics, f"{args.agent} on {args.model}, {args.num_edits} sequential edits "
                                   f"({args.dataset}, split {args.split}, seed {args.seed})"))
     return {"agent": args.agent, "model": args.model, "dataset": args.dataset, "split": args.split,
-            "seed": args.seed, "num_edits": args.num_edits, "checkpoint": args.checkpoint, **metrics}
+            "seed": args.seed, "num_edits": args.num_edits, "checkpoint": args.checkpoint,
+            "agent_kwargs": args.agent_kwargs, **metrics}
 
 
 def add_common(parser: argparse.ArgumentParser, num_edits: int, split: str) -> None:
@@ -165,7 +167,8 @@ def add_common(parser: argparse.ArgumentParser, num_edits: int, split: str) -> N
                         help=f"seeded split of --dataset to draw edits from (default: {split})")
     parser.add_argument("--num-edits", type=positive_int, default=num_edits, help="edits per episode")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--agent-kwargs", type=json_object, default={}, help="JSON object of agent constructor arguments")
+    parser.add_argument("--agent-kwargs", type=json_object, default={}, help="JSON object of agent constructor arguments (with --checkpoint: only the agent's acting "
+                             "options, e.g. {\"max_size_ratio\": 3} for the learned editors)")
     parser.add_argument("--env-kwargs", type=json_object, default={}, help="JSON object of extra gym.make arguments")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")

@@ -66,7 +66,9 @@ class LearnedEditorAgent(Agent):
     (:meth:`loss_objective`); ``None`` keeps the environment's. ``validation_edits`` records of the
     training data are held out of training and edited as one sequence every ``validate_every``
     training edits; :meth:`learn` keeps the editor whose sequence scored the best mean(ES, GS, LS)
-    (0: no validation, the last editor is kept).
+    (0: no validation, the last editor is kept). ``max_size_ratio`` (``None``: unbounded) bounds each
+    update's size at that many times the average training edit's (:mod:`~hiedit_agents.hypernet`); it
+    is an acting option: ``load`` and ``hiedit evaluate --agent-kwargs`` may set it on a checkpoint.
 
     The defaults (objective trace, ``scale="direction"``, ``meta_lr`` 1e-4, ``lr_lr`` 1e-3, ``init_lr``
     6e-3) won the selection on a 100-edit episode of the ZsRE training split against the edit trace,
@@ -77,12 +79,14 @@ class LearnedEditorAgent(Agent):
 
     update_mode = "low_rank"
     requires_training = True
+    acting_options = ("max_size_ratio",)
 
     def __init__(self, env: gym.Env, rank: int = 32, num_blocks: int = 2, init_lr: float = DEFAULT_INIT_LR,
                  max_lr: float | None = None, meta_lr: float = 1e-4, lr_lr: float = 1e-3, update_every: int = 1,
                  grad_clip: float = 1.0, scale: Scale = "direction",
                  trace_of: Literal["edit", "objective"] = "objective", loss_back_depth: int | None = None,
-                 loss_time_decay: float | None = None, validation_edits: int = 50, validate_every: int = 75) -> None:
+                 loss_time_decay: float | None = None, validation_edits: int = 50, validate_every: int = 75,
+                 max_size_ratio: float | None = None) -> None:
         super().__init__(env)
         if trace_of not in ("edit", "objective"):
             raise ValueError(f"trace_of must be 'edit' or 'objective', got {trace_of!r}")
@@ -102,9 +106,9 @@ class LearnedEditorAgent(Agent):
                         "meta_lr": meta_lr, "lr_lr": lr_lr, "update_every": update_every, "grad_clip": grad_clip,
                         "scale": scale, "trace_of": trace_of, "loss_back_depth": loss_back_depth,
                         "loss_time_decay": loss_time_decay, "validation_edits": int(validation_edits),
-                        "validate_every": int(validate_every)}
+                        "validate_every": int(validate_every), "max_size_ratio": max_size_ratio}
         self.editor = HyperEditor(self.env.module_dims(), self.env.base_weight_norms(), rank, num_blocks,
-                                  init_lr, scale).to(self.env.model.device)
+                                  init_lr, scale, max_size_ratio).to(self.env.model.device)
         self.optimizer_steps = 0
 
     @classmethod

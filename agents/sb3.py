@@ -373,8 +373,8 @@ class SB3Agent(Agent):
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, env: gym.Env) -> SB3Agent:
-        agent = super().load(directory, env)
+    def load(cls, directory: str | Path, env: gym.Env, **overrides: Any) -> SB3Agent:
+        agent = super().load(directory, env, **overrides)
         assert isinstance(agent, SB3Agent)
         directory = Path(directory)
         if not (directory / MODEL_FILE).is_file():

@@ -1,16 +1,15 @@
-"""Probe: a trained editor with its update size bounded at acting time, ``||G|| / mean ||G|| <= cap``.
+"""Probe: each edit's update-size ratio ``||G|| / mean ||G||`` on one evaluation sequence, with or without a bound.
 
 The learned editors size each update like the objective's gradient step (``scale="direction"``):
-``lr * ||W0|| * ||G|| / mean ||G||``, with no upper bound but the environment's per-module cap. Once
-a sequence has damaged the model, its gradients grow, so the next steps grow, and the model can
-break (RLEdit, training seed 0, test episode 1: the ratio reached 89 at edit 12 and the sequence
-ended at mean 0.013). This probe bounds the ratio for one evaluation episode without retraining,
-by wrapping the editor's gradient-norm function, and records the largest unbounded ratio of each
-edit (``ratio_max_per_edit``; a huge ``--cap`` only records). It is an experiment, not an agent
-option (yet).
+``lr * ||W0|| * ||G|| / mean ||G||``. Once a sequence has damaged the model, its gradients grow, so
+the next steps grow, and the model can break (RLEdit, training seed 0, test episode 1: the ratio
+reached 89 at edit 12 and the sequence ended at mean 0.013). The editors' ``max_size_ratio`` bounds
+it; this probe loads a checkpoint with ``--cap`` as that bound (none: unbounded) and records the
+largest unbounded ratio of each edit (``ratio_max_per_edit``) by wrapping the editor's gradient-norm
+function.
 
-    python benchmarks/size_cap_probe.py --checkpoint runs/s11/zsre_val_seed0/rledit --seed 1 --cap 3 \\
-        --out benchmarks/results/zsre_validated/size_cap/rledit_train_seed0_episode1_cap3.json
+    python benchmarks/size_cap_probe.py --checkpoint runs/s11/zsre_val_seed0/rledit --seed 1 \\
+        --out benchmarks/results/zsre_validated/size_cap/rledit_train_seed0_episode1_uncapped.json
 """
 
 from __future__ import annotations
@@ -20,13 +19,12 @@ import json
 import warnings
 from pathlib import Path
 
-import gymnasium as gym
 import torch
 
 import hiedit_agents.hypernet as hypernet
 import hiedit_env  # noqa: F401  (registers HiEdit-v0)
 from hiedit_agents import agent_class, run_episode
-from hiedit_agents.base import read_checkpoint_meta
+from hiedit_agents.base import load_for_acting
 
 
 def main() -> None:
@@ -37,27 +35,24 @@ def main() -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--num-edits", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cap", type=float, required=True, help="upper bound of ||G|| / mean ||G||")
+    parser.add_argument("--cap", type=float, default=None, help="max_size_ratio to load the editor with (default: none)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
     torch.set_num_threads(args.threads)
-    cls = agent_class(args.agent)
-    config = read_checkpoint_meta(Path(args.checkpoint))["config"]
-    env = gym.make("HiEdit-v0", model="smollm2-135m", dataset=args.dataset, split=args.split, num_edits=args.num_edits,
-                   evaluate_generation=False, **cls.acting_requirements(config))
-    agent = cls.load(args.checkpoint, env)
+    agent, env = load_for_acting(agent_class(args.agent), args.checkpoint, {"max_size_ratio": args.cap}, model="smollm2-135m",
+                                 dataset=args.dataset, split=args.split, num_edits=args.num_edits, evaluate_generation=False)
     if agent.editor.gradient_size is None:
-        raise SystemExit("the cap needs an editor with gradient-size statistics (scale other than 'edit')")
+        raise SystemExit("the ratio needs an editor with gradient-size statistics (scale other than 'edit')")
     unbounded, ratios = hypernet.gradient_norms, []
 
-    def bounded(trace):
-        norms, mean = unbounded(trace), agent.editor.gradient_size.mean.float()
-        ratios.append(float((norms / mean).max()))  # the editor sizes one update per act
-        return torch.minimum(norms, args.cap * mean)
+    def recorded(trace):
+        norms = unbounded(trace)
+        ratios.append(float((norms / agent.editor.gradient_size.mean.float()).max()))  # one call per act
+        return norms
 
-    hypernet.gradient_norms = bounded
+    hypernet.gradient_norms = recorded
     metrics = run_episode(agent, env, args.seed)
     result = {"checkpoint": args.checkpoint, "seed": args.seed, "cap": args.cap,
               **{k: metrics[k] for k in ("mean", "ES", "GS", "LS", "ES_at_edit", "ES_first_20pct")},

@@ -19,6 +19,7 @@ import torch
 
 import hiedit_agents
 from hiedit_agents import HiEditAgent, agent_class, available_agents, make_agent, run_episode
+from hiedit_agents.base import load_for_acting
 from hiedit_agents.cli import main
 from hiedit_agents.hypernet import output_change
 from hiedit_agents.learned import masked
@@ -243,13 +244,8 @@ def test_gate_gets_gradient_from_edit_and_locality_through_the_mask(env_for):
     assert all(g is None for g in torch.autograd.grad(hard_terms.edit, params, allow_unused=True))
 
 
-@pytest.mark.parametrize("scale", ["edit", "running", "direction", "effect"])
-def test_untrained_update_size_follows_the_scale(scale, env_for):
-    """``edit``: every update has the relative size ``init_lr``; ``running``: it grows with the edit's
-    own gradient, relative to the mean gradient seen so far; ``direction``: the same as ``running``,
-    and still so once the network's up-projections are no longer zero; ``effect``: the same as
-    ``running`` untrained, and once trained, the same change of the outputs on the trace's tokens."""
-    env = env_for(num_edits=2)
+def editor_with_statistics(env: gym.Env, scale: str):
+    """An untrained RLEdit agent whose editor has observed the traces of two unedited edits, and those traces."""
     agent = make_agent("rledit", env, scale=scale)
     env.reset(seed=0)
     traces = []
@@ -257,6 +253,17 @@ def test_untrained_update_size_follows_the_scale(scale, env_for):
         traces.append(env.unwrapped.edit_trace)
         agent.editor.observe(traces[-1])
         env.step({"layers": np.zeros(4, np.float32), "update": [None] * 4})
+    return agent, traces
+
+
+@pytest.mark.parametrize("scale", ["edit", "running", "direction", "effect"])
+def test_untrained_update_size_follows_the_scale(scale, env_for):
+    """``edit``: every update has the relative size ``init_lr``; ``running``: it grows with the edit's
+    own gradient, relative to the mean gradient seen so far; ``direction``: the same as ``running``,
+    and still so once the network's up-projections are no longer zero; ``effect``: the same as
+    ``running`` untrained, and once trained, the same change of the outputs on the trace's tokens."""
+    env = env_for(num_edits=2)
+    agent, traces = editor_with_statistics(env, scale)
     base = torch.tensor(env.unwrapped.base_weight_norms())
 
     def relative_sizes(trace):
@@ -287,6 +294,55 @@ def test_untrained_update_size_follows_the_scale(scale, env_for):
         torch.testing.assert_close(trained_changes, untrained_changes, rtol=1e-3, atol=0)
     else:
         assert not torch.allclose(trained_changes, untrained_changes, rtol=1e-2)
+
+
+@pytest.mark.parametrize("scale", ["running", "direction", "effect"])
+def test_max_size_ratio_shrinks_only_the_updates_above_the_bound(scale, env_for):
+    """A module whose ``||G||`` is more than ``max_size_ratio`` times its running mean gets its update
+    scaled by ``max_size_ratio * mean / ||G||``; the others keep theirs, and the bound is a constant,
+    so the editor's parameters get the same gradient direction."""
+    env = env_for(num_edits=2)
+    agent, traces = editor_with_statistics(env, scale)
+    for editor in agent.editor.editors:  # a trained-looking network, so the bound is not just the untrained size
+        for block in editor.blocks:
+            torch.nn.init.normal_(block.up.weight, 0, 0.5)
+    trace = traces[0]
+    ratios = gradient_norms(trace) / agent.editor.gradient_size.mean.float()
+    bound = float(ratios.median())
+    assert (ratios > bound).any() and (ratios <= bound).any()
+    with torch.no_grad():
+        free = [u for u, _ in agent.editor(trace)]
+        agent.editor.max_size_ratio = bound
+        bounded = [u for u, _ in agent.editor(trace)]
+    for i, (a, b) in enumerate(zip(free, bounded)):
+        torch.testing.assert_close(b, a * min(1.0, bound / float(ratios[i])), rtol=1e-4, atol=0)
+    if scale == "direction":  # relative size init_lr * min(ratio, bound)
+        base = torch.tensor(env.unwrapped.base_weight_norms())
+        sizes = torch.stack([update_sq_norm(u).sqrt() for u in agent.editor(trace)]).detach() / base
+        expected = agent.hparams["init_lr"] * ratios.clamp(max=bound)
+        torch.testing.assert_close(sizes, expected, rtol=1e-3, atol=0)
+
+
+def test_max_size_ratio_is_checked_and_can_be_set_on_a_checkpoint(env_for, zsre_path, tmp_path):
+    env = env_for(num_edits=2)
+    with pytest.raises(ValueError, match="scale='edit'"):
+        make_agent("rledit", env, scale="edit", max_size_ratio=3)
+    for bad in (0, -1.0, float("nan"), float("inf"), True, "3"):
+        with pytest.raises(ValueError, match="max_size_ratio must be"):
+            make_agent("rledit", env, max_size_ratio=bad)
+    agent = make_agent("hiedit", env, validation_edits=0)
+    agent.learn(env, steps=2, progress=False)
+    agent.save(tmp_path)
+    loaded = agent_class("hiedit").load(tmp_path, env, max_size_ratio=2)
+    assert loaded.editor.max_size_ratio == 2.0 and loaded.config() == {**agent.config(), "max_size_ratio": 2}
+    assert torch.equal(loaded.editor.log_lr, agent.editor.log_lr)
+    with pytest.raises(ValueError, match=r"fixes \['rank'\]; only its acting options \['max_size_ratio'\]"):
+        agent_class("hiedit").load(tmp_path, env, rank=4)
+    # The same through load_for_acting, which also builds the environment the checkpoint acts in.
+    acting, acting_env = load_for_acting(agent_class("hiedit"), tmp_path, {"max_size_ratio": 2}, model=MODEL,
+                                         dataset=zsre_path, num_edits=2, evaluate_generation=False)
+    assert acting.editor.max_size_ratio == 2.0 and acting_env.unwrapped.trace == "objective"
+    acting_env.close()
 
 
 @pytest.mark.parametrize("k", [1, 3])
@@ -365,6 +421,12 @@ def test_cli_train_then_evaluate(zsre_path, tmp_path, capsys):
     written = json.loads(results.read_text())
     assert (written["agent"], written["num_edits"], written["seed"]) == ("hiedit", 3, 1)
     assert written["layers_per_edit"] == 2
+    # --agent-kwargs on a checkpoint: its acting options only.
+    assert main(["evaluate", "--agent", "hiedit", "--checkpoint", str(out), *common, "--num-edits", "3",
+                 "--agent-kwargs", '{"max_size_ratio": 2}', "--out", str(results)]) == 0
+    assert json.loads(results.read_text())["agent_kwargs"] == {"max_size_ratio": 2}
+    assert main(["evaluate", "--agent", "hiedit", "--checkpoint", str(out), *common, "--num-edits", "3",
+                 "--agent-kwargs", '{"rank": 4}', "--out", str(results)]) == 2
     # A checkpoint of another agent, or none for an agent that needs one: one clear line, exit code 2.
     assert main(["evaluate", "--agent", "rledit", "--checkpoint", str(out), *common, "--num-edits", "3",
                  "--out", str(results)]) == 2
@@ -372,6 +434,7 @@ def test_cli_train_then_evaluate(zsre_path, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "holds a hiedit_agents.hiedit:HiEditAgent agent, not 'rledit'" in err
     assert "must be trained first" in err
+    assert "fixes ['rank']" in err
 
 
 def test_low_memory_training_runs_in_its_own_process(zsre_path, tmp_path):

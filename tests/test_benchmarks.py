@@ -110,3 +110,42 @@ def test_seeds_table_averages_the_agents_every_folder_has(tmp_path: Path, monkey
                         "| rledit | 0.500 (0.141) | 0.500 (0.141) | 1.000 (0.000) | 0.500 (0.141) |"]  # noop: one folder only
     with pytest.raises(SystemExit, match="not a folder"):
         run_script("seeds_table.py", [str(tmp_path / "nope")], monkeypatch)
+
+
+def test_cells_table_reads_every_training_seed_and_episode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    new, old = tmp_path / "new", tmp_path / "old"
+    new.mkdir()
+    old.mkdir()
+    for seed, means in ((0, (0.5, 0.7)), (100, (0.3, 0.6))):
+        for episode, mean in enumerate(means):
+            (new / f"rledit_train_seed{seed}_episode{episode}.json").write_text(json.dumps({"mean": mean}))
+            # The older name of episode 0 is read too.
+            name = f"rledit_train_seed{seed}.json" if episode == 0 else f"rledit_train_seed{seed}_episode{episode}.json"
+            (old / name).write_text(json.dumps({"mean": 0.4}))
+    out = tmp_path / "cells.md"
+    run_script("cells_table.py", [str(new), "--against", str(old), "--agents", "rledit", "--seeds", "0", "100",
+                                  "--episodes", "0", "1", "--out", str(out)], monkeypatch)
+    assert out.read_text().splitlines() == [
+        "| training seed | rledit, episodes 0 / 1 |", "|---|---|",
+        "| 0 | 0.500 (0.400) / 0.700 (0.400) |", "| 100 | 0.300 (0.400) / 0.600 (0.400) |",
+        "| all 4 | 0.525 (sd 0.171), median 0.550, lowest 0.300; against 0.400, median 0.400, lowest 0.400; "
+        "higher in 3 of 4 |"]
+    with pytest.raises(SystemExit, match="no result for rledit, training seed 200, episode 0"):
+        run_script("cells_table.py", [str(new), "--agents", "rledit", "--seeds", "200"], monkeypatch)
+
+
+def test_update_alignment_of_an_untrained_editor_is_the_gradient_step(zsre_path: str, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import gymnasium as gym
+
+    from hiedit_agents import make_agent
+
+    env = gym.make("HiEdit-v0", model="test-tiny-llama", dataset=zsre_path, num_edits=3, update_mode="low_rank",
+                   evaluate_generation=False, trace="objective")
+    make_agent("rledit", env).save(tmp_path / "untrained")  # zero up-projections: the update is -lr * G
+    out = tmp_path / "alignment.json"
+    run_script("update_alignment.py", ["--checkpoint", str(tmp_path / "untrained"), "--model", "test-tiny-llama",
+                                       "--dataset", zsre_path, "--num-edits", "3", "--out", str(out)], monkeypatch)
+    result = json.loads(out.read_text())
+    assert len(result["cosine_mean_per_edit"]) == len(result["locality_per_edit"]) == 3
+    assert result["cosine_mean"] == pytest.approx(1.0, abs=1e-4) and result["cosine_min"] == pytest.approx(1.0, abs=1e-4)

@@ -167,7 +167,8 @@ def add_common(parser: argparse.ArgumentParser, num_edits: int, split: str) -> N
                         help=f"seeded split of --dataset to draw edits from (default: {split})")
     parser.add_argument("--num-edits", type=positive_int, default=num_edits, help="edits per episode")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--agent-kwargs", type=json_object, default={}, help="JSON object of agent constructor arguments (with --checkpoint: only the agent's acting "
+    parser.add_argument("--agent-kwargs", type=json_object, default={},
+                        help="JSON object of agent constructor arguments (with --checkpoint: only the agent's acting "
                              "options, e.g. {\"max_size_ratio\": 3} for the learned editors)")
     parser.add_argument("--env-kwargs", type=json_object, default={}, help="JSON object of extra gym.make arguments")
     parser.add_argument("--threads", type=positive_int, default=None,

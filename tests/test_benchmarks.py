@@ -135,7 +135,8 @@ def test_cells_table_reads_every_training_seed_and_episode(tmp_path: Path, monke
 
 
 def test_update_alignment_of_an_untrained_editor_is_the_gradient_step(zsre_path: str, tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     import gymnasium as gym
 
     from hiedit_agents import make_agent
@@ -147,5 +148,11 @@ def test_update_alignment_of_an_untrained_editor_is_the_gradient_step(zsre_path:
     run_script("update_alignment.py", ["--checkpoint", str(tmp_path / "untrained"), "--model", "test-tiny-llama",
                                        "--dataset", zsre_path, "--num-edits", "3", "--out", str(out)], monkeypatch)
     result = json.loads(out.read_text())
-    assert len(result["cosine_mean_per_edit"]) == len(result["locality_per_edit"]) == 3
+    assert len(result["cosine_mean_per_edit"]) == len(result["locality_per_edit"]) == len(result["drift_max_per_edit"]) == 3
+    # Drift accumulates: every candidate changed at every edit, so the largest drift is > 0 from the first edit.
+    assert 0 < result["drift_max_per_edit"][0] and max(result["drift_at_end"]) == result["drift_max_per_edit"][-1]
+    monkeypatch.setattr(sys, "argv", ["update_alignment.py", "--table", str(out)])
+    runpy.run_path(str(BENCHMARKS / "update_alignment.py"), run_name="__main__")
+    row = capsys.readouterr().out.splitlines()[-1].split(" | ")
+    assert row[0] == "| alignment" and row[4] == "1.00 / 1.00 / 1.00"
     assert result["cosine_mean"] == pytest.approx(1.0, abs=1e-4) and result["cosine_min"] == pytest.approx(1.0, abs=1e-4)

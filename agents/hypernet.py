@@ -43,9 +43,10 @@ environment's per-module cap, and that ratio feeds on itself: once a sequence ha
 gradients grow, so its next updates grow (RLEdit on a ZsRE test sequence: the largest ratio went from
 under 6 to 89 at edit 12 and the model broke). ``max_size_ratio`` bounds it: a module whose ``||G||``
 is above ``max_size_ratio`` times its running mean has its update shrunk by ``max_size_ratio * mean ||G||
-/ ||G||``, so no update is more than that many times the average edit's. Off by default: at 3, on the
-nine ZsRE test sequences of three trained editors per agent (README), it rescued both sequences on which
-RLEdit broke the model, and two others broke instead: the breaks are not the ratio's doing alone.
+/ ||G||``, so no update is more than that many times the average edit's. Off by default: at 3, set on
+trained editors, it rescued both ZsRE test sequences on which RLEdit broke the model and two others
+broke instead; trained with it, the selection episode showed no gain and one HiEdit editor broke it
+(README, "Bounding the update size"): the breaks are not the ratio's doing alone.
 """
 
 from __future__ import annotations

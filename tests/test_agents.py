@@ -299,8 +299,7 @@ def test_untrained_update_size_follows_the_scale(scale, env_for):
 @pytest.mark.parametrize("scale", ["running", "direction", "effect"])
 def test_max_size_ratio_shrinks_only_the_updates_above_the_bound(scale, env_for):
     """A module whose ``||G||`` is more than ``max_size_ratio`` times its running mean gets its update
-    scaled by ``max_size_ratio * mean / ||G||``; the others keep theirs, and the bound is a constant,
-    so the editor's parameters get the same gradient direction."""
+    scaled by ``max_size_ratio * mean / ||G||``; the others keep theirs."""
     env = env_for(num_edits=2)
     agent, traces = editor_with_statistics(env, scale)
     for editor in agent.editor.editors:  # a trained-looking network, so the bound is not just the untrained size

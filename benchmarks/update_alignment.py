@@ -85,6 +85,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     agent, env = load_for_acting(agent_class(args.agent), args.checkpoint, args.agent_kwargs, model=args.model,
                                  dataset=args.dataset, split=args.split, num_edits=args.num_edits, evaluate_generation=False)
+    if not hasattr(agent, "read_trace"):
+        raise SystemExit(f"{args.agent!r} is not a learned editor: there is no editor update to compare with the gradient")
     observation, info = env.reset(seed=args.seed)
     base = [w.clone() for w in env.unwrapped.candidate_weights()]
     per_edit, locality, drift, terminated = [], [], [], False

@@ -195,7 +195,7 @@ class HyperEditor(nn.Module):
         # The edit's own ||G|| needs the trace's Gram matrices: only computed when used.
         own = gradient_norms(trace) if self.scale == "direction" or not running or bounded else None
         divisors = (self.gradient_size.mean.float() if running else own).clamp_min(1e-12)
-        # A constant per module (the trace does not depend on the editor), so gradients pass unchanged.
+        # A constant per module (the trace does not depend on the editor): it scales an update and its gradient alike.
         shrink = (self.max_size_ratio * divisors / own.clamp_min(1e-30)).clamp(max=1) if bounded else None
         updates: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(inputs)
         for shape, editor in enumerate(self.editors):

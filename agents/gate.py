@@ -7,6 +7,15 @@ choice), its relative depth and how much the episode has already changed it. A s
 learned per-candidate bias scores them. The hard top-``k`` mask passes the soft ``sigmoid(score)``
 gradient through (straight-through estimator), so edit and locality losses of the masked update
 reach the gate.
+
+The straight-through gradient is the loss's slope at the chosen mask, a first-order view: for a
+module left out it misses what that module's own update would cost (the curvature of the locality
+KL in that update; on SmolLM2 one ``down_proj``'s gradient step alone cost 2.1 nats of KL on unrelated
+prompts where another's cost 0.02: ``benchmarks/module_costs.py``). So while training the gate also
+*explore*: it draws its ``k`` modules by Gumbel top-``k`` on its scores (a Plackett-Luce sample, whose
+log-probability ``Selection.log_prob`` carries gradient to the scores), and the agent adds a
+score-function (REINFORCE) term on the intrinsic reward, which sees the whole loss of the drawn
+choice. Acting and validation always take the deterministic top-``k``.
 """
 
 from __future__ import annotations
@@ -30,6 +39,18 @@ class Selection(NamedTuple):
     mask: torch.Tensor  # [L], hard values (0/1) carrying the soft gradient
     hard: torch.Tensor  # [L], 0/1, no gradient
     scores: torch.Tensor  # [L], the gate's logits
+    log_prob: torch.Tensor | None = None  # of a drawn (exploring) choice under the gate's Plackett-Luce policy
+
+
+def plackett_luce_log_prob(scores: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Log-probability that drawing without replacement with probabilities ``softmax(scores)`` yields
+    ``order`` (the first ``len(order)`` draws, in that order)."""
+    k = len(order)
+    # Row j masks the modules drawn before draw j.
+    earlier = torch.zeros(k, scores.shape[0], dtype=torch.bool, device=scores.device)
+    earlier[torch.arange(k).repeat_interleave(torch.arange(k)), order[torch.cat([torch.arange(j) for j in range(k)])]] = True
+    remaining = scores.expand(k, -1).masked_fill(earlier, float("-inf"))
+    return (scores[order] - torch.logsumexp(remaining, dim=1)).sum()
 
 
 def trace_features(trace: EditTrace, base_norms: torch.Tensor, changed: np.ndarray) -> torch.Tensor:
@@ -61,8 +82,17 @@ class LayerGate(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(NUM_FEATURES, hidden), nn.SiLU(), nn.Linear(hidden, 1))
         self.bias = nn.Parameter(torch.zeros(num_candidates))
 
-    def forward(self, features: torch.Tensor) -> Selection:
+    def forward(self, features: torch.Tensor, explore: torch.Generator | None = None) -> Selection:
+        """The top ``k`` of the scores; with ``explore``, a Plackett-Luce draw of ``k`` (Gumbel top-``k``
+        with noise from that generator) and its log-probability."""
         scores = self.mlp(features).squeeze(-1) + self.bias
         soft = torch.sigmoid(scores)
-        hard = topk_indicator(scores, self.k)
-        return Selection(hard + (soft - soft.detach()), hard, scores)
+        if explore is None:
+            hard = topk_indicator(scores, self.k)
+            return Selection(hard + (soft - soft.detach()), hard, scores)
+        uniform = torch.rand(scores.shape, generator=explore, device=explore.device).to(scores.device)
+        gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
+        order = torch.sort(scores.detach() + gumbel, descending=True, stable=True).indices[: self.k]
+        hard = torch.zeros_like(scores)
+        hard[order] = 1.0
+        return Selection(hard + (soft - soft.detach()), hard, scores, plackett_luce_log_prob(scores, order))

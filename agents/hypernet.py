@@ -46,7 +46,7 @@ is above ``max_size_ratio`` times its running mean has its update shrunk by ``ma
 / ||G||``, so no update is more than that many times the average edit's. Off by default: at 3, set on
 trained editors, it rescued both ZsRE test sequences on which RLEdit broke the model and two others
 broke instead; trained with it, the selection episode showed no gain and one HiEdit editor broke it
-(README, "Bounding the update size"): the breaks are not the ratio's doing alone.
+(benchmarks/README.md, "Bounding the update size"): the breaks are not the ratio's doing alone.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ from .selection import gradient_norms
 
 # Relative change per module of an untrained editor (for an edit of average gradient size with
 # scale="running" or "direction"). 6e-3 beat 3e-3 for both agents on the selection episode of the ZsRE
-# training split, and untrained it beat 1.2e-2 too (README, agent zoo); with scale="edit" on all 18
+# training split, and untrained it beat 1.2e-2 too (benchmarks/README.md); with scale="edit" on all 18
 # candidates of SmolLM2 even 5e-3 cost more locality than it gained edit loss, which is why the
 # earlier editors started at 3e-3.
 DEFAULT_INIT_LR = 0.006

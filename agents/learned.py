@@ -74,7 +74,7 @@ class LearnedEditorAgent(Agent):
     6e-3) won the selection on a 100-edit episode of the ZsRE training split against the edit trace,
     the running scale, ten times the learning rates, half the initial step and a loss over the whole
     training episode; over three training seeds ``scale="effect"`` moved HiEdit up and RLEdit down by
-    less than the spread between seeds (README, agent zoo).
+    less than the spread between seeds (benchmarks/README.md).
     """
 
     update_mode = "low_rank"
@@ -119,8 +119,10 @@ class LearnedEditorAgent(Agent):
         return {**super().env_requirements(config), "trace": trace}
 
     # ------------------------------------------------------------------ what subclasses decide
-    def select(self, observation: dict[str, Any], trace: EditTrace) -> Selection:
-        """Which modules to change; ``mask`` may carry gradient to a high-level policy."""
+    def select(self, observation: dict[str, Any], trace: EditTrace,
+               explore: torch.Generator | None = None) -> Selection:
+        """Which modules to change; ``mask`` may carry gradient to a high-level policy. While training,
+        ``explore`` is a seeded generator a stochastic high level may draw its choice with."""
         raise NotImplementedError
 
     def training_loss(self, env: HiEditEnv, updates: list[LowRank],
@@ -170,6 +172,21 @@ class LearnedEditorAgent(Agent):
         return {"layers": chosen,
                 "update": [(u.detach(), v.detach()) if chosen[i] > 0.5 else None for i, (u, v) in enumerate(updates)]}
 
+    def observe_unedited(self, env: gym.Env, edits: int) -> None:
+        """Fill the editor's statistics from the traces of ``edits`` edits of ``env`` (whole episodes,
+        seeds 0, 1, ..., the last one cut short) while leaving the model unchanged: what an untrained
+        editor needs before it acts (until then its updates are sized by each edit's own gradient)."""
+        check_int("edits", edits, 0)
+        unwrapped: HiEditEnv = env.unwrapped
+        seed = 0
+        while edits > 0:
+            env.reset(seed=seed)
+            for _ in range(min(edits, unwrapped.num_edits)):
+                self.editor.observe(self.read_trace(unwrapped))
+                env.step({"layers": np.zeros(self.num_candidates, np.float32), "update": [None] * self.num_candidates})
+                edits -= 1
+            seed += 1
+
     # ------------------------------------------------------------------ learning
     def learn(self, env: gym.Env, steps: int, *, log_dir: str | Path | None = None, seed: int = 0,
               progress: bool = True) -> dict[str, Any]:
@@ -199,6 +216,7 @@ class LearnedEditorAgent(Agent):
         running: dict[str, float] = {}
         started = time.perf_counter()
         optimizer_steps = 0
+        explore = torch.Generator().manual_seed(seed)
 
         def validate(after: int) -> None:
             nonlocal best
@@ -224,7 +242,7 @@ class LearnedEditorAgent(Agent):
             trace = self.read_trace(unwrapped)
             self.editor.observe(trace)
             updates = self.editor(trace)
-            selection = self.select(observation, unwrapped.edit_trace)
+            selection = self.select(observation, unwrapped.edit_trace, explore)
             loss, scalars = self.training_loss(unwrapped, updates, selection)
             (loss / update_every).backward()
             if (step + 1) % update_every == 0 or step + 1 == steps:
@@ -291,7 +309,7 @@ class LearnedEditorAgent(Agent):
 
         Within a short training episode a larger step edits better, so the step sizes drift upward
         (on SmolLM2 one grew from 3e-3 to 1.1e-2 in 300 edits). Off by default: bounding them at the
-        initial step did not make 100-edit sequences of the training split hold up better (README).
+        initial step did not make 100-edit sequences of the training split hold up better (benchmarks/README.md).
         """
         self.editor.log_lr.clamp_(max=math.log(self.hparams["max_lr"]))
 

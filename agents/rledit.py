@@ -17,7 +17,8 @@ class RLEditAgent(LearnedEditorAgent):
 
     name = "rledit"
 
-    def select(self, observation: dict[str, Any], trace: EditTrace) -> Selection:
+    def select(self, observation: dict[str, Any], trace: EditTrace,
+               explore: torch.Generator | None = None) -> Selection:
         ones = torch.ones(self.num_candidates, device=trace.keys[0].device)
         return Selection(ones, ones, ones)
 

@@ -1,6 +1,6 @@
 """Training seeds x test sequences: one markdown table of mean(ES, GS, LS) per cell, from ``hiedit evaluate`` files.
 
-A learned agent's score depends on its training seed and on the evaluated sequence, so the README
+A learned agent's score depends on its training seed and on the evaluated sequence, so the benchmark log
 compares agents over a grid of both. Cell ``(T, S)`` of agent ``A`` is read from
 ``<folder>/A_train_seedT_episodeS.json`` (or ``A_train_seedT.json`` for episode 0, the older name).
 With ``--against`` a second folder's cells follow each value in brackets, and the summary counts the

@@ -19,26 +19,12 @@ import warnings
 from pathlib import Path
 
 import gymnasium as gym
-import numpy as np
 import torch
 
 import hiedit_env  # noqa: F401  (registers HiEdit-v0)
 from hiedit_agents import RLEditAgent, run_episode
 
 OBSERVED_EPISODE = 20
-
-
-def observe_unedited(agent: RLEditAgent, env: gym.Env, edits: int) -> None:
-    """Fill the editor's statistics from ``edits`` training edits, leaving the model unchanged."""
-    n = agent.num_candidates
-    seed = 0
-    while edits > 0:
-        env.reset(seed=seed)
-        for _ in range(min(edits, OBSERVED_EPISODE)):
-            agent.editor.observe(agent.read_trace(env.unwrapped))
-            env.step({"layers": np.zeros(n, np.float32), "update": [None] * n})
-            edits -= 1
-        seed += 1
 
 
 def main() -> None:
@@ -64,7 +50,7 @@ def main() -> None:
                          evaluate_generation=False, **common)
     env = gym.make("HiEdit-v0", dataset=args.dataset, split=args.split, num_edits=args.num_edits, **common)
     agent = RLEditAgent(env, **args.agent_kwargs)
-    observe_unedited(agent, train_env, args.observe_edits)
+    agent.observe_unedited(train_env, args.observe_edits)
     metrics = {**run_episode(agent, env, args.seed), "config": agent.config(), "env_kwargs": args.env_kwargs,
                "observed_edits": args.observe_edits}
     out = Path(args.out)

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -76,6 +77,8 @@ def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> i
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*skipped.*records.*")
     try:
+        if getattr(args, "out", None):  # before the long run, so a result is never lost to a missing folder
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         result = args.run(args)
     except (ValueError, OSError) as err:  # bad arguments and data: one clear line, no traceback
         message = " ".join(str(err).split())  # causes from transformers/datasets span several lines

@@ -6,6 +6,7 @@ round-trips), not editing quality.
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import hiedit_agents
 from hiedit_agents import HiEditAgent, agent_class, available_agents, make_agent, run_episode
 from hiedit_agents.base import load_for_acting
 from hiedit_agents.cli import main
+from hiedit_agents.gate import plackett_luce_log_prob
 from hiedit_agents.hypernet import output_change
 from hiedit_agents.learned import masked
 from hiedit_agents.selection import gradient_norms
@@ -244,6 +246,52 @@ def test_gate_gets_gradient_from_edit_and_locality_through_the_mask(env_for):
     assert all(g is None for g in torch.autograd.grad(hard_terms.edit, params, allow_unused=True))
 
 
+def test_plackett_luce_log_probabilities_of_all_draws_sum_to_one():
+    scores = torch.tensor([0.3, -1.2, 2.0, 0.0, 0.7])
+    draws = list(itertools.permutations(range(5), 3))
+    total = sum(float(plackett_luce_log_prob(scores, torch.tensor(d)).exp()) for d in draws)
+    assert total == pytest.approx(1.0, abs=1e-5)
+    p = scores.softmax(0)
+    by_hand = p[2] * p[0] / (1 - p[2]) * p[4] / (1 - p[2] - p[0])
+    assert float(plackett_luce_log_prob(scores, torch.tensor([2, 0, 4])).exp()) == pytest.approx(float(by_hand), rel=1e-5)
+
+
+def test_exploring_gate_draws_k_seeded_and_its_score_function_term_reaches_the_gate(env_for):
+    env = env_for()
+    observation, _ = env.reset(seed=0)
+    trace = env.unwrapped.edit_trace
+    with pytest.raises(ValueError, match="gate_reinforce"):
+        make_agent("hiedit", env, gate_reinforce=-1.0)
+    greedy = make_agent("hiedit", env, k=2, gate_reinforce=0.0)
+    assert greedy.select(observation, trace, torch.Generator().manual_seed(0)).log_prob is None  # switched off
+    agent: HiEditAgent = make_agent("hiedit", env, k=2, gate_reinforce=1.0)
+    draws = [agent.select(observation, trace, torch.Generator().manual_seed(s)) for s in (0, 0, 1, 2, 3, 4)]
+    assert all(float(d.hard.sum()) == 2 for d in draws)
+    assert torch.equal(draws[0].hard, draws[1].hard)  # the same seed draws the same modules
+    assert len({tuple(d.hard.tolist()) for d in draws}) > 1  # an untrained gate explores
+    acting = [agent.select(observation, trace) for _ in range(2)]  # no generator: the deterministic top-k
+    assert acting[0].log_prob is None and torch.equal(acting[0].hard, acting[1].hard)
+    # The first loss only sets the reward baseline; the second, with another reward, carries the term.
+    updates = agent.editor(trace)
+    agent.training_loss(env.unwrapped, updates, draws[0])
+    choice = next(d for d in draws[2:] if not torch.equal(d.hard, draws[0].hard))
+    loss, scalars = agent.training_loss(env.unwrapped, updates, choice._replace(mask=choice.hard))
+    assert scalars["advantage"] != 0
+    grads = torch.autograd.grad(loss, list(agent.gate.parameters()), allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads), "the score-function term did not reach the gate"
+
+
+def test_exploring_training_is_reproducible(env_for):
+    env = env_for(num_edits=3)
+    states = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        agent = make_agent("hiedit", env, k=2, gate_reinforce=1.0, validation_edits=0)
+        agent.learn(env, steps=6, seed=7, progress=False)
+        states.append([p.detach().clone() for p in agent.gate.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*states))
+
+
 def editor_with_statistics(env: gym.Env, scale: str):
     """An untrained RLEdit agent whose editor has observed the traces of two unedited edits, and those traces."""
     agent = make_agent("rledit", env, scale=scale)
@@ -386,7 +434,7 @@ def test_checkpoint_round_trip_gives_the_same_actions(name, env_for, tmp_path):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_checkpoint_from_before_the_objective_trace_loads_as_it_was_trained(env_for, tmp_path):
+def test_older_checkpoints_load_as_they_were_trained(env_for, tmp_path):
     env = env_for(num_edits=3)
     agent = make_agent("rledit", env, trace_of="edit", scale="edit")
     agent.save(tmp_path)
@@ -396,6 +444,12 @@ def test_checkpoint_from_before_the_objective_trace_loads_as_it_was_trained(env_
     (tmp_path / "agent.json").write_text(json.dumps(meta))
     loaded = agent_class("rledit").load(tmp_path, env)
     assert loaded.config() == agent.config()
+    hiedit = make_agent("hiedit", env, gate_reinforce=0.0)
+    hiedit.save(tmp_path / "hiedit")
+    meta = json.loads((tmp_path / "hiedit" / "agent.json").read_text())
+    del meta["config"]["gate_reinforce"]  # a checkpoint from before the exploring gate
+    (tmp_path / "hiedit" / "agent.json").write_text(json.dumps(meta))
+    assert agent_class("hiedit").load(tmp_path / "hiedit", env).config() == hiedit.config()
 
 
 def test_constant_step_is_tuned_on_the_given_environment(env_for):
@@ -414,7 +468,7 @@ def test_cli_train_then_evaluate(zsre_path, tmp_path, capsys):
     assert [v["after_edits"] for v in stats["validations"]] == [2, 4]  # by default: after the first episode and the last edit
     assert (out / "agent.json").is_file() and (out / "agent_state.pt").is_file()
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
-    results = tmp_path / "results.json"
+    results = tmp_path / "not" / "yet" / "results.json"  # evaluate makes the folder before it runs
     assert main(["evaluate", "--agent", "hiedit", "--checkpoint", str(out), *common, "--num-edits", "3",
                  "--out", str(results)]) == 0
     written = json.loads(results.read_text())

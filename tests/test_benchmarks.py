@@ -60,13 +60,12 @@ def test_untrained_editor_statistics_come_from_unedited_training_edits(zsre_path
 
     from hiedit_agents import RLEditAgent
 
-    script = runpy.run_path(str(BENCHMARKS / "untrained_editor.py"))
     env = gym.make("HiEdit-v0", model="test-tiny-llama", dataset=zsre_path, split="train", num_edits=20,
                    update_mode="low_rank", evaluate_generation=False)
     agent = RLEditAgent(env)
     env.reset(seed=0)  # the model is shared between environments: this one's weights are in it after a reset
     before = [p.detach().clone() for p in env.unwrapped.model.parameters()]
-    script["observe_unedited"](agent, env, 25)  # one full episode of 20 and 5 of the next
+    agent.observe_unedited(env, 25)  # one full episode of 20 and 5 of the next
     assert int(agent.editor.gradient_size.count) == 25
     assert all(torch.equal(a, b) for a, b in zip(before, env.unwrapped.model.parameters()))
 
@@ -110,6 +109,25 @@ def test_seeds_table_averages_the_agents_every_folder_has(tmp_path: Path, monkey
                         "| rledit | 0.500 (0.141) | 0.500 (0.141) | 1.000 (0.000) | 0.500 (0.141) |"]  # noop: one folder only
     with pytest.raises(SystemExit, match="not a folder"):
         run_script("seeds_table.py", [str(tmp_path / "nope")], monkeypatch)
+
+
+def test_seeds_table_rows_from_patterns_count_files_and_keep_the_lowest(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, mean in (("hiedit_train_seed0", 0.5), ("hiedit_train_seed1", 0.7), ("rledit_train_seed0", 0.2)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"ES": mean, "GS": mean, "LS": 1.0, "mean": mean,
+                                                           "layers_per_edit": 9.0}))
+    (tmp_path / "stats.json").write_text(json.dumps({"not": "a result"}))
+    out = tmp_path / "rows.md"
+    run_script("seeds_table.py", ["--rows", f"hiedit={tmp_path}/hiedit_*.json,{tmp_path}/stats.json",
+                                  f"rledit={tmp_path}/rledit_*.json", "--out", str(out)], monkeypatch)
+    rows = out.read_text().splitlines()
+    assert rows[0] == "| agent | n | lowest mean | layers_per_edit | ES | GS | LS | mean |"
+    assert rows[2] == "| hiedit | 2 | 0.500 | 9.0 | 0.600 (0.141) | 0.600 (0.141) | 1.000 (0.000) | 0.600 (0.141) |"
+    assert rows[3] == "| rledit | 1 | 0.200 | 9.0 | 0.200 (0.000) | 0.200 (0.000) | 1.000 (0.000) | 0.200 (0.000) |"
+    with pytest.raises(SystemExit, match="no result file matches"):
+        run_script("seeds_table.py", ["--rows", f"x={tmp_path}/nothing_*.json"], monkeypatch)
+    with pytest.raises(SystemExit, match="NAME=GLOB"):
+        run_script("seeds_table.py", ["--rows", "no-equals-sign"], monkeypatch)
 
 
 def test_cells_table_reads_every_training_seed_and_episode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,3 +177,17 @@ def test_update_alignment_of_an_untrained_editor_is_the_gradient_step(zsre_path:
     row = capsys.readouterr().out.splitlines()[-1].split(" | ")
     assert row[0] == "| alignment" and row[4] == "1.00 / 1.00 / 1.00"
     assert result["cosine_mean"] == pytest.approx(1.0, abs=1e-4) and result["cosine_min"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_module_costs_measures_every_candidate_alone(zsre_path: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "costs.json"
+    run_script("module_costs.py", ["--model", "test-tiny-llama", "--dataset", zsre_path, "--num-edits", "2",
+                                   "--unrelated", "3", "--observe-edits", "4", "--threads", "1", "--out", str(out)],
+               monkeypatch)
+    result = json.loads(out.read_text())
+    assert len(result["per_edit"]) == 2 and result["unrelated"] == 3
+    assert len(result["mean"]) == len(result["modules"]) == 4
+    for module in result["mean"]:
+        assert module["unrelated_kl"] > 0  # a module's update alone moves the unrelated prompts' answers
+        assert module["edit_ce_drop"] > 0  # an untrained editor's step is a descent step on the edit

@@ -31,7 +31,8 @@ OBSERVED_EPISODE = 20
 
 @torch.no_grad()
 def answer_log_probs(env: hiedit_env.HiEditEnv, updates: list[Update], pairs: list[Pair]):
-    """Log-probabilities at each pair's answer columns under ``updates`` (added by hooks, weights untouched)."""
+    """Log-probabilities at each pair's answer columns under ``updates`` (added by hooks, weights untouched).
+    Reads the environment's candidate modules and pad id directly: a benchmark-only peek."""
     handles = [add_update_hook(m, u) for m, u in zip(env._modules, updates) if u is not None]
     try:
         out, batch = answer_logits(env.model, collate(pairs, env._pad_id, env.model.device))

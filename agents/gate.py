@@ -46,9 +46,9 @@ def plackett_luce_log_prob(scores: torch.Tensor, order: torch.Tensor) -> torch.T
     """Log-probability that drawing without replacement with probabilities ``softmax(scores)`` yields
     ``order`` (the first ``len(order)`` draws, in that order)."""
     k = len(order)
-    # Row j masks the modules drawn before draw j.
-    earlier = torch.zeros(k, scores.shape[0], dtype=torch.bool, device=scores.device)
-    earlier[torch.arange(k).repeat_interleave(torch.arange(k)), order[torch.cat([torch.arange(j) for j in range(k)])]] = True
+    draw = torch.full(scores.shape, k, device=scores.device)  # when each module was drawn (k: never)
+    draw[order] = torch.arange(k, device=scores.device)
+    earlier = draw[None, :] < torch.arange(k, device=scores.device)[:, None]  # row j: drawn before draw j
     remaining = scores.expand(k, -1).masked_fill(earlier, float("-inf"))
     return (scores[order] - torch.logsumexp(remaining, dim=1)).sum()
 

@@ -11,8 +11,8 @@ sparse edit's loss; for the high level the difference is the (negated) intrinsic
 worse editing the chosen ``k`` modules is than editing all of them.
 
 With ``gate_reinforce`` > 0 (default 1; 0 leaves the straight-through gate alone) the gate explores
-while training (a Plackett-Luce draw of ``k`` modules, :mod:`~hiedit_agents.gate`) and the loss adds ``-gate_reinforce * (reward - baseline) * log p(choice)``,
-the score-function estimator of the same intrinsic reward against its running mean: unlike the
+while training (a Plackett-Luce draw of ``k`` modules, :mod:`~hiedit_agents.gate`) and the loss adds
+``-gate_reinforce * (reward - baseline) * log p(choice)``, the score-function estimator of the same intrinsic reward against its running mean: unlike the
 straight-through slope, it charges a choice the whole loss it causes, the curvature of the locality
 KL of each module included. On SmolLM2 (ZsRE, three training seeds) it raised the selection
 episode's mean from 0.545 to 0.664 and the test sequences' from 0.525 to 0.705 (benchmarks/README.md).

@@ -23,36 +23,11 @@ import torch
 
 import hiedit_env  # noqa: F401  (registers HiEdit-v0)
 from hiedit_agents import RLEditAgent
-from hiedit_env.objective import Update, add_update_hook
-from hiedit_env.tokens import Pair, answer_logits, collate, encode_record
+from hiedit_env.objective import row_losses
+from hiedit_env.score import score_pairs
+from hiedit_env.tokens import encode_record
 
 OBSERVED_EPISODE = 20
-
-
-@torch.no_grad()
-def answer_log_probs(env: hiedit_env.HiEditEnv, updates: list[Update], pairs: list[Pair]):
-    """Log-probabilities at each pair's answer columns under ``updates`` (added by hooks, weights untouched).
-    Reads the environment's candidate modules and pad id directly: a benchmark-only peek."""
-    handles = [add_update_hook(m, u) for m, u in zip(env._modules, updates) if u is not None]
-    try:
-        out, batch = answer_logits(env.model, collate(pairs, env._pad_id, env.model.device))
-    finally:
-        for h in handles:
-            h.remove()
-    return out.logits.float().log_softmax(-1), batch
-
-
-def row_costs(log_probs: torch.Tensor, batch, reference: torch.Tensor, answered: int) -> tuple[list[float], float]:
-    """Cross-entropy of the answer for the first ``answered`` rows; mean KL(reference || model) over the rest."""
-    ce, kl = [], []
-    for row in range(log_probs.shape[0]):
-        mask = batch.answer_mask[row]
-        if row < answered:
-            ce.append(float(-log_probs[row][mask].gather(-1, batch.labels[row][mask][:, None]).mean()))
-        else:
-            ref = reference[row][mask]
-            kl.append(float((ref.exp() * (ref - log_probs[row][mask])).sum(-1).mean()))
-    return ce, statistics.fmean(kl)
 
 
 def main() -> None:
@@ -87,16 +62,23 @@ def main() -> None:
     per_edit = []
     for t in range(args.num_edits):
         updates = agent.editor(agent.read_trace(unwrapped))
-        record = unwrapped._episode[t]
+        record = unwrapped._episode[t]  # benchmark-only peeks: the tokenized records, modules and pad id
         pairs = [record.edit, record.rephrase, *unrelated]
-        reference, batch = answer_log_probs(unwrapped, [None] * n, pairs)
-        (edit_before, rephrase_before), _ = row_costs(reference, batch, reference, 2)
+        # The objective's own per-row losses: cross-entropy of the answer on the edit and its
+        # paraphrase, KL from the current model (before this edit) on the unrelated prompts.
+        references = [None, None, *score_pairs(unwrapped.model, unrelated, unwrapped._pad_id, keep_log_probs=True).log_probs]
+
+        def losses(candidate_updates):
+            with torch.no_grad():
+                return row_losses(unwrapped.model, unwrapped._modules, candidate_updates, pairs, references,
+                                  unwrapped._pad_id)[0]
+
+        before = losses([None] * n)
         rows = []
         for i in range(n):
-            alone = [updates[i] if j == i else None for j in range(n)]
-            (edit_ce, rephrase_ce), kl = row_costs(answer_log_probs(unwrapped, alone, pairs)[0], batch, reference, 2)
-            rows.append({"edit_ce_drop": edit_before - edit_ce, "paraphrase_ce_drop": rephrase_before - rephrase_ce,
-                         "unrelated_kl": kl})
+            after = losses([updates[i] if j == i else None for j in range(n)])
+            rows.append({"edit_ce_drop": float(before[0] - after[0]), "paraphrase_ce_drop": float(before[1] - after[1]),
+                         "unrelated_kl": float(after[2:].mean())})
         per_edit.append(rows)
         observation, _, _, _, info = env.step(agent.act(observation, info))
     means = [{key: statistics.fmean(edit[i][key] for edit in per_edit) for key in per_edit[0][0]} for i in range(n)]

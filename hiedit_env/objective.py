@@ -64,7 +64,7 @@ def add_update_hook(module: nn.Module, update: Update):
     return module.register_forward_hook(hook, prepend=True)
 
 
-def _row_losses(model: PreTrainedModel, modules: list[nn.Module], updates: Sequence[Update], pairs: list[Pair],
+def row_losses(model: PreTrainedModel, modules: list[nn.Module], updates: Sequence[Update], pairs: list[Pair],
                 references: list[torch.Tensor | None], pad_id: int, output_hidden_states: bool = False):
     """One batched pass over ``pairs`` under ``updates``: per row, the cross-entropy of its answer
     (reference ``None``) or the KL from the reference log-probs to the model's; and the hidden states
@@ -108,11 +108,11 @@ def edit_objective(model: PreTrainedModel, modules: list[nn.Module], updates: Se
     pairs, references = [*edits, *locs], [None] * len(edits) + list(reference_log_probs)
     tracked = any(t.requires_grad for u in updates if u is not None for t in (u if isinstance(u, tuple) else (u,)))
     if chunk_rows is None or chunk_rows >= len(pairs) or not tracked or output_hidden_states:
-        losses, hidden = _row_losses(model, modules, updates, pairs, references, pad_id, output_hidden_states)
+        losses, hidden = row_losses(model, modules, updates, pairs, references, pad_id, output_hidden_states)
     else:
         hidden = None
         losses = torch.cat([
-            checkpoint(lambda s=start: _row_losses(model, modules, updates, pairs[s:s + chunk_rows],
+            checkpoint(lambda s=start: row_losses(model, modules, updates, pairs[s:s + chunk_rows],
                                                    references[s:s + chunk_rows], pad_id)[0], use_reentrant=False)
             for start in range(0, len(pairs), chunk_rows)
         ])

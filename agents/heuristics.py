@@ -5,7 +5,8 @@
 * ``random_k``: ``k`` random candidates (seeded), the same constant step.
 * ``topk_grad``: the ``k`` candidates with the largest ``||delta^T k||``, the same constant step.
 * ``ft_l``: FT-L style fine-tuning: a few Adam steps on dense deltas of the top-``k`` gradient modules
-  through the environment's differentiable objective, then that dense update.
+  through the environment's differentiable objective, then that dense update; ``loss="edit"`` takes
+  the papers' FT-L loss instead, the edit's own cross-entropy.
 
 The constant step is the ``step_size`` action in [-1, 1] (mapped onto the environment's
 ``eta_range``); :meth:`ConstantStepAgent.learn` tunes it on the environment it is given, which
@@ -15,7 +16,7 @@ should be the training split.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -124,21 +125,29 @@ class TopKGradAgent(ConstantStepAgent):
 
 
 class FineTuneAgent(Agent):
-    """FT-L style: ``iterations`` Adam steps on dense deltas of the top-``k`` gradient modules through
-    ``env.objective`` (edit loss + KL locality), then apply the dense deltas.
+    """FT-L style: ``iterations`` Adam steps on dense deltas of the top-``k`` gradient modules, then
+    apply the dense deltas.
 
-    The deltas are parametrised relative to each module's RMS weight, so one ``lr`` means the same
-    relative change on every module and model.
+    ``loss="objective"`` (default) descends ``env.objective``, the learned editors' training loss:
+    the edit and its ``back_depth`` predecessors, KL to the unedited model on unrelated prompts, L2.
+    ``loss="edit"`` descends the current edit's cross-entropy alone, as FT-L does in the ROME,
+    MEMIT and EasyEdit comparisons (without their per-weight norm bound): nothing holds it back from
+    unrelated prompts or earlier edits. The deltas are parametrised relative to each module's RMS
+    weight, so one ``lr`` means the same relative change on every module and model.
     """
 
     name = "ft_l"
     update_mode = "low_rank"
 
-    def __init__(self, env: gym.Env, k: int | None = None, iterations: int = 5, lr: float = 0.01) -> None:
+    def __init__(self, env: gym.Env, k: int | None = None, iterations: int = 5, lr: float = 0.01,
+                 loss: Literal["objective", "edit"] = "objective") -> None:
         super().__init__(env)
         if iterations < 1 or lr <= 0:
             raise ValueError(f"ft_l needs iterations >= 1 and lr > 0, got {iterations} and {lr}")
+        if loss not in ("objective", "edit"):
+            raise ValueError(f"ft_l's loss must be 'objective' or 'edit', got {loss!r}")
         self.k, self.iterations, self.lr = check_k(k, self.num_candidates), int(iterations), float(lr)
+        self.loss = loss
         self.rms = [norm / (d_in * d_out) ** 0.5 for norm, (d_in, d_out)
                     in zip(self.env.base_weight_norms(), self.env.module_dims())]
 
@@ -151,10 +160,11 @@ class FineTuneAgent(Agent):
         for _ in range(self.iterations):
             optimizer.zero_grad()
             updates = [params[i] * self.rms[i] if i in params else None for i in range(self.num_candidates)]
-            self.env.objective(updates).total.backward()
+            terms = self.env.objective(updates, back_depth=0 if self.loss == "edit" else None)
+            (terms.edit if self.loss == "edit" else terms.total).backward()
             optimizer.step()
         update = [(params[i] * self.rms[i]).detach() if i in params else None for i in range(self.num_candidates)]
         return {"layers": mask.cpu().numpy(), "update": update}
 
     def config(self) -> dict[str, Any]:
-        return {"k": self.k, "iterations": self.iterations, "lr": self.lr}
+        return {"k": self.k, "iterations": self.iterations, "lr": self.lr, "loss": self.loss}

@@ -4,6 +4,8 @@ Learned agents are loaded from ``--checkpoints/<agent>`` (written by ``hiedit tr
 constant-step heuristics tune their step on the training split first (``Agent.learn``), never on
 the evaluation edits. During the one evaluation episode the edited model is also scored on all
 edits so far at a few points of the sequence, which gives the ES/GS/LS-against-edits plot.
+``--include NAME=FILE,...`` adds an earlier sweep's result file of the same sequence to the table
+and plot under ``NAME`` (e.g. one agent re-run with a new checkpoint beside the others' curves).
 
     python benchmarks/agents.py --dataset ../shared/data/zsre/zsre_mend_1k.json --checkpoints runs/zsre \\
         --num-edits 100 --seed 0 --out benchmarks/results/zsre
@@ -58,10 +60,10 @@ def plot_curves(results: dict[str, dict[str, Any]], title: str, path: Path) -> N
         ax.set_xlabel("edits applied (scored on all of them)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("score (teacher-forced token level)")
-    axes[-1].legend(fontsize=8)
+    axes[-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))  # beside the curves, not on them
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -72,6 +74,21 @@ def markdown_table(results: dict[str, dict[str, Any]]) -> str:
         cells = [f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in present]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def read_included(parser: argparse.ArgumentParser, spec: str) -> dict[str, dict[str, Any]]:
+    """``NAME=FILE,...`` -> {NAME: that sweep's result}; a file that is not one is a usage error."""
+    included = {}
+    for item in filter(None, spec.split(",")):
+        name, _, path = item.partition("=")
+        try:
+            result = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as error:
+            parser.error(f"--include {item}: {error}")
+        if not name or not isinstance(result, dict) or "curve" not in result:
+            parser.error(f"--include {item}: expected NAME=FILE with a result file of this script (with a 'curve')")
+        included[name] = result
+    return included
 
 
 def main() -> None:
@@ -88,7 +105,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", required=True)
     parser.add_argument("--rerun", action="store_true", help="re-evaluate agents whose results are already in --out")
+    parser.add_argument("--include", default="", metavar="NAME=FILE,...",
+                        help="result files of earlier sweeps of the same sequence to show beside these agents")
     args = parser.parse_args()
+    included = read_included(parser, args.include)
     warnings.filterwarnings("ignore", category=UserWarning)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -117,6 +137,7 @@ def main() -> None:
             tuning = agent.learn(train_env, args.tune_edits, seed=args.seed)
         results[name] = {**evaluate_agent(agent, env, args.seed, points), "tuning": tuning, "config": agent.config()}
         (out / f"{name}.json").write_text(json.dumps(results[name], indent=2))
+    results.update(included)
     table = markdown_table(results)
     (out / "table.md").write_text(table + "\n")
     title = f"{args.model}, {Path(args.dataset).name} ({args.eval_split} split), {args.num_edits} edits, seed {args.seed}"

@@ -459,6 +459,23 @@ def test_constant_step_is_tuned_on_the_given_environment(env_for):
     assert stats["grid_scores"][str(agent.step)] == max(stats["grid_scores"].values())
 
 
+@pytest.mark.parametrize("loss", ["edit", "objective"])
+def test_ft_l_descends_the_loss_it_is_given(loss, env_for):
+    """The papers' FT-L loss ignores the locality term; the objective's does not."""
+    updates = []
+    for kl_weight in (1.0, 50.0):
+        env = env_for(kl_weight=kl_weight, num_edits=2)
+        observation, info = env.reset(seed=0)
+        action = make_agent("ft_l", env, loss=loss).act(observation, info)
+        updates.append([u for u in action["update"] if u is not None])
+    pairs = list(zip(*updates))
+    assert pairs and all(a.abs().sum() > 0 for a, _ in pairs)
+    same = all(torch.equal(a, b) for a, b in pairs)
+    assert same == (loss == "edit")
+    with pytest.raises(ValueError, match="loss must be 'objective' or 'edit'"):
+        make_agent("ft_l", env, loss="kl")
+
+
 def test_cli_train_then_evaluate(zsre_path, tmp_path, capsys):
     out = tmp_path / "run"
     common = ["--model", MODEL, "--dataset", zsre_path, "--seed", "1", "--threads", "1"]

@@ -39,6 +39,14 @@ def test_agent_sweep_writes_table_curves_and_results(zsre_path: str, tmp_path: P
     assert topk["tuning"]["step"] in (-1.0, -0.5, 0.0, 0.5, 1.0)
     assert "| noop |" in (tmp_path / "table.md").read_text()
     assert (tmp_path / "curves.png").stat().st_size > 0
+    again = tmp_path / "again"
+    run_script("agents.py", ["--model", "test-tiny-llama", "--dataset", zsre_path, "--agents", "noop",
+                             "--num-edits", "4", "--out", str(again),
+                             "--include", f"earlier_topk={tmp_path / 'topk_grad.json'}"], monkeypatch)
+    assert "| earlier_topk |" in (again / "table.md").read_text() and not (again / "earlier_topk.json").exists()
+    with pytest.raises(SystemExit):
+        run_script("agents.py", ["--dataset", zsre_path, "--out", str(again),
+                                 "--include", f"table={tmp_path / 'table.md'}"], monkeypatch)
 
 
 def test_untrained_editor_observes_training_edits_then_evaluates(zsre_path: str, tmp_path: Path,

@@ -65,7 +65,7 @@ def add_update_hook(module: nn.Module, update: Update):
 
 
 def row_losses(model: PreTrainedModel, modules: list[nn.Module], updates: Sequence[Update], pairs: list[Pair],
-                references: list[torch.Tensor | None], pad_id: int, output_hidden_states: bool = False):
+               references: list[torch.Tensor | None], pad_id: int, output_hidden_states: bool = False):
     """One batched pass over ``pairs`` under ``updates``: per row, the cross-entropy of its answer
     (reference ``None``) or the KL from the reference log-probs to the model's; and the hidden states
     if asked for."""
@@ -113,7 +113,7 @@ def edit_objective(model: PreTrainedModel, modules: list[nn.Module], updates: Se
         hidden = None
         losses = torch.cat([
             checkpoint(lambda s=start: row_losses(model, modules, updates, pairs[s:s + chunk_rows],
-                                                   references[s:s + chunk_rows], pad_id)[0], use_reentrant=False)
+                                                  references[s:s + chunk_rows], pad_id)[0], use_reentrant=False)
             for start in range(0, len(pairs), chunk_rows)
         ])
     weights = torch.tensor(window_weights(len(edits), time_decay), device=losses.device)

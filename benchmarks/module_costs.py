@@ -23,11 +23,10 @@ import torch
 
 import hiedit_env  # noqa: F401  (registers HiEdit-v0)
 from hiedit_agents import RLEditAgent
+from hiedit_agents.cli import DEFAULT_TRAIN_EDITS  # observed episodes as long as training's
 from hiedit_env.objective import row_losses
 from hiedit_env.score import score_pairs
 from hiedit_env.tokens import encode_record
-
-OBSERVED_EPISODE = 20
 
 
 def main() -> None:
@@ -49,7 +48,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     common = {"model": args.model, "dataset": args.dataset, "evaluate_generation": False,
               **RLEditAgent.acting_requirements({})}
-    train_env = gym.make("HiEdit-v0", split="train", num_edits=OBSERVED_EPISODE, **common)
+    train_env = gym.make("HiEdit-v0", split="train", num_edits=DEFAULT_TRAIN_EDITS, **common)
     env = gym.make("HiEdit-v0", split=args.split, num_edits=args.num_edits, **common)
     unwrapped: hiedit_env.HiEditEnv = env.unwrapped
     agent = RLEditAgent(env)

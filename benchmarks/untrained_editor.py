@@ -23,8 +23,7 @@ import torch
 
 import hiedit_env  # noqa: F401  (registers HiEdit-v0)
 from hiedit_agents import RLEditAgent, run_episode
-
-OBSERVED_EPISODE = 20
+from hiedit_agents.cli import DEFAULT_TRAIN_EDITS  # observed episodes as long as training's
 
 
 def main() -> None:
@@ -46,7 +45,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     common = {"model": args.model, **RLEditAgent.acting_requirements(args.agent_kwargs), **args.env_kwargs}
     train_env = gym.make("HiEdit-v0", dataset=args.train_dataset or args.dataset,
-                         split="all" if args.train_dataset else "train", num_edits=OBSERVED_EPISODE,
+                         split="all" if args.train_dataset else "train", num_edits=DEFAULT_TRAIN_EDITS,
                          evaluate_generation=False, **common)
     env = gym.make("HiEdit-v0", dataset=args.dataset, split=args.split, num_edits=args.num_edits, **common)
     agent = RLEditAgent(env, **args.agent_kwargs)

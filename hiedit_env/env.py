@@ -26,7 +26,6 @@ LAYER_FEATURES = ("key_norm", "grad_norm", "weight_grad_norm", "depth", "changed
 REWARD_TERMS = ("edit_success", "generalization", "locality", "sparsity", "retention", "update_norm", "sequence_gain")
 # Reward weights change neither the observations nor the end-of-sequence metrics.
 REWARD_WEIGHTS = ("w_edit", "w_generalization", "w_locality", "w_sparsity", "w_retention", "w_update_norm", "w_sequence")
-_BASE = object()  # owner token meaning "the unedited weights are swapped in"
 
 
 class HiEditEnv(gym.Env):
@@ -300,9 +299,10 @@ class HiEditEnv(gym.Env):
         self._episode = [encode_record(self.tokenizer, self.records[int(i)]) for i in indices]
         self._t = 0
         self._activate()
-        reference = score_pairs(self.model, [e.loc for e in self._episode], self._pad_id)
-        self._loc_reference = reference.predictions
-        self._loc_log_probs: dict[int, torch.Tensor] = {}
+        # The unedited model's answers and log-probs on every unrelated prompt, from the one pass that
+        # scores them: the locality metric and the objective's KL read them all episode long.
+        reference = score_pairs(self.model, [e.loc for e in self._episode], self._pad_id, keep_log_probs=True)
+        self._loc_reference, self._loc_log_probs = reference.predictions, reference.log_probs
         self._chosen_counts = np.zeros(len(self._modules), dtype=np.float32)
         self._changed = np.zeros(len(self._modules), dtype=np.float32)
         self._history: dict[str, list[float]] = {k: [] for k in (*REWARD_TERMS, "seconds")}
@@ -441,7 +441,7 @@ class HiEditEnv(gym.Env):
         depth = self.back_depth if back_depth is None else back_depth
         edited = [self._t - j for j in range(min(depth, self._t) + 1)]
         unrelated = [self._t - j for j in range(min(self.locality_depth, self._t) + 1)]
-        references = [self._reference_log_probs(t) for t in unrelated]
+        references = [self._loc_log_probs[t] for t in unrelated]
         self._activate()
         return [self._episode[t].edit for t in edited], [self._episode[t].loc for t in unrelated], references
 
@@ -455,17 +455,6 @@ class HiEditEnv(gym.Env):
         self._trace, self._objective_trace = trace_edit_and_objective(
             self.model, self._modules, self.candidate_modules, edits, locs, references, self._pad_id,
             self.time_decay, self.kl_weight, self.instance_layer)
-
-    def _reference_log_probs(self, t: int) -> torch.Tensor:
-        """Unedited log-probs on edit ``t``'s unrelated prompt, computed once per record per episode."""
-        if t not in self._loc_log_probs:
-            self.shared.activate(_BASE, {})
-            try:
-                ref = score_pairs(self.model, [self._episode[t].loc], self._pad_id, keep_log_probs=True)
-            finally:
-                self._activate()
-            self._loc_log_probs[t] = ref.log_probs[0]
-        return self._loc_log_probs[t]
 
     def _step_terms(self, chosen: list[int], deltas: dict[int, Delta]) -> dict[str, float]:
         t, w = self._t, self.reward_weights

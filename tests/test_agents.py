@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import hiedit_agents
 from hiedit_agents import HiEditAgent, agent_class, available_agents, make_agent, run_episode
@@ -24,7 +25,7 @@ from hiedit_agents.base import load_for_acting
 from hiedit_agents.cli import main
 from hiedit_agents.gate import plackett_luce_log_prob
 from hiedit_agents.hypernet import output_change
-from hiedit_agents.learned import masked
+from hiedit_agents.learned import _swapped, masked
 from hiedit_agents.selection import gradient_norms
 from hiedit_env.objective import update_sq_norm
 
@@ -156,10 +157,52 @@ def test_learn_keeps_the_editor_that_validated_best(env_for, monkeypatch):
     assert not all(torch.equal(states[1][k], states[3][k]) for k in kept)  # training did move on after it
 
 
+def test_average_decay_validates_and_keeps_the_moving_average(env_for, monkeypatch):
+    env = env_for(num_edits=2)
+    torch.manual_seed(0)
+    agent = make_agent("hiedit", env, meta_lr=1e-2, validation_edits=4, validate_every=2, average_decay=0.5)
+    params = [p for m in agent.trainable_modules().values() for p in m.parameters()]
+    expected = [p.detach().clone() for p in params]
+    live: list[torch.Tensor] = []
+
+    def after_step(optimizer, args, kwargs):
+        live[:] = [p.detach().clone() for p in params]
+        for e, p in zip(expected, live):
+            e.mul_(0.5).add_(p, alpha=0.5)
+
+    seen, scores = [], iter([0.2, 0.9, 0.5, 0.1])
+
+    def fake_validate(env, records, seed, progress):
+        seen.append(([p.detach().clone() for p in params], [e.clone() for e in expected], list(live)))
+        return {"ES": 0.0, "GS": 0.0, "LS": 0.0, "mean": next(scores), "ES_first_20pct": 0.0}
+
+    monkeypatch.setattr(agent, "_validate", fake_validate)
+    handle = register_optimizer_step_post_hook(after_step)
+    try:
+        agent.learn(env, steps=8, progress=False)
+    finally:
+        handle.remove()
+    assert len(seen) == 4
+    for validated, average, raw in seen:
+        assert all(torch.allclose(v, a, atol=1e-6) for v, a in zip(validated, average))
+        assert not all(torch.equal(v, r) for v, r in zip(validated, raw))  # the average, not the raw weights
+    assert all(torch.equal(p, v) for p, v in zip(params, seen[1][0]))  # the best-validated average is kept
+
+
+def test_swapped_parameters_come_back_even_after_an_error():
+    param = torch.nn.Parameter(torch.ones(3))
+    with pytest.raises(RuntimeError):
+        with _swapped([param], [torch.zeros(3)]):
+            assert torch.equal(param, torch.zeros(3))
+            raise RuntimeError("validation failed")
+    assert torch.equal(param, torch.ones(3))
+
+
 def test_validation_options_are_checked(env_for):
     env = env_for(num_edits=3)
     for kwargs, name in [({"validation_edits": -1}, "validation_edits"), ({"validation_edits": 2.5}, "validation_edits"),
-                         ({"validate_every": 0}, "validate_every")]:
+                         ({"validate_every": 0}, "validate_every"), ({"average_decay": 1.0}, "average_decay"),
+                         ({"average_decay": -0.1}, "average_decay")]:
         with pytest.raises(ValueError, match=name):
             make_agent("rledit", env, **kwargs)
     records = len(env.unwrapped.records)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from hiedit_env import ObjectiveTerms
+from hiedit_env import env as env_module
 from hiedit_env.score import score_pairs
 from hiedit_env.tokens import encode_record
 
@@ -98,6 +99,21 @@ def test_kl_is_zero_without_an_update(make_env, model):
     gen = torch.Generator().manual_seed(0)
     big = [0.5 * torch.randn(d_out, d_in, generator=gen) for d_in, d_out in env.module_dims()]
     assert env.objective(big).locality.item() > 1e-3
+
+
+def test_unedited_references_come_from_reset_not_from_each_step(make_env, helpers, monkeypatch):
+    env = make_env("test-tiny-llama", num_edits=4, trace="objective", locality_depth=2).unwrapped
+    passes = []
+    real = env_module.score_pairs
+    monkeypatch.setattr(env_module, "score_pairs", lambda *a, **k: passes.append(k.get("keep_log_probs", False)) or real(*a, **k))
+    env.reset(seed=0)
+    fresh = real(env.model, [e.loc for e in env._episode], env._pad_id, keep_log_probs=True).log_probs
+    for _ in range(3):
+        env.step(helpers.full_action(env, 1.0, 0.5))
+        env.objective([None] * 4)
+    assert passes == [True, False, False, False]  # reset's pass, then each step's scoring pass only
+    for t, reference in enumerate(env._loc_log_probs):  # still the unedited model's after three edits
+        assert torch.allclose(reference, fresh[t], atol=1e-5)
 
 
 def test_back_depth_covers_previous_edits(make_env, helpers):

@@ -101,18 +101,24 @@ def test_kl_is_zero_without_an_update(make_env, model):
     assert env.objective(big).locality.item() > 1e-3
 
 
-def test_unedited_references_come_from_reset_not_from_each_step(make_env, helpers, monkeypatch):
-    env = make_env("test-tiny-llama", num_edits=4, trace="objective", locality_depth=2).unwrapped
+def test_unedited_references_are_scored_in_chunks_and_dropped_behind_the_window(make_env, helpers, monkeypatch):
+    monkeypatch.setattr(env_module, "REFERENCE_CHUNK", 3)
+    env = make_env("test-tiny-llama", num_edits=7, trace="objective", locality_depth=1).unwrapped
     passes = []
     real = env_module.score_pairs
-    monkeypatch.setattr(env_module, "score_pairs", lambda *a, **k: passes.append(k.get("keep_log_probs", False)) or real(*a, **k))
+    monkeypatch.setattr(env_module, "score_pairs", lambda model, pairs, *a, **k: passes.append(
+        (len(pairs), k.get("keep_log_probs", False))) or real(model, pairs, *a, **k))
     env.reset(seed=0)
     fresh = real(env.model, [e.loc for e in env._episode], env._pad_id, keep_log_probs=True).log_probs
-    for _ in range(3):
+    held = []
+    for _ in range(6):
         env.step(helpers.full_action(env, 1.0, 0.5))
-        env.objective([None] * 4)
-    assert passes == [True, False, False, False]  # reset's pass, then each step's scoring pass only
-    for t, reference in enumerate(env._loc_log_probs):  # still the unedited model's after three edits
+        held.append(sorted(env._loc_log_probs))
+    unedited = [n for n, keep in passes if keep]
+    assert unedited == [3, 3, 1]  # edits 0-2, 3-5 and 6, each chunk in one pass of the unedited weights
+    assert held[-1] == [5, 6] and all(len(h) <= 1 + 3 for h in held)  # the window (t, t-1) and the chunk ahead
+    edits, locs, references = env._objective_window(None)
+    for t, reference in zip([6, 5], references):  # still the unedited model's after six edits
         assert torch.allclose(reference, fresh[t], atol=1e-5)
 
 

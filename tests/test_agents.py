@@ -189,6 +189,28 @@ def test_average_decay_validates_and_keeps_the_moving_average(env_for, monkeypat
     assert all(torch.equal(p, v) for p, v in zip(params, seen[1][0]))  # the best-validated average is kept
 
 
+def test_average_decay_without_validation_keeps_the_last_average(env_for):
+    env = env_for(num_edits=2)
+    torch.manual_seed(0)
+    agent = make_agent("rledit", env, meta_lr=1e-2, validation_edits=0, average_decay=0.5)
+    params = list(agent.editor.parameters())
+    expected = [p.detach().clone() for p in params]
+    last: list[torch.Tensor] = []
+
+    def after_step(optimizer, args, kwargs):
+        last[:] = [p.detach().clone() for p in params]
+        for e, p in zip(expected, last):
+            e.mul_(0.5).add_(p, alpha=0.5)
+
+    handle = register_optimizer_step_post_hook(after_step)
+    try:
+        agent.learn(env, steps=6, progress=False)
+    finally:
+        handle.remove()
+    assert all(torch.allclose(p, e, atol=1e-6) for p, e in zip(params, expected))
+    assert not all(torch.equal(p, w) for p, w in zip(params, last))
+
+
 def test_swapped_parameters_come_back_even_after_an_error():
     param = torch.nn.Parameter(torch.ones(3))
     with pytest.raises(RuntimeError):

@@ -90,9 +90,14 @@ class LearnedEditorAgent(Agent):
     (0: no validation, the last editor is kept). ``average_decay`` > 0 validates and keeps an
     exponential moving average of the trained weights instead of the weights themselves (Polyak
     averaging, ``avg += (1 - average_decay) * (w - avg)`` after every optimiser step): on SmolLM2 the
-    validation mean of the raw weights swung by 0.2 between checks 80 edits apart. ``max_size_ratio`` (``None``: unbounded) bounds each
-    update's size at that many times the average training edit's (:mod:`~hiedit_agents.hypernet`); it
-    is an acting option: ``load`` and ``hiedit evaluate --agent-kwargs`` may set it on a checkpoint.
+    validation mean of the raw weights swung by 0.2 between checks 80 edits apart.
+
+    ``max_size_ratio`` (``None``: unbounded) bounds each update's size at that many times the
+    average training edit's (:mod:`~hiedit_agents.hypernet`); it is an acting option: ``load`` and
+    ``hiedit evaluate --agent-kwargs`` may set it on a checkpoint. So is ``edit_steps``: the editor's
+    passes per edit when acting (validation included; training takes one). Each pass after the first
+    reads the objective's trace under the updates so far, one more forward+backward per edit, and
+    adds its update to theirs, as a few steps of an optimiser do.
 
     The defaults (objective trace, ``scale="direction"``, ``meta_lr`` 1e-4, ``lr_lr`` 1e-3, ``init_lr``
     6e-3) won the selection on a 100-edit episode of the ZsRE training split against the edit trace,
@@ -103,14 +108,14 @@ class LearnedEditorAgent(Agent):
 
     update_mode = "low_rank"
     requires_training = True
-    acting_options = ("max_size_ratio",)
+    acting_options = ("max_size_ratio", "edit_steps")
 
     def __init__(self, env: gym.Env, rank: int = 32, num_blocks: int = 2, init_lr: float = DEFAULT_INIT_LR,
                  max_lr: float | None = None, meta_lr: float = 1e-4, lr_lr: float = 1e-3, update_every: int = 1,
                  grad_clip: float = 1.0, scale: Scale = "direction",
                  trace_of: Literal["edit", "objective"] = "objective", loss_back_depth: int | None = None,
                  loss_time_decay: float | None = None, validation_edits: int = 50, validate_every: int = 75,
-                 average_decay: float = 0.0, max_size_ratio: float | None = None) -> None:
+                 average_decay: float = 0.0, max_size_ratio: float | None = None, edit_steps: int = 1) -> None:
         super().__init__(env)
         if trace_of not in ("edit", "objective"):
             raise ValueError(f"trace_of must be 'edit' or 'objective', got {trace_of!r}")
@@ -124,6 +129,9 @@ class LearnedEditorAgent(Agent):
             check_range("loss_time_decay", loss_time_decay, 0, 1, low_open=True)
         check_int("validation_edits", validation_edits, 0)
         check_int("validate_every", validate_every, 1)
+        check_int("edit_steps", edit_steps, 1)
+        if edit_steps > 1 and trace_of != "objective":
+            raise ValueError("edit_steps > 1 reads the objective's trace under the updates so far: it needs trace_of='objective'")
         check_range("average_decay", average_decay, 0, 1)
         if average_decay == 1:
             raise ValueError("average_decay must be < 1: at 1 the average never leaves the initial weights")
@@ -134,7 +142,7 @@ class LearnedEditorAgent(Agent):
                         "scale": scale, "trace_of": trace_of, "loss_back_depth": loss_back_depth,
                         "loss_time_decay": loss_time_decay, "validation_edits": int(validation_edits),
                         "validate_every": int(validate_every), "average_decay": float(average_decay),
-                        "max_size_ratio": max_size_ratio}
+                        "max_size_ratio": max_size_ratio, "edit_steps": int(edit_steps)}
         self.editor = HyperEditor(self.env.module_dims(), self.env.base_weight_norms(), rank, num_blocks,
                                   init_lr, scale, max_size_ratio).to(self.env.model.device)
         self.optimizer_steps = 0
@@ -188,8 +196,12 @@ class LearnedEditorAgent(Agent):
 
     @torch.no_grad()
     def _act_on(self, env: HiEditEnv, observation: dict[str, Any]) -> dict[str, Any]:
-        updates = self.editor(self.read_trace(env))
-        return self._action(updates, self.select(observation, env.edit_trace).hard)
+        hard = self.select(observation, env.edit_trace).hard
+        updates = masked(self.editor(self.read_trace(env)), hard)
+        for _ in range(self.hparams["edit_steps"] - 1):
+            more = masked(self.editor(env.objective_trace(updates)), hard)
+            updates = [(torch.cat([u, du]), torch.cat([v, dv])) for (u, v), (du, dv) in zip(updates, more)]
+        return self._action(updates, hard)
 
     def proposed_update(self, observation: dict[str, Any], info: dict[str, Any]) -> list[LowRank]:
         with torch.no_grad():

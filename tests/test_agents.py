@@ -220,11 +220,37 @@ def test_swapped_parameters_come_back_even_after_an_error():
     assert torch.equal(param, torch.ones(3))
 
 
+@pytest.mark.parametrize("name", ["hiedit", "rledit"])
+def test_a_second_edit_step_lowers_the_objective_further(name, env_for):
+    env = env_for(num_edits=3, trace="objective")
+    torch.manual_seed(0)
+    one = make_agent(name, env)
+    two = make_agent(name, env, edit_steps=2)
+    two.load_state_dict(one.state_dict())
+    observation, info = env.reset(seed=0)
+    first, second = one.act(observation, info), two.act(observation, info)
+    assert np.array_equal(first["layers"], second["layers"])
+    unwrapped = env.unwrapped
+    with torch.no_grad():
+        loss_one = float(unwrapped.objective(first["update"]).total)
+        loss_two = float(unwrapped.objective(second["update"]).total)
+        unchanged = float(unwrapped.objective([None] * one.num_candidates).total)
+    assert loss_two < loss_one < unchanged
+    for f, s_ in zip(first["update"], second["update"]):
+        assert (f is None) == (s_ is None)
+        if f is not None:
+            assert s_[0].shape[0] == 2 * f[0].shape[0] and torch.equal(s_[0][: f[0].shape[0]], f[0])
+    assert make_agent(name, env).hparams["edit_steps"] == 1
+    with pytest.raises(ValueError, match="edit_steps"):
+        make_agent(name, env, edit_steps=2, trace_of="edit")
+
+
 def test_validation_options_are_checked(env_for):
     env = env_for(num_edits=3)
     for kwargs, name in [({"validation_edits": -1}, "validation_edits"), ({"validation_edits": 2.5}, "validation_edits"),
                          ({"validate_every": 0}, "validate_every"), ({"average_decay": 1.0}, "average_decay"),
-                         ({"average_decay": -0.1}, "average_decay")]:
+                         ({"average_decay": -0.1}, "average_decay"),
+                         ({"edit_steps": 0}, "edit_steps")]:
         with pytest.raises(ValueError, match=name):
             make_agent("rledit", env, **kwargs)
     records = len(env.unwrapped.records)

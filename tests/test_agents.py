@@ -474,8 +474,9 @@ def test_max_size_ratio_is_checked_and_can_be_set_on_a_checkpoint(env_for, zsre_
     loaded = agent_class("hiedit").load(tmp_path, env, max_size_ratio=2)
     assert loaded.editor.max_size_ratio == 2.0 and loaded.config() == {**agent.config(), "max_size_ratio": 2}
     assert torch.equal(loaded.editor.log_lr, agent.editor.log_lr)
-    with pytest.raises(ValueError, match=r"fixes \['rank'\]; only its acting options \['max_size_ratio'\]"):
+    with pytest.raises(ValueError, match=r"fixes \['rank'\]; only its acting options \['max_size_ratio', 'edit_steps'\]"):
         agent_class("hiedit").load(tmp_path, env, rank=4)
+    assert agent_class("hiedit").load(tmp_path, env, edit_steps=2).hparams["edit_steps"] == 2
     # The same through load_for_acting, which also builds the environment the checkpoint acts in.
     acting, acting_env = load_for_acting(agent_class("hiedit"), tmp_path, {"max_size_ratio": 2}, model=MODEL,
                                          dataset=zsre_path, num_edits=2, evaluate_generation=False)

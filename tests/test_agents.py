@@ -6,6 +6,7 @@ round-trips), not editing quality.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import subprocess
@@ -157,19 +158,29 @@ def test_learn_keeps_the_editor_that_validated_best(env_for, monkeypatch):
     assert not all(torch.equal(states[1][k], states[3][k]) for k in kept)  # training did move on after it
 
 
+@contextlib.contextmanager
+def tracking_average(params, decay: float):
+    """Within the block, the moving average recomputed from the weights after every optimiser step,
+    and the raw weights after the last step (two lists that fill in)."""
+    expected, live = [p.detach().clone() for p in params], []
+
+    def after_step(optimizer, args, kwargs):
+        live[:] = [p.detach().clone() for p in params]
+        for e, p in zip(expected, live):
+            e.mul_(decay).add_(p, alpha=1 - decay)
+
+    handle = register_optimizer_step_post_hook(after_step)
+    try:
+        yield expected, live
+    finally:
+        handle.remove()
+
+
 def test_average_decay_validates_and_keeps_the_moving_average(env_for, monkeypatch):
     env = env_for(num_edits=2)
     torch.manual_seed(0)
     agent = make_agent("hiedit", env, meta_lr=1e-2, validation_edits=4, validate_every=2, average_decay=0.5)
     params = [p for m in agent.trainable_modules().values() for p in m.parameters()]
-    expected = [p.detach().clone() for p in params]
-    live: list[torch.Tensor] = []
-
-    def after_step(optimizer, args, kwargs):
-        live[:] = [p.detach().clone() for p in params]
-        for e, p in zip(expected, live):
-            e.mul_(0.5).add_(p, alpha=0.5)
-
     seen, scores = [], iter([0.2, 0.9, 0.5, 0.1])
 
     def fake_validate(env, records, seed, progress):
@@ -177,11 +188,8 @@ def test_average_decay_validates_and_keeps_the_moving_average(env_for, monkeypat
         return {"ES": 0.0, "GS": 0.0, "LS": 0.0, "mean": next(scores), "ES_first_20pct": 0.0}
 
     monkeypatch.setattr(agent, "_validate", fake_validate)
-    handle = register_optimizer_step_post_hook(after_step)
-    try:
+    with tracking_average(params, 0.5) as (expected, live):
         agent.learn(env, steps=8, progress=False)
-    finally:
-        handle.remove()
     assert len(seen) == 4
     for validated, average, raw in seen:
         assert all(torch.allclose(v, a, atol=1e-6) for v, a in zip(validated, average))
@@ -194,19 +202,8 @@ def test_average_decay_without_validation_keeps_the_last_average(env_for):
     torch.manual_seed(0)
     agent = make_agent("rledit", env, meta_lr=1e-2, validation_edits=0, average_decay=0.5)
     params = list(agent.editor.parameters())
-    expected = [p.detach().clone() for p in params]
-    last: list[torch.Tensor] = []
-
-    def after_step(optimizer, args, kwargs):
-        last[:] = [p.detach().clone() for p in params]
-        for e, p in zip(expected, last):
-            e.mul_(0.5).add_(p, alpha=0.5)
-
-    handle = register_optimizer_step_post_hook(after_step)
-    try:
+    with tracking_average(params, 0.5) as (expected, last):
         agent.learn(env, steps=6, progress=False)
-    finally:
-        handle.remove()
     assert all(torch.allclose(p, e, atol=1e-6) for p, e in zip(params, expected))
     assert not all(torch.equal(p, w) for p, w in zip(params, last))
 

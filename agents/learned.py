@@ -60,16 +60,18 @@ def _swapped(params: list[nn.Parameter], average: list[torch.Tensor] | None) -> 
     if average is None:
         yield
         return
-    with torch.no_grad():
-        live = [p.detach().clone() for p in params]
-        for p, a in zip(params, average):
-            p.copy_(a)
+    live = [p.detach().clone() for p in params]
+    _assign(params, average)
     try:
         yield
     finally:
-        with torch.no_grad():
-            for p, w in zip(params, live):
-                p.copy_(w)
+        _assign(params, live)
+
+
+@torch.no_grad()
+def _assign(params: list[nn.Parameter], values: list[torch.Tensor]) -> None:
+    for p, value in zip(params, values):
+        p.copy_(value)
 
 
 class LearnedEditorAgent(Agent):
@@ -197,9 +199,9 @@ class LearnedEditorAgent(Agent):
     @torch.no_grad()
     def _act_on(self, env: HiEditEnv, observation: dict[str, Any]) -> dict[str, Any]:
         hard = self.select(observation, env.edit_trace).hard
-        updates = masked(self.editor(self.read_trace(env)), hard)
+        updates = self.editor(self.read_trace(env))
         for _ in range(self.hparams["edit_steps"] - 1):
-            more = masked(self.editor(env.objective_trace(updates)), hard)
+            more = self.editor(env.objective_trace(self._action(updates, hard)["update"]))
             updates = [(torch.cat([u, du]), torch.cat([v, dv])) for (u, v), (du, dv) in zip(updates, more)]
         return self._action(updates, hard)
 
@@ -326,9 +328,7 @@ class LearnedEditorAgent(Agent):
             validate(steps)
             self.load_state_dict(best[2])
         elif average is not None:
-            with torch.no_grad():
-                for p, a in zip(params, average):
-                    p.copy_(a)
+            _assign(params, average)
         seconds = time.perf_counter() - started
         if writer is not None:
             writer.close()

@@ -464,7 +464,7 @@ class HiEditEnv(gym.Env):
         A missing one is scored with the next ``REFERENCE_CHUNK - 1`` prompts in one pass of the
         unedited weights, so the pass's fixed cost is shared by that many edits; references older than
         the window are dropped, so at most ``locality_depth + REFERENCE_CHUNK`` are held, whatever the
-        episode's length (all of an episode's at once: 57 MB for 50 ZsRE edits on SmolLM2)."""
+        episode's length (each is answer tokens x vocabulary x 4 bytes: about 1 MB on SmolLM2)."""
         missing = [t for t in records if t not in self._loc_log_probs]
         if missing:
             chunk = range(min(missing), min(min(missing) + REFERENCE_CHUNK, len(self._episode)))

@@ -52,6 +52,7 @@ broke instead; trained with it, the selection episode showed no gain and one HiE
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal, get_args
 
 import torch
@@ -184,12 +185,15 @@ class HyperEditor(nn.Module):
         if self.gradient_size is not None:
             self.gradient_size.update(gradient_norms(trace)[None])
 
-    def forward(self, trace: EditTrace) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """``(U, V)`` for every candidate, differentiable w.r.t. the editor's parameters."""
-        moments = [(self.key_norms[i].moments(k.float()), self.grad_norms[i].moments(g.float()))
-                   for i, (k, g) in enumerate(zip(trace.keys, trace.grads))]
-        inputs = [torch.cat([(k.float() - mk) / sk, (g.float() - mg) / sg], dim=-1)
-                  for (k, g), ((mk, sk), (mg, sg)) in zip(zip(trace.keys, trace.grads), moments)]
+    def forward(self, trace: EditTrace,
+                modules: Sequence[int] | None = None) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """``(U, V)`` for every candidate (or only those in ``modules``, ``None`` for the others: each
+        module's update depends on its own trace alone), differentiable w.r.t. the editor's parameters."""
+        wanted = set(range(len(self.dims)) if modules is None else modules)
+        moments = {i: (self.key_norms[i].moments(trace.keys[i].float()), self.grad_norms[i].moments(trace.grads[i].float()))
+                   for i in wanted}
+        inputs = {i: torch.cat([(trace.keys[i].float() - mk) / sk, (trace.grads[i].float() - mg) / sg], dim=-1)
+                  for i, ((mk, sk), (mg, sg)) in moments.items()}
         running = self.gradient_size is not None and self.gradient_size.count > 0
         bounded = running and self.max_size_ratio is not None
         # The edit's own ||G|| needs the trace's Gram matrices: only computed when used.
@@ -197,10 +201,12 @@ class HyperEditor(nn.Module):
         divisors = (self.gradient_size.mean.float() if running else own).clamp_min(1e-12)
         # A constant per module (the trace does not depend on the editor): it scales an update and its gradient alike.
         shrink = (self.max_size_ratio * divisors / own.clamp_min(1e-30)).clamp(max=1) if bounded else None
-        updates: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(inputs)
+        updates: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.dims)
         for shape, editor in enumerate(self.editors):
-            members = [i for i, of in enumerate(self.shape_of) if of == shape]
-            slots = torch.tensor([self.slot_of[i] for i in members], device=inputs[0].device)
+            members = [i for i, of in enumerate(self.shape_of) if of == shape and i in wanted]
+            if not members:
+                continue
+            slots = torch.tensor([self.slot_of[i] for i in members], device=self.log_lr.device)
             keys, grads = editor(torch.stack([inputs[i] for i in members]), slots)
             for j, i in enumerate(members):
                 (mk, sk), (mg, sg) = moments[i]

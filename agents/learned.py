@@ -199,20 +199,22 @@ class LearnedEditorAgent(Agent):
     @torch.no_grad()
     def _act_on(self, env: HiEditEnv, observation: dict[str, Any]) -> dict[str, Any]:
         hard = self.select(observation, env.edit_trace).hard
-        updates = self.editor(self.read_trace(env))
+        chosen = hard.nonzero().squeeze(1).tolist()  # the editor runs on these modules only
+        updates = self.editor(self.read_trace(env), chosen)
         for _ in range(self.hparams["edit_steps"] - 1):
-            more = self.editor(env.objective_trace(self._action(updates, hard)["update"]))
-            updates = [(torch.cat([u, du]), torch.cat([v, dv])) for (u, v), (du, dv) in zip(updates, more)]
+            more = self.editor(env.objective_trace(self._action(updates, hard)["update"]), chosen)
+            updates = [None if u is None else (torch.cat([u[0], du[0]]), torch.cat([u[1], du[1]]))
+                       for u, du in zip(updates, more)]
         return self._action(updates, hard)
 
     def proposed_update(self, observation: dict[str, Any], info: dict[str, Any]) -> list[LowRank]:
         with torch.no_grad():
             return detached(self.editor(self.read_trace(self.env)))
 
-    def _action(self, updates: list[LowRank], hard: torch.Tensor) -> dict[str, Any]:
+    def _action(self, updates: list[LowRank | None], hard: torch.Tensor) -> dict[str, Any]:
         chosen = hard.detach().cpu().numpy().astype(np.float32)
         return {"layers": chosen,
-                "update": [(u.detach(), v.detach()) if chosen[i] > 0.5 else None for i, (u, v) in enumerate(updates)]}
+                "update": [(u[0].detach(), u[1].detach()) if chosen[i] > 0.5 else None for i, u in enumerate(updates)]}
 
     def observe_unedited(self, env: gym.Env, edits: int) -> None:
         """Fill the editor's statistics from the traces of ``edits`` edits of ``env`` (whole episodes,

@@ -40,7 +40,7 @@ def floor_seconds(env: hiedit_env.HiEditEnv, index: int) -> float:
     for m in modules:
         m.weight.requires_grad_(True)
     batch = collate([encoded.edit], env._pad_id, env.model.device)
-    logits = env.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[0]
+    logits = env.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits[0]
     loss = F.cross_entropy(logits[batch.answer_mask[0]], batch.labels[0][batch.answer_mask[0]])
     loss.backward()
     for m in modules:

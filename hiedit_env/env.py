@@ -256,6 +256,7 @@ class HiEditEnv(gym.Env):
         self._t = 0
         self._trace: EditTrace | None = None
         self._objective_trace: EditTrace | None = None  # of the unchanged model, with trace="objective"
+        self._window_accuracy: torch.Tensor | None = None  # that pass's token accuracy of the window's edits
         self._last_render = ""
 
     # ---------------------------------------------------------------- public accessors
@@ -328,7 +329,13 @@ class HiEditEnv(gym.Env):
             self._changed[i] += float(delta.norm()) / self._base_norms[i]
         self._chosen_counts[parsed.chosen] += 1
 
-        terms = self._step_terms(parsed.chosen, deltas)
+        self._t += 1
+        terminated = self._t >= len(self._episode)
+        if terminated:
+            self._trace = self._objective_trace = self._window_accuracy = None
+        else:
+            self._trace_current()
+        terms = self._step_terms(self._t - 1, parsed.chosen, deltas)
         w = self.reward_weights
         reward = (w["w_edit"] * terms["edit_success"] + w["w_generalization"] * terms["generalization"]
                   + w["w_locality"] * terms["locality"] + w["w_sparsity"] * terms["sparsity"]
@@ -337,13 +344,6 @@ class HiEditEnv(gym.Env):
         for key, value in terms.items():
             self._history[key].append(value)
         self._chosen_per_edit.append(list(parsed.chosen))
-
-        self._t += 1
-        terminated = self._t >= len(self._episode)
-        if terminated:
-            self._trace = self._objective_trace = None
-        else:
-            self._trace_current()
         self._history["seconds"].append(time.perf_counter() - started)
         info: dict[str, Any] = {"edit_index": self._t - 1, **terms,
                                 "layers_chosen": list(parsed.chosen), "num_layers_chosen": len(parsed.chosen)}
@@ -449,12 +449,13 @@ class HiEditEnv(gym.Env):
 
     def _trace_current(self) -> None:
         """The current edit's trace (and, with ``trace="objective"``, the objective's, same pass)."""
+        self._window_accuracy = None
         if self.trace == "edit":
             self._trace = trace_edit(self.model, self._modules, self.candidate_modules, self._episode[self._t].edit,
                                      self._pad_id, self.instance_layer)
             return
         edits, locs, references = self._objective_window(None)
-        self._trace, self._objective_trace = trace_edit_and_objective(
+        self._trace, self._objective_trace, self._window_accuracy = trace_edit_and_objective(
             self.model, self._modules, self.candidate_modules, edits, locs, references, self._pad_id,
             self.time_decay, self.kl_weight, self.instance_layer)
 
@@ -480,21 +481,26 @@ class HiEditEnv(gym.Env):
             del self._loc_log_probs[t]
         return [self._loc_log_probs[t] for t in records]
 
-    def _step_terms(self, chosen: list[int], deltas: dict[int, Delta]) -> dict[str, float]:
-        t, w = self._t, self.reward_weights
+    def _step_terms(self, t: int, chosen: list[int], deltas: dict[int, Delta]) -> dict[str, float]:
+        """The reward's terms for edit ``t``, just made; the next edit, if any, is already traced."""
+        w = self.reward_weights
         window = range(max(0, t - self.retention_window), t) if w["w_retention"] > 0 else range(0)
         # One batched pass: edit, paraphrase and unrelated prompt of the scored edits, then the
         # retention window's edit prompts (already among them when the whole sequence is scored).
+        # The objective's pass of the next edit has just run the edited model on this edit's prompt
+        # (its window's second row): that ES is taken from there instead of scoring the prompt again.
         scored = list(range(t + 1)) if w["w_sequence"] > 0 else [t]
         extra = [] if w["w_sequence"] > 0 else list(window)
+        reused = self._window_accuracy is not None and len(self._window_accuracy) > 1 and w["w_sequence"] == 0
         episode = self._episode
-        pairs = ([episode[j].edit for j in scored] + [episode[j].rephrase for j in scored]
-                 + [episode[j].loc for j in scored] + [episode[j].edit for j in extra])
+        pairs = ([] if reused else [episode[j].edit for j in scored]) + [episode[j].rephrase for j in scored]
+        pairs += [episode[j].loc for j in scored] + [episode[j].edit for j in extra]
         scores = score_pairs(self.model, pairs, self._pad_id)
-        n = len(scored)
-        es, gs = scores.accuracy[:n], scores.accuracy[n:2 * n]
-        ls = agreement(scores.predictions[2 * n:3 * n], [self._loc_reference[j] for j in scored])
-        retained = es[list(window)] if w["w_sequence"] > 0 else scores.accuracy[3 * n:]
+        n, k = len(scored), 0 if reused else len(scored)  # k: the edit rows scored here
+        es = self._window_accuracy[1:2] if reused else scores.accuracy[:n]
+        gs = scores.accuracy[k:k + n]
+        ls = agreement(scores.predictions[k + n:k + 2 * n], [self._loc_reference[j] for j in scored])
+        retained = es[list(window)] if w["w_sequence"] > 0 else scores.accuracy[k + 2 * n:]
         gain = 0.0
         if w["w_sequence"] > 0:
             total = float(((es + gs + ls) / 3).sum())

@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
-from .tokens import Pair, answer_logits, collate
+from .tokens import Pair, answer_logits, batch_for
 
 Update = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None
 
@@ -37,6 +37,13 @@ class ObjectiveTerms(NamedTuple):
     l2: torch.Tensor
     per_edit: torch.Tensor  # cross-entropy of each edit of the window, the current one first
     hidden_states: tuple[torch.Tensor, ...] | None = None  # the pass's, when asked for (a trace's observation)
+    per_edit_accuracy: torch.Tensor | None = None  # teacher-forced token accuracy of each edit (unchunked passes)
+
+
+class RowLosses(NamedTuple):
+    losses: torch.Tensor  # [rows] cross-entropy or KL
+    accuracy: torch.Tensor  # [rows] teacher-forced token accuracy of each row's answer
+    hidden_states: tuple[torch.Tensor, ...] | None
 
 
 def window_weights(num_edits: int, time_decay: float) -> list[float]:
@@ -65,25 +72,24 @@ def add_update_hook(module: nn.Module, update: Update):
 
 
 def row_losses(model: PreTrainedModel, modules: list[nn.Module], updates: Sequence[Update], pairs: list[Pair],
-               references: list[torch.Tensor | None], pad_id: int, output_hidden_states: bool = False):
+               references: list[torch.Tensor | None], pad_id: int, output_hidden_states: bool = False) -> RowLosses:
     """One batched pass over ``pairs`` under ``updates``: per row, the cross-entropy of its answer
-    (reference ``None``) or the KL from the reference log-probs to the model's; and the hidden states
-    if asked for."""
+    (reference ``None``) or the KL from the reference log-probs to the model's, its token accuracy,
+    and the hidden states if asked for."""
     handles = [add_update_hook(m, u) for m, u in zip(modules, updates) if u is not None]
     try:
-        out, batch = answer_logits(model, collate(pairs, pad_id, model.device), output_hidden_states=output_hidden_states)
-        logits = out.logits.float()
+        out, batch = answer_logits(model, batch_for(model, pairs, pad_id), output_hidden_states=output_hidden_states)
     finally:
         for h in handles:
             h.remove()
-    losses = []
-    for row, reference in enumerate(references):
-        mask = batch.answer_mask[row]
+    losses, accuracy = [], []
+    for (logits, labels), reference in zip(batch.per_pair(out.logits.float()), references):
         if reference is None:
-            losses.append(F.cross_entropy(logits[row][mask], batch.labels[row][mask]))
+            losses.append(F.cross_entropy(logits, labels))
         else:
-            losses.append(F.kl_div(logits[row][mask].log_softmax(-1), reference, log_target=True, reduction="batchmean"))
-    return torch.stack(losses), out.hidden_states if output_hidden_states else None
+            losses.append(F.kl_div(logits.log_softmax(-1), reference, log_target=True, reduction="batchmean"))
+        accuracy.append((logits.detach().argmax(-1) == labels).float().mean())
+    return RowLosses(torch.stack(losses), torch.stack(accuracy), out.hidden_states if output_hidden_states else None)
 
 
 @torch.enable_grad()  # gradients to the updates even when the caller is inside torch.no_grad()
@@ -93,8 +99,8 @@ def edit_objective(model: PreTrainedModel, modules: list[nn.Module], updates: Se
                    output_hidden_states: bool = False, chunk_rows: int | None = None) -> ObjectiveTerms:
     """``edits[0]`` is the current edit, ``edits[j]`` the edit ``j`` steps back; ``locs`` are unrelated
     prompts (at least one) with the unedited model's log-probs over their answer tokens in
-    ``reference_log_probs``. One batched forward pass scores them all (rows of
-    ``collate([*edits, *locs])``, whose hidden states ``output_hidden_states`` keeps).
+    ``reference_log_probs``. One forward pass scores them all (``batch_for([*edits, *locs])``: packed
+    in one row where the model allows it), whose hidden states ``output_hidden_states`` keeps.
 
     ``chunk_rows``: when gradients flow to the updates, run the batch ``chunk_rows`` rows at a time,
     each chunk under activation checkpointing (its forward is run again in the backward pass), so
@@ -108,9 +114,10 @@ def edit_objective(model: PreTrainedModel, modules: list[nn.Module], updates: Se
     pairs, references = [*edits, *locs], [None] * len(edits) + list(reference_log_probs)
     tracked = any(t.requires_grad for u in updates if u is not None for t in (u if isinstance(u, tuple) else (u,)))
     if chunk_rows is None or chunk_rows >= len(pairs) or not tracked or output_hidden_states:
-        losses, hidden = row_losses(model, modules, updates, pairs, references, pad_id, output_hidden_states)
+        losses, accuracy, hidden = row_losses(model, modules, updates, pairs, references, pad_id, output_hidden_states)
+        accuracy = accuracy[: len(edits)]
     else:
-        hidden = None
+        hidden = accuracy = None
         losses = torch.cat([
             checkpoint(lambda s=start: row_losses(model, modules, updates, pairs[s:s + chunk_rows],
                                                   references[s:s + chunk_rows], pad_id)[0], use_reentrant=False)
@@ -122,4 +129,4 @@ def edit_objective(model: PreTrainedModel, modules: list[nn.Module], updates: Se
     kl = losses[len(edits):].mean()
     chosen = [u for u in updates if u is not None]
     l2 = torch.stack([update_sq_norm(u) for u in chosen]).sum() if chosen else losses.new_zeros(())
-    return ObjectiveTerms(edit_loss + kl_weight * kl + l2_weight * l2, edit_loss, kl, l2, per_edit, hidden)
+    return ObjectiveTerms(edit_loss + kl_weight * kl + l2_weight * l2, edit_loss, kl, l2, per_edit, hidden, accuracy)

@@ -57,10 +57,8 @@ def score_pairs(model: PreTrainedModel, pairs: list[Pair], pad_id: int, batch_si
     for start in range(0, len(pairs), batch_size):
         rows = order[start : start + batch_size]
         out, batch = answer_logits(model, collate([pairs[i] for i in rows], pad_id, model.device))
-        for row, index in enumerate(rows):
-            mask = batch.answer_mask[row]
-            row_logits = out.logits[row][mask].float()
-            row_labels = batch.labels[row][mask]
+        for index, (row_logits, row_labels) in zip(rows, batch.per_pair(out.logits)):
+            row_logits = row_logits.float()
             argmax = row_logits.argmax(-1)
             acc[index] = (argmax == row_labels).float().mean()
             nll[index] = F.cross_entropy(row_logits, row_labels)

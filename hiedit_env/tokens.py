@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -71,12 +72,26 @@ def encode_record(tokenizer: PreTrainedTokenizerBase, record: EditRecord) -> Enc
 
 @dataclass
 class Batch:
-    """Right-padded sequences with the mask of positions whose logits predict an answer token."""
+    """Sequences laid out for one forward pass, with the mask of positions whose logits predict an
+    answer token. Right-padded (:func:`collate`: one row per pair) or packed (:func:`pack`: every pair
+    in one row, ``position_ids`` restarting at each and no ``attention_mask``)."""
 
     input_ids: torch.Tensor  # [b, n]
-    attention_mask: torch.Tensor  # [b, n]
+    attention_mask: torch.Tensor | None  # [b, n], None when packed
     labels: torch.Tensor  # [b, n], the token each position's logits should predict, -100 elsewhere
     answer_mask: torch.Tensor  # [b, n] bool, labels != -100
+    answer_lengths: list[int]  # answer tokens of each pair, in the pairs' order
+    position_ids: torch.Tensor | None = None  # [1, n] when packed
+
+    @property
+    def tokens(self) -> torch.Tensor:
+        """[b, n] bool: the positions that hold a pair's token (not padding)."""
+        return self.attention_mask.bool() if self.attention_mask is not None else torch.ones_like(self.input_ids, dtype=torch.bool)
+
+    def per_pair(self, logits: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``logits`` [b, n, vocab] (on the batch's columns) cut into each pair's (answer logits, labels)."""
+        return list(zip(logits[self.answer_mask].split(self.answer_lengths),
+                        self.labels[self.answer_mask].split(self.answer_lengths)))
 
 
 def collate(pairs: list[Pair], pad_id: int, device: torch.device) -> Batch:
@@ -89,7 +104,52 @@ def collate(pairs: list[Pair], pad_id: int, device: torch.device) -> Batch:
         ids[row, :n] = pair.ids
         attention[row, :n] = 1
         labels[row, pair.answer_start - 1 : n - 1] = pair.answer
-    return Batch(ids.to(device), attention.to(device), labels.to(device), (labels != -100).to(device))
+    return Batch(ids.to(device), attention.to(device), labels.to(device), (labels != -100).to(device),
+                 [len(p.answer) for p in pairs])
+
+
+def pack(pairs: list[Pair], device: torch.device) -> Batch:
+    """All ``pairs`` in one row, each attending to itself only (the model reads the restarting
+    ``position_ids`` as sequence boundaries): no padding, so no work on it."""
+    labels = torch.cat([torch.cat([torch.full((p.answer_start - 1,), -100), p.answer, torch.full((1,), -100)])
+                        for p in pairs])[None]
+    positions = torch.cat([torch.arange(len(p.ids)) for p in pairs])[None]
+    ids = torch.cat([p.ids for p in pairs])[None]
+    return Batch(ids.to(device), None, labels.to(device), (labels != -100).to(device),
+                 [len(p.answer) for p in pairs], positions.to(device))
+
+
+_PACKING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def packs_sequences(model: PreTrainedModel) -> bool:
+    """Whether ``model`` keeps packed sequences apart, checked once per model on two short pairs: the
+    packed logits must match the padded ones far more closely than those of the same row read as one
+    sequence (what a model that takes no boundaries from ``position_ids`` computes), whatever the
+    dtype's rounding. A model that fails gets padded batches."""
+    if model not in _PACKING:
+        vocab = model.get_output_embeddings().weight.shape[0]
+        pairs = [Pair(torch.arange(1, 6) % vocab, 3), Pair(torch.arange(7, 11) % vocab, 2)]
+        packed = pack(pairs, model.device)
+        try:
+            with torch.no_grad():
+                got, padded, joined = (_answers(model, b) for b in (packed, collate(pairs, 0, model.device),
+                                                                   replace(packed, position_ids=None)))
+            _PACKING[model] = bool((got - padded).abs().max() < 0.1 * (joined - padded).abs().max())
+        except (TypeError, ValueError, RuntimeError):
+            _PACKING[model] = False
+    return _PACKING[model]
+
+
+def _answers(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
+    out, narrowed = answer_logits(model, batch)
+    return torch.cat([logits for logits, _ in narrowed.per_pair(out.logits.float())])
+
+
+def batch_for(model: PreTrainedModel, pairs: list[Pair], pad_id: int) -> Batch:
+    """One pass's batch: packed when the model supports it (:func:`packs_sequences`), else padded.
+    On SmolLM2 the objective's 5 pairs take 17% less time packed (benchmarks/README.md)."""
+    return pack(pairs, model.device) if packs_sequences(model) else collate(pairs, pad_id, model.device)
 
 
 @functools.cache
@@ -104,10 +164,14 @@ def answer_logits(model: PreTrainedModel, batch: Batch, **kwargs: Any) -> tuple[
 
     The vocabulary projection is a fifth of SmolLM2's parameters and answers are a few tokens of each
     sequence, so projecting every position would mostly be wasted work. Models whose ``forward``
-    takes no ``logits_to_keep`` get every column.
+    takes no ``logits_to_keep`` get every column. No KV cache is built: a pass never decodes, and a
+    cache would make the model ignore a packed batch's boundaries.
     """
+    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False, **kwargs}
+    if batch.position_ids is not None:
+        inputs["position_ids"] = batch.position_ids
     if not _takes_logits_to_keep(type(model)):
-        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs), batch
+        return model(**inputs), batch
     columns = batch.answer_mask.any(0).nonzero().squeeze(1)
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=columns, **kwargs)
-    return out, Batch(batch.input_ids, batch.attention_mask, batch.labels[:, columns], batch.answer_mask[:, columns])
+    out = model(**inputs, logits_to_keep=columns)
+    return out, replace(batch, labels=batch.labels[:, columns], answer_mask=batch.answer_mask[:, columns])

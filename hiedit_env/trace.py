@@ -22,7 +22,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .objective import Update, edit_objective, window_weights
-from .tokens import Pair, answer_logits, collate
+from .tokens import Pair, answer_logits, batch_for, collate
 
 
 @dataclass(frozen=True)
@@ -86,9 +86,9 @@ def _objective_pass(model: PreTrainedModel, modules: list[nn.Module], updates: S
                     locs: list[Pair], reference_log_probs: list[torch.Tensor], pad_id: int, time_decay: float,
                     kl_weight: float, output_hidden_states: bool = False):
     """One forward+backward of the objective (L2 aside: it has no per-token part) under ``updates``:
-    every candidate's keys and output gradients, [rows, width, d], and the objective's terms. The
-    objective adds the updates with hooks that run before the recording ones, so the recorded outputs
-    include them."""
+    every candidate's keys and output gradients, [rows, width, d] in the layout of
+    :func:`~hiedit_env.tokens.batch_for`, and the objective's terms. The objective adds the updates
+    with hooks that run before the recording ones, so the recorded outputs include them."""
     recorder = _Recorder(modules)
     try:
         with torch.enable_grad():
@@ -115,26 +115,28 @@ def trace_objective(model: PreTrainedModel, modules: list[nn.Module], names: lis
     built from the edit's own trace."""
     keys, grads, terms = _objective_pass(model, modules, updates, edits, locs, reference_log_probs, pad_id,
                                          time_decay, kl_weight)
-    tokens = collate([*edits, *locs], pad_id, model.device).attention_mask.bool()
+    tokens = batch_for(model, [*edits, *locs], pad_id).tokens
     return _token_rows(names, keys, grads, tokens, float(terms.total.detach()))
 
 
 def trace_edit_and_objective(model: PreTrainedModel, modules: list[nn.Module], names: list[str], edits: list[Pair],
                              locs: list[Pair], reference_log_probs: list[torch.Tensor], pad_id: int,
-                             time_decay: float, kl_weight: float, instance_layer: int) -> tuple[EditTrace, EditTrace]:
+                             time_decay: float, kl_weight: float,
+                             instance_layer: int) -> tuple[EditTrace, EditTrace, torch.Tensor]:
     """:func:`trace_edit` of ``edits[0]`` and :func:`trace_objective` of the unchanged model, from one
-    forward+backward on the objective's batch instead of two passes.
+    forward+backward on the objective's batch instead of two passes; and the teacher-forced token
+    accuracy of each edit of the window under the unchanged model (the previous edit's ES).
 
     Rows of a batch do not attend to each other, so the output gradients on the current edit's tokens
     come from its own cross-entropy alone, which the objective weighs by ``1 / sum(window weights)``:
     scaled back, they are the edit's trace (equal up to float rounding; the batch is right-padded, so
-    the edit's tokens sit where a pass of its own would put them)."""
+    the edit's tokens sit where a pass of its own would put them; packed, it comes first)."""
     keys, grads, terms = _objective_pass(model, modules, [None] * len(modules), edits, locs, reference_log_probs,
                                          pad_id, time_decay, kl_weight, output_hidden_states=True)
-    tokens = collate([*edits, *locs], pad_id, model.device).attention_mask.bool()
+    tokens = batch_for(model, [*edits, *locs], pad_id).tokens
     own = torch.zeros_like(tokens)
     own[0, : len(edits[0].ids)] = True
     edit = _token_rows(names, keys, grads, own, float(terms.per_edit[0].detach()),
                        hidden=terms.hidden_states[instance_layer][own].detach(),
                        grad_scale=sum(window_weights(len(edits), time_decay)))
-    return edit, _token_rows(names, keys, grads, tokens, float(terms.total.detach()))
+    return edit, _token_rows(names, keys, grads, tokens, float(terms.total.detach())), terms.per_edit_accuracy.cpu()

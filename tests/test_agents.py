@@ -432,6 +432,29 @@ def test_untrained_update_size_follows_the_scale(scale, env_for):
         assert not torch.allclose(trained_changes, untrained_changes, rtol=1e-2)
 
 
+@pytest.mark.parametrize("scale", ["edit", "direction", "effect"])
+def test_the_editor_on_some_modules_gives_their_updates_of_all(scale, env_for):
+    """Acting, HiEdit runs its editor on the modules its gate chose only: each update depends on its
+    own module's trace, so those updates are the ones the editor on every candidate gives."""
+    modules = ["model.layers.2.mlp.up_proj", "model.layers.0.self_attn.q_proj", "model.layers.3.mlp.up_proj",
+               "model.layers.1.mlp.down_proj"]  # two shapes, members of one split between the subsets
+    env = env_for(num_edits=3, modules=modules)
+    agent, traces = editor_with_statistics(env, scale)
+    with torch.no_grad():
+        for editor in agent.editor.editors:  # as if trained
+            for block in editor.blocks:
+                block.up.weight.normal_(0, 0.5)
+        every = agent.editor(traces[1])
+        for subset in ([0, 2], [1], [3, 0]):
+            some = agent.editor(traces[1], subset)
+            for i, update in enumerate(some):
+                if i not in subset:
+                    assert update is None
+                    continue
+                torch.testing.assert_close(update[0], every[i][0])
+                torch.testing.assert_close(update[1], every[i][1])
+
+
 @pytest.mark.parametrize("scale", ["running", "direction", "effect"])
 def test_max_size_ratio_shrinks_only_the_updates_above_the_bound(scale, env_for):
     """A module whose ``||G||`` is more than ``max_size_ratio`` times its running mean gets its update

@@ -9,9 +9,10 @@ import torch.nn.functional as F
 
 from transformers.pytorch_utils import Conv1D
 
-from hiedit_env.models import build_test_model
+from hiedit_env.models import build_test_model, weight_as_linear
 from hiedit_env.score import score_pairs
-from hiedit_env.tokens import collate, encode_pair, encode_record
+from hiedit_env.objective import row_losses
+from hiedit_env.tokens import answer_logits, batch_for, collate, encode_pair, encode_record, pack, packs_sequences
 from hiedit_env.trace import trace_edit
 
 
@@ -127,6 +128,62 @@ class _NoLogitSlicing(torch.nn.Module):
         return self.inner(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
 
+class _NoPositions(torch.nn.Module):
+    """A causal LM that drops ``position_ids``, so it cannot tell packed sequences apart."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = model
+        self.device = model.device
+
+    def get_output_embeddings(self) -> torch.nn.Module:
+        return self.inner.get_output_embeddings()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids=None, **kwargs):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+
+def _episode_pairs(env) -> list:
+    return [p for r in env.episode_records() for p in (encode_record(env.tokenizer, r).edit,
+                                                        encode_record(env.tokenizer, r).loc)]
+
+
+@pytest.mark.parametrize("model", ["test-tiny-gpt2", "test-tiny-llama"])
+def test_packed_pairs_give_the_padded_logits(make_env, model):
+    env = make_env(model, num_edits=4).unwrapped
+    env.reset(seed=2)
+    pairs = _episode_pairs(env)
+    assert len({len(p.ids) for p in pairs}) > 2  # padding would differ from row to row
+    assert packs_sequences(env.model)
+    packed = pack(pairs, env.model.device)
+    assert packed.input_ids.shape == (1, sum(len(p.ids) for p in pairs)) and packed.tokens.all()
+    with torch.no_grad():
+        rows = [answer_logits(env.model, b) for b in (packed, collate(pairs, env.tokenizer.pad_token_id, env.model.device))]
+    (got, got_batch), (want, want_batch) = rows
+    for (a, labels_a), (b, labels_b), pair in zip(got_batch.per_pair(got.logits), want_batch.per_pair(want.logits), pairs):
+        assert torch.equal(labels_a, pair.answer) and torch.equal(labels_b, pair.answer)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["test-tiny-gpt2", "test-tiny-llama"])
+def test_a_model_blind_to_packing_gets_padded_batches_and_the_same_objective(make_env, model):
+    env = make_env(model, num_edits=4).unwrapped
+    env.reset(seed=2)
+    pairs, pad = _episode_pairs(env), env.tokenizer.pad_token_id
+    blind = _NoPositions(env.model)
+    assert not packs_sequences(blind)
+    assert batch_for(blind, pairs, pad).attention_mask is not None
+    assert batch_for(env.model, pairs, pad).attention_mask is None
+    modules = [env.model.get_submodule(n) for n in env.candidate_modules]
+    update = torch.zeros_like(weight_as_linear(modules[0]), requires_grad=True)
+    references = [None] * len(pairs)
+    losses = [row_losses(lm, modules, [update] + [None] * (len(modules) - 1), pairs, references, pad)[0]
+              for lm in (env.model, blind)]
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-4, atol=1e-5)
+    grads = [torch.autograd.grad(l.sum(), update)[0] for l in losses]
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-3, atol=1e-6)
+
+
 @pytest.mark.parametrize("model", ["test-tiny-gpt2", "test-tiny-llama"])
 @pytest.mark.parametrize("slicing", [True, False])
 def test_batched_scores_match_one_pair_at_a_time(make_env, model, slicing):
@@ -180,8 +237,45 @@ def test_objective_pass_gives_the_edit_trace_and_the_objective_trace(make_env, h
         # the same factored update on both: the edited models stay identical
         update = [(g[:1].clone(), k[:1].clone() * 1e-2) for g, k in zip(a.grads, a.keys)]
         action = {"layers": np.ones(n, np.float32), "update": update}
-        observations = [fused.step(action)[0], plain.step(action)[0]]
+        passes.clear()
+        hook = fused.model.register_forward_pre_hook(lambda _m, args, kwargs: passes.append(kwargs["input_ids"].shape),
+                                                     with_kwargs=True)
+        try:
+            (obs_fused, reward_fused, *_, info_fused), (obs_plain, reward_plain, *_, info_plain) = (
+                fused.step(action), plain.step(action))
+        finally:
+            hook.remove()
+        observations = [obs_fused, obs_plain]
         assert helpers.same_weights(helpers.snapshot(fused), helpers.snapshot(plain))
+        # Both envs run the one shared model. The fused env takes the edit's ES from the next edit's
+        # pass (packed: one row) and then scores the paraphrase and the unrelated prompt only; the
+        # plain env traces the next edit and scores all three. The reward is the same.
+        assert [shape[0] for shape in passes] == [1, 2, 1, 3]
+        assert info_fused["edit_success"] == pytest.approx(info_plain["edit_success"], abs=1e-6)
+        assert reward_fused == pytest.approx(reward_plain, abs=1e-6)
+
+
+@pytest.mark.parametrize("back_depth,w_sequence,reused", [(0, 0.0, False), (2, 1.0, False), (2, 0.0, True)])
+def test_edit_success_is_reused_only_when_the_next_pass_ran_the_edit(make_env, helpers, back_depth, w_sequence, reused):
+    """Without the edit in the next edit's window (``back_depth`` 0), or with the whole sequence
+    rescored (``w_sequence``), the scoring pass scores the edit itself, as after the last edit."""
+    kwargs = {"num_edits": 3, "back_depth": back_depth, "w_sequence": w_sequence}
+    fused = make_env("test-tiny-llama", trace="objective", **kwargs).unwrapped
+    plain = make_env("test-tiny-llama", **kwargs).unwrapped
+    fused.reset(seed=4), plain.reset(seed=4)
+    action = helpers.full_action(fused, 1.0, 0.5)
+    for t in range(3):
+        rows = []
+        hook = fused.model.register_forward_pre_hook(lambda _m, args, kw: rows.append(kw["input_ids"].shape[0]),
+                                                     with_kwargs=True)
+        try:
+            info = fused.step(action)[-1]
+        finally:
+            hook.remove()
+        if t < 2:  # the last step's passes end with the sequence's evaluation
+            scored_edits = t + 1 if w_sequence else 1
+            assert rows[-1] == scored_edits * (2 if reused else 3)
+        assert info["edit_success"] == pytest.approx(plain.step(action)[-1]["edit_success"], abs=1e-6)
 
 
 def test_objective_trace_under_an_update_is_still_computed(make_env):

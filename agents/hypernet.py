@@ -197,7 +197,7 @@ class HyperEditor(nn.Module):
         running = self.gradient_size is not None and self.gradient_size.count > 0
         bounded = running and self.max_size_ratio is not None
         # The edit's own ||G|| needs the trace's Gram matrices: only computed when used.
-        own = gradient_norms(trace) if self.scale == "direction" or not running or bounded else None
+        own = gradient_norms(trace, wanted) if self.scale == "direction" or not running or bounded else None
         divisors = (self.gradient_size.mean.float() if running else own).clamp_min(1e-12)
         # A constant per module (the trace does not depend on the editor): it scales an update and its gradient alike.
         shrink = (self.max_size_ratio * divisors / own.clamp_min(1e-30)).clamp(max=1) if bounded else None

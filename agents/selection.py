@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 
 from hiedit_env import EditTrace
@@ -29,6 +31,9 @@ def topk_indicator(scores: torch.Tensor, k: int) -> torch.Tensor:
     return hard
 
 
-def gradient_norms(trace: EditTrace) -> torch.Tensor:
-    """``||delta^T k||_F`` per candidate, through the n x n Gram matrices so no [d_out, d_in] is formed."""
-    return torch.stack([update_sq_norm((g, k)).clamp_min(0).sqrt() for k, g in zip(trace.keys, trace.grads)]).float()
+def gradient_norms(trace: EditTrace, modules: Collection[int] | None = None) -> torch.Tensor:
+    """``||delta^T k||_F`` per candidate (only for those in ``modules``, 0 for the others), through
+    the n x n Gram matrices so no [d_out, d_in] is formed."""
+    zero = trace.keys[0].new_zeros(())
+    return torch.stack([update_sq_norm((g, k)).clamp_min(0).sqrt() if modules is None or i in modules else zero
+                        for i, (k, g) in enumerate(zip(trace.keys, trace.grads))]).float()

@@ -13,7 +13,7 @@ gradient is never materialised.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -25,18 +25,28 @@ from .trace import EditTrace
 
 @dataclass(frozen=True)
 class Delta:
-    """``dW = u.T @ v`` (u [r, d_out], v [r, d_in]), or ``dW = u`` when ``v`` is None (dense)."""
+    """``dW = u.T @ v`` (u [r, d_out], v [r, d_in]), or ``dW = u`` when ``v`` is None (dense).
+    ``size``: ``||dW||_F`` when already known (a step reads it three times)."""
 
     u: torch.Tensor
     v: torch.Tensor | None
+    size: torch.Tensor | None = field(default=None, compare=False)
 
     def norm(self) -> torch.Tensor:
+        if self.size is not None:
+            return self.size
         if self.v is None:
             return self.u.norm()
         return ((self.u @ self.u.T) * (self.v @ self.v.T)).sum().clamp_min(0).sqrt()
 
+    @classmethod
+    def sized(cls, u: torch.Tensor, v: torch.Tensor | None) -> Delta:
+        """The delta with its size computed now, once."""
+        return cls(u, v, cls(u, v).norm())
+
     def scaled(self, factor: float | torch.Tensor) -> Delta:
-        return Delta(self.u * factor, self.v)
+        """``factor * dW``, its size known: the same scalar times this one's."""
+        return Delta(self.u * factor, self.v, self.norm() * abs(factor))
 
 
 def weight_deltas(parsed: ParsedAction, trace: EditTrace, base_norms: list[float],
@@ -45,13 +55,13 @@ def weight_deltas(parsed: ParsedAction, trace: EditTrace, base_norms: list[float
     deltas: dict[int, Delta] = {}
     for j, i in enumerate(parsed.chosen):
         if parsed.step_sizes is not None:
-            gradient = Delta(trace.grads[i], trace.keys[i])
+            gradient = Delta.sized(trace.grads[i], trace.keys[i])
             norm = gradient.norm()
             if not torch.isfinite(norm) or norm == 0:
                 continue  # no signal for this module: leave it unchanged
             delta = gradient.scaled(-parsed.step_sizes[j] * base_norms[i] / norm)
         else:
-            delta = Delta(*parsed.factors[j])
+            delta = Delta.sized(*parsed.factors[j])
         size = delta.norm()
         if not torch.isfinite(size):
             raise ActionError(f"the update of module {trace.module_names[i]!r} overflows (norm {size})")

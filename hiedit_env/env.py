@@ -131,7 +131,11 @@ class HiEditEnv(gym.Env):
       floor. ``"objective"``: the objective's whole batch (the edit window and the unrelated prompts);
       :attr:`edit_trace` is then that pass's rows of the edit (the same tensors up to float rounding)
       and :meth:`objective_trace` of the unchanged model costs nothing, which saves an agent that reads
-      it every edit (the learned editors) one pass per edit.
+      it every edit (the learned editors) one pass per edit. That pass also runs the model, as just
+      edited, on the previous edit's prompt (the window's second row, when ``back_depth`` >= 1), so
+      the step takes that edit's ES from it and its scoring pass drops the prompt (the same value up
+      to float rounding). Where the model allows it (checked once per model), the objective's prompts
+      are packed in one row, each attending to itself only: no padding is computed.
     * ``evaluate_generation``: compute ``ES_gen``/``GS_gen`` at the end (greedy decoding).
     * ``instance_layer``: block whose hidden state encodes the edit (default: the middle one).
     * ``device`` (``"auto"``), ``dtype`` (``"float32"``), ``render_mode`` (``None`` or ``"ansi"``).

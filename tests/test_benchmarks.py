@@ -27,6 +27,22 @@ def test_speed_script_reports_ratio_against_floor(zsre_path: str, tmp_path: Path
     assert figures["ratio"] == pytest.approx(figures["median_step_s"] / figures["median_floor_s"])
 
 
+def test_packing_script_times_both_layouts_and_leaves_the_check_to_run_again(zsre_path: str, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from hiedit_env import tokens
+    from hiedit_env.models import load_shared_model
+
+    out = tmp_path / "packing.json"
+    run_script("packing.py", ["--model", "test-tiny-llama", "--dataset", zsre_path, "--back-depths", "0", "2",
+                              "--edits", "2", "--out", str(out)], monkeypatch)
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["back_depth"] for r in rows] == [0, 2] and [r["prompts"] for r in rows] == [2, 4]
+    for row in rows:
+        assert row["tokens_padded"] >= row["tokens"] > 0
+        assert row["median_packed_trace_s"] > 0 and row["median_padded_train_s"] > 0
+    assert load_shared_model("test-tiny-llama").model not in tokens._PACKING
+
+
 def test_agent_sweep_writes_table_curves_and_results(zsre_path: str, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     run_script("agents.py", ["--model", "test-tiny-llama", "--dataset", zsre_path, "--agents", "noop,topk_grad",

@@ -136,9 +136,6 @@ class _NoPositions(torch.nn.Module):
         self.inner = model
         self.device = model.device
 
-    def get_output_embeddings(self) -> torch.nn.Module:
-        return self.inner.get_output_embeddings()
-
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids=None, **kwargs):
         return self.inner(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 

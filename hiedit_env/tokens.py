@@ -92,7 +92,9 @@ class Batch:
     @property
     def tokens(self) -> torch.Tensor:
         """[b, n] bool: the positions that hold a pair's token (not padding)."""
-        return self.attention_mask.bool() if self.attention_mask is not None else torch.ones_like(self.input_ids, dtype=torch.bool)
+        if self.attention_mask is None:
+            return torch.ones_like(self.input_ids, dtype=torch.bool)
+        return self.attention_mask.bool()
 
     def per_pair(self, logits: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``logits`` [b, n, vocab] (on the batch's columns) cut into each pair's (answer logits, labels)."""

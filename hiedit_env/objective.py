@@ -38,12 +38,14 @@ class ObjectiveTerms(NamedTuple):
     per_edit: torch.Tensor  # cross-entropy of each edit of the window, the current one first
     hidden_states: tuple[torch.Tensor, ...] | None = None  # the pass's, when asked for (a trace's observation)
     per_edit_accuracy: torch.Tensor | None = None  # teacher-forced token accuracy of each edit (unchunked passes)
+    tokens: torch.Tensor | None = None  # [rows, width] bool: the pass's non-padding positions (unchunked passes)
 
 
 class RowLosses(NamedTuple):
     losses: torch.Tensor  # [rows] cross-entropy or KL
     accuracy: torch.Tensor  # [rows] teacher-forced token accuracy of each row's answer
     hidden_states: tuple[torch.Tensor, ...] | None
+    tokens: torch.Tensor  # [rows, width] bool: the batch's non-padding positions (its layout: packed or padded)
 
 
 def window_weights(num_edits: int, time_decay: float) -> list[float]:
@@ -89,7 +91,8 @@ def row_losses(model: PreTrainedModel, modules: list[nn.Module], updates: Sequen
         else:
             losses.append(F.kl_div(logits.log_softmax(-1), reference, log_target=True, reduction="batchmean"))
         accuracy.append((logits.detach().argmax(-1) == labels).float().mean())
-    return RowLosses(torch.stack(losses), torch.stack(accuracy), out.hidden_states if output_hidden_states else None)
+    return RowLosses(torch.stack(losses), torch.stack(accuracy), out.hidden_states if output_hidden_states else None,
+                     batch.tokens)
 
 
 @torch.enable_grad()  # gradients to the updates even when the caller is inside torch.no_grad()
@@ -114,10 +117,11 @@ def edit_objective(model: PreTrainedModel, modules: list[nn.Module], updates: Se
     pairs, references = [*edits, *locs], [None] * len(edits) + list(reference_log_probs)
     tracked = any(t.requires_grad for u in updates if u is not None for t in (u if isinstance(u, tuple) else (u,)))
     if chunk_rows is None or chunk_rows >= len(pairs) or not tracked or output_hidden_states:
-        losses, accuracy, hidden = row_losses(model, modules, updates, pairs, references, pad_id, output_hidden_states)
+        losses, accuracy, hidden, tokens = row_losses(model, modules, updates, pairs, references, pad_id,
+                                                      output_hidden_states)
         accuracy = accuracy[: len(edits)]
     else:
-        hidden = accuracy = None
+        hidden = accuracy = tokens = None
         losses = torch.cat([
             checkpoint(lambda s=start: row_losses(model, modules, updates, pairs[s:s + chunk_rows],
                                                   references[s:s + chunk_rows], pad_id)[0], use_reentrant=False)
@@ -129,4 +133,5 @@ def edit_objective(model: PreTrainedModel, modules: list[nn.Module], updates: Se
     kl = losses[len(edits):].mean()
     chosen = [u for u in updates if u is not None]
     l2 = torch.stack([update_sq_norm(u) for u in chosen]).sum() if chosen else losses.new_zeros(())
-    return ObjectiveTerms(edit_loss + kl_weight * kl + l2_weight * l2, edit_loss, kl, l2, per_edit, hidden, accuracy)
+    return ObjectiveTerms(edit_loss + kl_weight * kl + l2_weight * l2, edit_loss, kl, l2, per_edit, hidden, accuracy,
+                          tokens)

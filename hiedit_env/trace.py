@@ -22,7 +22,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .objective import Update, edit_objective, window_weights
-from .tokens import Pair, answer_logits, batch_for, collate
+from .tokens import Pair, answer_logits, collate
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,9 @@ def _objective_pass(model: PreTrainedModel, modules: list[nn.Module], updates: S
                     kl_weight: float, output_hidden_states: bool = False):
     """One forward+backward of the objective (L2 aside: it has no per-token part) under ``updates``:
     every candidate's keys and output gradients, [rows, width, d] in the layout of
-    :func:`~hiedit_env.tokens.batch_for`, and the objective's terms. The objective adds the updates
-    with hooks that run before the recording ones, so the recorded outputs include them."""
+    :func:`~hiedit_env.tokens.batch_for` (``terms.tokens`` marks its non-padding positions), and the
+    objective's terms. The objective adds the updates with hooks that run before the recording ones,
+    so the recorded outputs include them."""
     recorder = _Recorder(modules)
     try:
         with torch.enable_grad():
@@ -115,8 +116,7 @@ def trace_objective(model: PreTrainedModel, modules: list[nn.Module], names: lis
     built from the edit's own trace."""
     keys, grads, terms = _objective_pass(model, modules, updates, edits, locs, reference_log_probs, pad_id,
                                          time_decay, kl_weight)
-    tokens = batch_for(model, [*edits, *locs], pad_id).tokens
-    return _token_rows(names, keys, grads, tokens, float(terms.total.detach()))
+    return _token_rows(names, keys, grads, terms.tokens, float(terms.total.detach()))
 
 
 def trace_edit_and_objective(model: PreTrainedModel, modules: list[nn.Module], names: list[str], edits: list[Pair],
@@ -133,7 +133,7 @@ def trace_edit_and_objective(model: PreTrainedModel, modules: list[nn.Module], n
     the edit's tokens sit where a pass of its own would put them; packed, it comes first)."""
     keys, grads, terms = _objective_pass(model, modules, [None] * len(modules), edits, locs, reference_log_probs,
                                          pad_id, time_decay, kl_weight, output_hidden_states=True)
-    tokens = batch_for(model, [*edits, *locs], pad_id).tokens
+    tokens = terms.tokens
     own = torch.zeros_like(tokens)
     own[0, : len(edits[0].ids)] = True
     edit = _token_rows(names, keys, grads, own, float(terms.per_edit[0].detach()),

@@ -1,7 +1,8 @@
 """Where a trained editor's updates go: cos(dW, -G) per module and edit, and how far each module drifts.
 
-An untrained editor's update is exactly the gradient step of the trace it reads (cosine 1), and it
-has not broken the model on any of our 100-edit ZsRE sequences; the trained ones sometimes do, with
+An untrained editor's update without the key preconditioner (``precondition`` 0) is exactly the
+gradient step of the trace it reads (cosine 1), and it has not broken the model on any of our 100-edit
+ZsRE sequences; the trained ones sometimes do, with
 the same sizes (``scale="direction"``: only the direction is the network's). This measures the
 direction the network chose: for each edit of one episode, the cosine between each changed module's
 update ``dW`` and ``-G`` (the trace's raw weight gradient), through ``n x n`` products so no

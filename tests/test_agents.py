@@ -380,9 +380,10 @@ def test_exploring_training_is_reproducible(env_for):
     assert all(torch.equal(a, b) for a, b in zip(*states))
 
 
-def editor_with_statistics(env: gym.Env, scale: str):
-    """An untrained RLEdit agent whose editor has observed the traces of two unedited edits, and those traces."""
-    agent = make_agent("rledit", env, scale=scale)
+def editor_with_statistics(env: gym.Env, scale: str, precondition: float = 0.0):
+    """An untrained RLEdit agent whose editor has observed the traces of two unedited edits, and those
+    traces; unpreconditioned unless asked, so that each scale's own rule is what is tested."""
+    agent = make_agent("rledit", env, scale=scale, precondition=precondition)
     env.reset(seed=0)
     traces = []
     for _ in range(2):
@@ -430,6 +431,32 @@ def test_untrained_update_size_follows_the_scale(scale, env_for):
         torch.testing.assert_close(trained_changes, untrained_changes, rtol=1e-3, atol=0)
     else:
         assert not torch.allclose(trained_changes, untrained_changes, rtol=1e-2)
+
+
+def test_preconditioned_keys_are_divided_by_their_second_moment(env_for):
+    """With ``precondition`` d, an untrained editor's pseudo keys are the trace's keys divided per
+    feature by ``E[k^2] + d * mean_j E[k_j^2]`` over every token observed (the diagonal of the keys'
+    second-moment matrix, as ROME and MEMIT precondition with the full one); the output side and,
+    under ``scale="direction"``, the update's size are the unpreconditioned editor's."""
+    env = env_for(num_edits=2)
+    plain, traces = editor_with_statistics(env, "direction")
+    agent, _ = editor_with_statistics(env, "direction", precondition=0.1)
+    with torch.no_grad():
+        preconditioned, reference = agent.editor(traces[1]), plain.editor(traces[1])
+    for i, ((u, v), (u0, v0)) in enumerate(zip(preconditioned, reference)):
+        second = torch.cat([t.keys[i] for t in traces]).double().pow(2).mean(0)
+        expected = traces[1].keys[i].double() / (second + 0.1 * second.mean())
+        torch.testing.assert_close(v.double(), expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+        torch.testing.assert_close(update_sq_norm((u, v)), update_sq_norm((u0, v0)), rtol=1e-3, atol=0)
+        assert not torch.allclose(v, v0, rtol=1e-2)
+        torch.testing.assert_close(u / u.norm(), u0 / u0.norm(), rtol=1e-4, atol=1e-6)  # rescaled only
+    for bad in (-0.1, float("nan"), float("inf"), True, "0.1"):
+        with pytest.raises(ValueError, match="precondition must be"):
+            make_agent("rledit", env, precondition=bad)
+    for scale in ("edit", "running"):  # they size the update from its factors, so the preconditioner would resize it
+        with pytest.raises(ValueError, match="use scale='direction' or 'effect', or precondition=0"):
+            make_agent("rledit", env, scale=scale)
+        make_agent("rledit", env, scale=scale, precondition=0)
 
 
 @pytest.mark.parametrize("scale", ["edit", "direction", "effect"])
@@ -484,7 +511,7 @@ def test_max_size_ratio_shrinks_only_the_updates_above_the_bound(scale, env_for)
 def test_max_size_ratio_is_checked_and_can_be_set_on_a_checkpoint(env_for, zsre_path, tmp_path):
     env = env_for(num_edits=2)
     with pytest.raises(ValueError, match="scale='edit'"):
-        make_agent("rledit", env, scale="edit", max_size_ratio=3)
+        make_agent("rledit", env, scale="edit", max_size_ratio=3, precondition=0)
     for bad in (0, -1.0, float("nan"), float("inf"), True, "3"):
         with pytest.raises(ValueError, match="max_size_ratio must be"):
             make_agent("rledit", env, max_size_ratio=bad)
@@ -548,18 +575,19 @@ def test_checkpoint_round_trip_gives_the_same_actions(name, env_for, tmp_path):
 
 def test_older_checkpoints_load_as_they_were_trained(env_for, tmp_path):
     env = env_for(num_edits=3)
-    agent = make_agent("rledit", env, trace_of="edit", scale="edit")
+    agent = make_agent("rledit", env, trace_of="edit", scale="edit", precondition=0)
     agent.save(tmp_path)
     meta = json.loads((tmp_path / "agent.json").read_text())
-    for key in ("trace_of", "scale"):  # what an older checkpoint lacks
+    for key in ("trace_of", "scale", "precondition"):  # what an older checkpoint lacks
         del meta["config"][key]
     (tmp_path / "agent.json").write_text(json.dumps(meta))
     loaded = agent_class("rledit").load(tmp_path, env)
     assert loaded.config() == agent.config()
-    hiedit = make_agent("hiedit", env, gate_reinforce=0.0)
+    hiedit = make_agent("hiedit", env, gate_reinforce=0.0, precondition=0)
     hiedit.save(tmp_path / "hiedit")
     meta = json.loads((tmp_path / "hiedit" / "agent.json").read_text())
-    del meta["config"]["gate_reinforce"]  # a checkpoint from before the exploring gate
+    for key in ("gate_reinforce", "precondition"):  # a checkpoint from before the exploring gate
+        del meta["config"][key]
     (tmp_path / "hiedit" / "agent.json").write_text(json.dumps(meta))
     assert agent_class("hiedit").load(tmp_path / "hiedit", env).config() == hiedit.config()
 

@@ -186,7 +186,8 @@ def test_update_alignment_of_an_untrained_editor_is_the_gradient_step(zsre_path:
 
     env = gym.make("HiEdit-v0", model="test-tiny-llama", dataset=zsre_path, num_edits=3, update_mode="low_rank",
                    evaluate_generation=False, trace="objective")
-    make_agent("rledit", env).save(tmp_path / "untrained")  # zero up-projections: the update is -lr * G
+    # Zero up-projections and no key preconditioner: the update is -lr * G.
+    make_agent("rledit", env, precondition=0).save(tmp_path / "untrained")
     out = tmp_path / "alignment.json"
     run_script("update_alignment.py", ["--checkpoint", str(tmp_path / "untrained"), "--model", "test-tiny-llama",
                                        "--dataset", zsre_path, "--num-edits", "3", "--out", str(out)], monkeypatch)

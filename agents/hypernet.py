@@ -71,6 +71,7 @@ import torch
 from torch import nn
 
 from hiedit_env import EditTrace
+from hiedit_env.checks import check_range
 from hiedit_env.objective import update_sq_norm
 
 from .selection import gradient_norms
@@ -179,9 +180,7 @@ class HyperEditor(nn.Module):
             raise ValueError(f"need rank >= 1, num_blocks >= 1 and init_lr > 0; got {rank}, {num_blocks}, {init_lr}")
         if scale not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
-        if isinstance(precondition, bool) or not isinstance(precondition, (int, float)) \
-                or not math.isfinite(precondition) or precondition < 0:
-            raise ValueError(f"precondition must be a finite number >= 0 (0: off), got {precondition!r}")
+        check_range("precondition", precondition, 0, None)
         if precondition > 0 and scale in ("edit", "running"):
             raise ValueError(f"precondition reshapes the update's direction; scale={scale!r} would take its size "
                              "from the reshaped factors: use scale='direction' or 'effect', or precondition=0")

@@ -95,6 +95,9 @@ class LearnedEditorAgent(Agent):
     averaging, ``avg += (1 - average_decay) * (w - avg)`` after every optimiser step): on SmolLM2 the
     validation mean of the raw weights swung by 0.2 between checks 80 edits apart.
 
+    ``paraphrase_loss``: the training loss scores each edit on its paraphrase as well as its prompt
+    (:meth:`loss_objective`), the generalisation loss of MEND and RLEdit.
+
     ``max_size_ratio`` (``None``: unbounded) bounds each update's size at that many times the
     average training edit's (:mod:`~hiedit_agents.hypernet`); it is an acting option: ``load`` and
     ``hiedit evaluate --agent-kwargs`` may set it on a checkpoint. So is ``edit_steps``: the editor's
@@ -121,7 +124,7 @@ class LearnedEditorAgent(Agent):
                  trace_of: Literal["edit", "objective"] = "objective", loss_back_depth: int | None = None,
                  loss_time_decay: float | None = None, validation_edits: int = 50, validate_every: int = 75,
                  average_decay: float = 0.0, max_size_ratio: float | None = None, edit_steps: int = 1,
-                 precondition: float = DEFAULT_PRECONDITION) -> None:
+                 precondition: float = DEFAULT_PRECONDITION, paraphrase_loss: bool = False) -> None:
         super().__init__(env)
         if trace_of not in ("edit", "objective"):
             raise ValueError(f"trace_of must be 'edit' or 'objective', got {trace_of!r}")
@@ -138,6 +141,8 @@ class LearnedEditorAgent(Agent):
         check_int("edit_steps", edit_steps, 1)
         if edit_steps > 1 and trace_of != "objective":
             raise ValueError("edit_steps > 1 reads the objective's trace under the updates so far: it needs trace_of='objective'")
+        if not isinstance(paraphrase_loss, bool):
+            raise ValueError(f"paraphrase_loss must be true or false, got {paraphrase_loss!r}")
         check_range("average_decay", average_decay, 0, 1)
         if average_decay == 1:
             raise ValueError("average_decay must be < 1: at 1 the average never leaves the initial weights")
@@ -149,7 +154,7 @@ class LearnedEditorAgent(Agent):
                         "loss_time_decay": loss_time_decay, "validation_edits": int(validation_edits),
                         "validate_every": int(validate_every), "average_decay": float(average_decay),
                         "max_size_ratio": max_size_ratio, "edit_steps": int(edit_steps),
-                        "precondition": precondition}
+                        "precondition": precondition, "paraphrase_loss": paraphrase_loss}
         self.editor = HyperEditor(self.env.module_dims(), self.env.base_weight_norms(), rank, num_blocks,
                                   init_lr, scale, max_size_ratio, precondition).to(self.env.model.device)
         self.optimizer_steps = 0
@@ -187,9 +192,11 @@ class LearnedEditorAgent(Agent):
         """``env.objective`` over the training loss's window: ``loss_back_depth`` earlier edits weighted
         ``loss_time_decay**j`` (``None``: the environment's ``back_depth`` and ``time_decay``, the window
         the objective's trace covers). A longer window charges an update for the earlier edits of the
-        episode it breaks, which the trace does not show."""
+        episode it breaks, which the trace does not show. With ``paraphrase_loss`` each edit's
+        cross-entropy averages its prompt and its paraphrase; the trace, what the editor reads, never
+        includes the paraphrase, since a deployed editor does not have it."""
         return env.objective(updates, back_depth=self.hparams["loss_back_depth"],
-                             time_decay=self.hparams["loss_time_decay"])
+                             time_decay=self.hparams["loss_time_decay"], paraphrases=self.hparams["paraphrase_loss"])
 
     def read_trace(self, env: HiEditEnv) -> EditTrace:
         """What the editor reads (``trace_of``) for the current edit."""
@@ -374,9 +381,9 @@ class LearnedEditorAgent(Agent):
     # ------------------------------------------------------------------ persistence
     @classmethod
     def saved_config(cls, config: dict[str, Any]) -> dict[str, Any]:
-        """Checkpoints saved before ``trace_of``, ``scale`` and ``precondition`` existed read the edit's trace
-        at the edit's scale, unpreconditioned."""
-        return {"trace_of": "edit", "scale": "edit", "precondition": 0.0, **config}
+        """Checkpoints saved before ``trace_of``, ``scale``, ``precondition`` and ``paraphrase_loss`` existed
+        read the edit's trace at the edit's scale, unpreconditioned, and trained on the edit prompts alone."""
+        return {"trace_of": "edit", "scale": "edit", "precondition": 0.0, "paraphrase_loss": False, **config}
 
     def config(self) -> dict[str, Any]:
         return dict(self.hparams)

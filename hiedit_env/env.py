@@ -406,21 +406,24 @@ class HiEditEnv(gym.Env):
 
     # ---------------------------------------------------------------- differentiable objective
     def objective(self, updates: Sequence[Update], back_depth: int | None = None,
-                  time_decay: float | None = None) -> ObjectiveTerms:
+                  time_decay: float | None = None, paraphrases: bool = False) -> ObjectiveTerms:
         """Training loss of candidate ``updates`` for the current edit, with gradients to them.
 
         ``updates`` has one entry per candidate: a dense ``dW`` [d_out, d_in], low-rank factors
         ``(U [r, d_out], V [r, d_in])``, or ``None``. The loss covers the current edit and the last
         ``back_depth`` ones (weights ``time_decay**j``), the mean KL to the unedited model on the
         unrelated prompts of the current and the last ``locality_depth`` edits, and L2 on the updates.
+        ``paraphrases``: each edit's cross-entropy is the mean over its prompt and its paraphrase (for
+        training only: an editor deployed on a new edit never has its paraphrase).
         The model's weights are not changed.
         """
         if self._trace is None:
             raise gym.error.ResetNeeded("objective() needs a current edit: call reset() first")
         edits, locs, references = self._objective_window(back_depth)
+        rephrased = [self._episode[t].rephrase for t in self._window(back_depth)] if paraphrases else None
         return edit_objective(self.model, self._modules, updates, edits, locs, references, self._pad_id,
                               self.time_decay if time_decay is None else time_decay, self.kl_weight, self.l2_weight,
-                              chunk_rows=self.objective_chunk)
+                              chunk_rows=self.objective_chunk, paraphrases=rephrased)
 
     def objective_trace(self, updates: Sequence[Update]) -> EditTrace:
         """Keys and output gradients of :meth:`objective`'s loss under ``updates`` (L2 aside), one row
@@ -441,11 +444,15 @@ class HiEditEnv(gym.Env):
     def _activate(self) -> None:
         self.shared.activate(self, self._weights)
 
+    def _window(self, back_depth: int | None) -> list[int]:
+        """The edits of the objective's window, the current one first."""
+        depth = self.back_depth if back_depth is None else back_depth
+        return [self._t - j for j in range(min(depth, self._t) + 1)]
+
     def _objective_window(self, back_depth: int | None) -> tuple[list[Pair], list[Pair], list[torch.Tensor]]:
         """The objective's prompts for the current edit: edits ``t .. t - back_depth``, the unrelated
         prompts of ``t .. t - locality_depth`` and the unedited model's log-probs on those."""
-        depth = self.back_depth if back_depth is None else back_depth
-        edited = [self._t - j for j in range(min(depth, self._t) + 1)]
+        edited = self._window(back_depth)
         unrelated = [self._t - j for j in range(min(self.locality_depth, self._t) + 1)]
         references = self._reference_log_probs(unrelated)
         self._activate()

@@ -12,6 +12,11 @@ In a sequence the model an update acts on already carries the earlier edits, so 
 of those edits measure the damage the sequence has done so far; a ``locality_depth`` above 0 pushes
 the current update to repair it. The environment's default is 0: on SmolLM2 the wider window made
 the trained editors no better over 100 edits (benchmarks/README.md).
+
+With ``paraphrases`` (training only: a deployed editor never sees an edit's paraphrase) each edit's
+cross-entropy is the mean of its prompt's and its paraphrase's, the equivalence-neighbourhood loss
+MEND, MALMEN and RLEdit train their editors on, so that an update is charged for the prompts it
+does not generalise to.
 """
 
 from __future__ import annotations
@@ -99,7 +104,8 @@ def row_losses(model: PreTrainedModel, modules: list[nn.Module], updates: Sequen
 def edit_objective(model: PreTrainedModel, modules: list[nn.Module], updates: Sequence[Update],
                    edits: list[Pair], locs: list[Pair], reference_log_probs: list[torch.Tensor], pad_id: int,
                    time_decay: float, kl_weight: float, l2_weight: float,
-                   output_hidden_states: bool = False, chunk_rows: int | None = None) -> ObjectiveTerms:
+                   output_hidden_states: bool = False, chunk_rows: int | None = None,
+                   paraphrases: list[Pair] | None = None) -> ObjectiveTerms:
     """``edits[0]`` is the current edit, ``edits[j]`` the edit ``j`` steps back; ``locs`` are unrelated
     prompts (at least one) with the unedited model's log-probs over their answer tokens in
     ``reference_log_probs``. One forward pass scores them all (``batch_for([*edits, *locs])``: packed
@@ -108,13 +114,20 @@ def edit_objective(model: PreTrainedModel, modules: list[nn.Module], updates: Se
     ``chunk_rows``: when gradients flow to the updates, run the batch ``chunk_rows`` rows at a time,
     each chunk under activation checkpointing (its forward is run again in the backward pass), so
     only one chunk's activations are held at once: less peak memory for one more forward. The rows
-    are independent, so the value and the gradients are the same."""
+    are independent, so the value and the gradients are the same.
+
+    ``paraphrases`` (one per edit, same order): each edit's cross-entropy in the loss and in
+    ``per_edit`` becomes the mean of its prompt's and its paraphrase's; ``per_edit_accuracy`` stays
+    the prompts'."""
     if len(updates) != len(modules):
         raise ValueError(f"objective expects {len(modules)} updates (None for unchanged modules), got {len(updates)}")
     if not locs or len(locs) != len(reference_log_probs):
         raise ValueError(f"objective needs one reference per unrelated prompt, got {len(locs)} prompts "
                          f"and {len(reference_log_probs)} references")
-    pairs, references = [*edits, *locs], [None] * len(edits) + list(reference_log_probs)
+    if paraphrases is not None and len(paraphrases) != len(edits):
+        raise ValueError(f"objective needs one paraphrase per edit, got {len(paraphrases)} for {len(edits)} edits")
+    fitted = [*edits, *(paraphrases or [])]  # the rows scored by cross-entropy
+    pairs, references = [*fitted, *locs], [None] * len(fitted) + list(reference_log_probs)
     tracked = any(t.requires_grad for u in updates if u is not None for t in (u if isinstance(u, tuple) else (u,)))
     if chunk_rows is None or chunk_rows >= len(pairs) or not tracked or output_hidden_states:
         losses, accuracy, hidden, tokens = row_losses(model, modules, updates, pairs, references, pad_id,
@@ -128,9 +141,9 @@ def edit_objective(model: PreTrainedModel, modules: list[nn.Module], updates: Se
             for start in range(0, len(pairs), chunk_rows)
         ])
     weights = torch.tensor(window_weights(len(edits), time_decay), device=losses.device)
-    per_edit = losses[: len(edits)]
+    per_edit = losses[: len(fitted)].view(-1, len(edits)).mean(0)
     edit_loss = (weights * per_edit).sum() / weights.sum()
-    kl = losses[len(edits):].mean()
+    kl = losses[len(fitted):].mean()
     chosen = [u for u in updates if u is not None]
     l2 = torch.stack([update_sq_norm(u) for u in chosen]).sum() if chosen else losses.new_zeros(())
     return ObjectiveTerms(edit_loss + kl_weight * kl + l2_weight * l2, edit_loss, kl, l2, per_edit, hidden, accuracy,

@@ -305,15 +305,24 @@ def test_training_loss_covers_the_configured_window(name, env_for):
     windows = []
     objective = unwrapped.objective
 
-    def spy(updates, back_depth=None, time_decay=None):
-        windows.append((back_depth, time_decay))
-        return objective(updates, back_depth, time_decay)
+    def spy(updates, back_depth=None, time_decay=None, paraphrases=False):
+        windows.append((back_depth, time_decay, paraphrases))
+        return objective(updates, back_depth, time_decay, paraphrases)
 
     unwrapped.objective = spy
     _, scalars = agent.training_loss(unwrapped, updates, selection)
-    del unwrapped.objective
-    assert windows and set(windows) == {(3, 1.0)}
+    assert windows and set(windows) == {(3, 1.0, False)}
     assert scalars["edit_loss"] == pytest.approx(objective(chosen, back_depth=3, time_decay=1.0).edit.item(), rel=1e-5)
+    # paraphrase_loss: the same window, each edit scored on its paraphrase too.
+    windows.clear()
+    agent.hparams["paraphrase_loss"] = True
+    _, scalars = agent.training_loss(unwrapped, updates, selection)
+    del unwrapped.objective
+    assert windows and set(windows) == {(3, 1.0, True)}
+    assert scalars["edit_loss"] == pytest.approx(
+        objective(chosen, back_depth=3, time_decay=1.0, paraphrases=True).edit.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="paraphrase_loss"):
+        make_agent(name, env, paraphrase_loss="yes")
 
 
 def test_gate_gets_gradient_from_edit_and_locality_through_the_mask(env_for):

@@ -122,7 +122,7 @@ def test_unedited_references_are_scored_in_chunks_and_dropped_behind_the_window(
         assert torch.allclose(reference, fresh[t], atol=1e-5)
 
 
-def test_back_depth_covers_previous_edits(make_env, helpers):
+def test_back_depth_covers_previous_edits_and_paraphrases_join_them(make_env, helpers):
     env = make_env("test-tiny-gpt2", num_edits=5).unwrapped
     env.reset(seed=0)
     for _ in range(3):
@@ -134,15 +134,26 @@ def test_back_depth_covers_previous_edits(make_env, helpers):
     assert deep.edit.item() != pytest.approx(shallow.edit.item(), rel=1e-4)
     # The weighted mean of the current and the two previous edits' losses, weights decay**j.
     pad = env.tokenizer.pad_token_id
-    records = env.episode_records()
-    losses = [float(score_pairs(env.model, [encode_record(env.tokenizer, records[3 - j]).edit], pad).nll[0])
-              for j in range(3)]
-    decay = env.time_decay
-    expected = sum(decay**j * loss for j, loss in enumerate(losses)) / sum(decay**j for j in range(3))
-    assert deep.edit.item() == pytest.approx(expected, rel=1e-4)
+    encoded = [encode_record(env.tokenizer, r) for r in env.episode_records()]
+
+    def window_mean(losses):
+        return sum(env.time_decay**j * loss for j, loss in enumerate(losses)) / sum(env.time_decay**j for j in range(3))
+
+    def nll(pair):
+        return float(score_pairs(env.model, [pair], pad).nll[0])
+
+    prompts = [nll(encoded[3 - j].edit) for j in range(3)]
+    assert deep.edit.item() == pytest.approx(window_mean(prompts), rel=1e-4)
     # Deeper than the episode so far just stops at edit 0.
     assert env.objective(updates, back_depth=10).edit.item() == pytest.approx(
         env.objective(updates, back_depth=3).edit.item(), rel=1e-6)
+    # With paraphrases each edit's loss is the mean over its prompt and its paraphrase; the KL rows stay.
+    both = [(loss + nll(encoded[3 - j].rephrase)) / 2 for j, loss in enumerate(prompts)]
+    rephrased = env.objective(updates, back_depth=2, paraphrases=True)
+    assert rephrased.per_edit.tolist() == pytest.approx(both, rel=1e-4)
+    assert rephrased.edit.item() == pytest.approx(window_mean(both), rel=1e-4)
+    assert rephrased.edit.item() != pytest.approx(deep.edit.item(), rel=1e-3)
+    assert rephrased.locality.item() == pytest.approx(deep.locality.item(), abs=1e-7)
 
 
 @pytest.mark.parametrize("model", ["test-tiny-gpt2", "test-tiny-llama"])

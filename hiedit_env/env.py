@@ -419,8 +419,9 @@ class HiEditEnv(gym.Env):
         """
         if self._trace is None:
             raise gym.error.ResetNeeded("objective() needs a current edit: call reset() first")
-        edits, locs, references = self._objective_window(back_depth)
-        rephrased = [self._episode[t].rephrase for t in self._window(back_depth)] if paraphrases else None
+        depth = self.back_depth if back_depth is None else back_depth
+        edits, locs, references = self._objective_window(depth)
+        rephrased = [self._episode[t].rephrase for t in self._window(depth)] if paraphrases else None
         return edit_objective(self.model, self._modules, updates, edits, locs, references, self._pad_id,
                               self.time_decay if time_decay is None else time_decay, self.kl_weight, self.l2_weight,
                               chunk_rows=self.objective_chunk, paraphrases=rephrased)
@@ -444,16 +445,15 @@ class HiEditEnv(gym.Env):
     def _activate(self) -> None:
         self.shared.activate(self, self._weights)
 
-    def _window(self, back_depth: int | None) -> list[int]:
-        """The edits of the objective's window, the current one first."""
-        depth = self.back_depth if back_depth is None else back_depth
+    def _window(self, depth: int) -> list[int]:
+        """The current edit and the ``depth`` before it (fewer early in the episode), the current one first."""
         return [self._t - j for j in range(min(depth, self._t) + 1)]
 
     def _objective_window(self, back_depth: int | None) -> tuple[list[Pair], list[Pair], list[torch.Tensor]]:
         """The objective's prompts for the current edit: edits ``t .. t - back_depth``, the unrelated
         prompts of ``t .. t - locality_depth`` and the unedited model's log-probs on those."""
-        edited = self._window(back_depth)
-        unrelated = [self._t - j for j in range(min(self.locality_depth, self._t) + 1)]
+        edited = self._window(self.back_depth if back_depth is None else back_depth)
+        unrelated = self._window(self.locality_depth)
         references = self._reference_log_probs(unrelated)
         self._activate()
         return [self._episode[t].edit for t in edited], [self._episode[t].loc for t in unrelated], references

@@ -37,7 +37,7 @@ from hiedit_env.checks import check_int, check_range
 
 from .base import Agent
 from .gate import Selection
-from .hypernet import DEFAULT_INIT_LR, DEFAULT_PRECONDITION, HyperEditor, Scale
+from .hypernet import DEFAULT_INIT_LR, DEFAULT_PRECONDITION, HyperEditor, Preconditioner, Scale
 
 LowRank = tuple[torch.Tensor, torch.Tensor]
 # What the training statistics and TensorBoard keep of an episode's end-of-sequence metrics.
@@ -81,7 +81,8 @@ class LearnedEditorAgent(Agent):
     trainable modules (:meth:`trainable_modules`) with their own learning rate. ``init_lr`` is the
     per-module relative step an untrained editor takes; ``max_lr`` (``None``: unbounded) caps the
     learned steps after every optimiser step. ``scale`` is the editor's update scale and
-    ``precondition`` the damping of its per-feature key preconditioner (0: off), both in
+    ``precondition`` the damping of its key preconditioner (0: off), ``preconditioner`` its form
+    (``"diagonal"``: per feature; ``"full"``: the whole second-moment matrix), all in
     :mod:`~hiedit_agents.hypernet`. ``trace_of`` is what the editor reads: ``"edit"``, the edit's own
     trace (free: the environment has taken it), or ``"objective"``, the trace of the whole training
     objective (:meth:`HiEditEnv.objective_trace`), whose KL rows show the editor how the unrelated
@@ -124,7 +125,8 @@ class LearnedEditorAgent(Agent):
                  trace_of: Literal["edit", "objective"] = "objective", loss_back_depth: int | None = None,
                  loss_time_decay: float | None = None, validation_edits: int = 50, validate_every: int = 75,
                  average_decay: float = 0.0, max_size_ratio: float | None = None, edit_steps: int = 1,
-                 precondition: float = DEFAULT_PRECONDITION, paraphrase_loss: bool = False) -> None:
+                 precondition: float = DEFAULT_PRECONDITION, preconditioner: Preconditioner = "diagonal",
+                 paraphrase_loss: bool = False) -> None:
         super().__init__(env)
         if trace_of not in ("edit", "objective"):
             raise ValueError(f"trace_of must be 'edit' or 'objective', got {trace_of!r}")
@@ -154,9 +156,10 @@ class LearnedEditorAgent(Agent):
                         "loss_time_decay": loss_time_decay, "validation_edits": int(validation_edits),
                         "validate_every": int(validate_every), "average_decay": float(average_decay),
                         "max_size_ratio": max_size_ratio, "edit_steps": int(edit_steps),
-                        "precondition": precondition, "paraphrase_loss": paraphrase_loss}
-        self.editor = HyperEditor(self.env.module_dims(), self.env.base_weight_norms(), rank, num_blocks,
-                                  init_lr, scale, max_size_ratio, precondition).to(self.env.model.device)
+                        "precondition": precondition, "preconditioner": preconditioner,
+                        "paraphrase_loss": paraphrase_loss}
+        self.editor = HyperEditor(self.env.module_dims(), self.env.base_weight_norms(), rank, num_blocks, init_lr,
+                                  scale, max_size_ratio, precondition, preconditioner).to(self.env.model.device)
         self.optimizer_steps = 0
 
     @classmethod
@@ -381,9 +384,11 @@ class LearnedEditorAgent(Agent):
     # ------------------------------------------------------------------ persistence
     @classmethod
     def saved_config(cls, config: dict[str, Any]) -> dict[str, Any]:
-        """Checkpoints saved before ``trace_of``, ``scale``, ``precondition`` and ``paraphrase_loss`` existed
-        read the edit's trace at the edit's scale, unpreconditioned, and trained on the edit prompts alone."""
-        return {"trace_of": "edit", "scale": "edit", "precondition": 0.0, "paraphrase_loss": False, **config}
+        """Checkpoints saved before ``trace_of``, ``scale``, ``precondition``, ``preconditioner`` and
+        ``paraphrase_loss`` existed read the edit's trace at the edit's scale, unpreconditioned (later: by
+        the diagonal), and trained on the edit prompts alone."""
+        return {"trace_of": "edit", "scale": "edit", "precondition": 0.0, "preconditioner": "diagonal",
+                "paraphrase_loss": False, **config}
 
     def config(self) -> dict[str, Any]:
         return dict(self.hparams)

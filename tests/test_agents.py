@@ -25,7 +25,7 @@ from hiedit_agents import HiEditAgent, agent_class, available_agents, make_agent
 from hiedit_agents.base import load_for_acting
 from hiedit_agents.cli import main
 from hiedit_agents.gate import plackett_luce_log_prob
-from hiedit_agents.hypernet import output_change
+from hiedit_agents.hypernet import REFRESH_GROWTH, KeyMoment, output_change
 from hiedit_agents.learned import _swapped, masked
 from hiedit_agents.selection import gradient_norms
 from hiedit_env.objective import update_sq_norm
@@ -389,10 +389,10 @@ def test_exploring_training_is_reproducible(env_for):
     assert all(torch.equal(a, b) for a, b in zip(*states))
 
 
-def editor_with_statistics(env: gym.Env, scale: str, precondition: float = 0.0):
+def editor_with_statistics(env: gym.Env, scale: str, precondition: float = 0.0, preconditioner: str = "diagonal"):
     """An untrained RLEdit agent whose editor has observed the traces of two unedited edits, and those
     traces; unpreconditioned unless asked, so that each scale's own rule is what is tested."""
-    agent = make_agent("rledit", env, scale=scale, precondition=precondition)
+    agent = make_agent("rledit", env, scale=scale, precondition=precondition, preconditioner=preconditioner)
     env.reset(seed=0)
     traces = []
     for _ in range(2):
@@ -442,19 +442,24 @@ def test_untrained_update_size_follows_the_scale(scale, env_for):
         assert not torch.allclose(trained_changes, untrained_changes, rtol=1e-2)
 
 
-def test_preconditioned_keys_are_divided_by_their_second_moment(env_for):
-    """With ``precondition`` d, an untrained editor's pseudo keys are the trace's keys divided per
-    feature by ``E[k^2] + d * mean_j E[k_j^2]`` over every token observed (the diagonal of the keys'
-    second-moment matrix, as ROME and MEMIT precondition with the full one); the output side and,
-    under ``scale="direction"``, the update's size are the unpreconditioned editor's."""
+@pytest.mark.parametrize("preconditioner", ["diagonal", "full"])
+def test_preconditioned_keys_are_divided_by_their_second_moment(preconditioner, env_for):
+    """With ``precondition`` d, an untrained editor's pseudo keys are the trace's keys times the inverse
+    of the keys' second-moment matrix ``C`` over every token observed, damped by ``d * mean_j C_jj``:
+    per feature (``C``'s diagonal) or, as ROME and MEMIT precondition, the whole matrix; the output
+    side and, under ``scale="direction"``, the update's size are the unpreconditioned editor's."""
     env = env_for(num_edits=2)
     plain, traces = editor_with_statistics(env, "direction")
-    agent, _ = editor_with_statistics(env, "direction", precondition=0.1)
+    agent, _ = editor_with_statistics(env, "direction", precondition=0.1, preconditioner=preconditioner)
     with torch.no_grad():
         preconditioned, reference = agent.editor(traces[1]), plain.editor(traces[1])
     for i, ((u, v), (u0, v0)) in enumerate(zip(preconditioned, reference)):
-        second = torch.cat([t.keys[i] for t in traces]).double().pow(2).mean(0)
-        expected = traces[1].keys[i].double() / (second + 0.1 * second.mean())
+        seen = torch.cat([t.keys[i] for t in traces]).double()
+        moment = seen.T @ seen / seen.shape[0]
+        if preconditioner == "diagonal":
+            moment = moment.diagonal().diag()
+        damped = moment + 0.1 * moment.diagonal().mean() * torch.eye(moment.shape[0], dtype=moment.dtype)
+        expected = traces[1].keys[i].double() @ torch.linalg.inv(damped)
         torch.testing.assert_close(v.double(), expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
         torch.testing.assert_close(update_sq_norm((u, v)), update_sq_norm((u0, v0)), rtol=1e-3, atol=0)
         assert not torch.allclose(v, v0, rtol=1e-2)
@@ -462,6 +467,8 @@ def test_preconditioned_keys_are_divided_by_their_second_moment(env_for):
     for bad in (-0.1, float("nan"), float("inf"), True, "0.1"):
         with pytest.raises(ValueError, match="precondition must be"):
             make_agent("rledit", env, precondition=bad)
+    with pytest.raises(ValueError, match="preconditioner must be one of"):
+        make_agent("rledit", env, preconditioner="diag")
     for scale in ("edit", "running"):  # they size the update from its factors, so the preconditioner would resize it
         with pytest.raises(ValueError, match="use scale='direction' or 'effect', or precondition=0"):
             make_agent("rledit", env, scale=scale)
@@ -540,6 +547,40 @@ def test_max_size_ratio_is_checked_and_can_be_set_on_a_checkpoint(env_for, zsre_
     acting_env.close()
 
 
+def test_key_moment_pools_every_row_and_refreshes_its_inverse_as_it_grows():
+    """The running ``E[k k^T]`` is the pooled mean over every row folded in, and a solve uses the
+    current moment once it has grown by ``REFRESH_GROWTH``, and after loading other statistics."""
+    torch.manual_seed(0)
+    rows = [torch.randn(n, 6) for n in (3, 5, 4)]
+    moment, copy = KeyMoment(6), KeyMoment(6)
+    x = torch.randn(2, 6)
+
+    def expected(seen: list[torch.Tensor]) -> torch.Tensor:
+        pooled = torch.cat(seen).double()
+        c = pooled.T @ pooled / pooled.shape[0]
+        return x.double() @ torch.linalg.inv(c + 0.1 * c.diagonal().mean() * torch.eye(6, dtype=torch.float64))
+
+    for i, r in enumerate(rows):
+        moment.update(r)
+        torch.testing.assert_close(moment.solve(x, 0.1, r).double(), expected(rows[: i + 1]), rtol=1e-4, atol=1e-6)
+    copy.update(rows[0])
+    copy.solve(x, 0.1, rows[0])  # caches the factor of the first rows' moment
+    copy.load_state_dict(moment.state_dict())
+    torch.testing.assert_close(copy.solve(x, 0.1, rows[0]).double(), expected(rows), rtol=1e-4, atol=1e-6)
+    own = KeyMoment(6).solve(x, 0.1, rows[1])  # no statistics yet: the rows it is given
+    torch.testing.assert_close(own.double(), expected(rows[1:2]), rtol=1e-4, atol=1e-6)
+    many = [torch.randn(40, 6), torch.randn(1, 6) * 10]
+    moment = KeyMoment(6)
+    moment.update(many[0])
+    moment.solve(x, 0.1, many[0])
+    moment.update(many[1])  # 41 rows: too few more to invert again, the 40's inverse serves
+    torch.testing.assert_close(moment.solve(x, 0.1, many[1]).double(), expected(many[:1]), rtol=1e-4, atol=1e-6)
+    moment.update(torch.zeros(19, 6))  # 60 rows: inverted again
+    torch.testing.assert_close(moment.solve(x, 0.1, many[1]).double(), expected([*many, torch.zeros(19, 6)]),
+                               rtol=1e-4, atol=1e-6)
+    assert 41 <= 40 * REFRESH_GROWTH < 60
+
+
 @pytest.mark.parametrize("k", [1, 3])
 def test_topk_keeps_exactly_k(k, env_for):
     env = env_for(num_edits=3)
@@ -557,10 +598,11 @@ def test_topk_keeps_exactly_k(k, env_for):
         make_agent("hiedit", env, k=5)
 
 
-@pytest.mark.parametrize("name", ["hiedit", "rledit", "random_k"])
-def test_checkpoint_round_trip_gives_the_same_actions(name, env_for, tmp_path):
+@pytest.mark.parametrize("name, extra", [("hiedit", {}), ("rledit", {}), ("rledit", {"preconditioner": "full"}),
+                                         ("random_k", {})])
+def test_checkpoint_round_trip_gives_the_same_actions(name, extra, env_for, tmp_path):
     env = env_for(agent_class(name).update_mode, num_edits=3)
-    kwargs = {"update_every": 1, "validation_edits": 0} if name != "random_k" else {"k": 3, "seed": 7}
+    kwargs = {"update_every": 1, "validation_edits": 0, **extra} if name != "random_k" else {"k": 3, "seed": 7}
     agent = make_agent(name, env, **kwargs)
     agent.learn(env, steps=3, progress=False)
     agent.save(tmp_path)
@@ -570,6 +612,9 @@ def test_checkpoint_round_trip_gives_the_same_actions(name, env_for, tmp_path):
         norms = [(a.mean.clone(), b.mean.clone()) for a, b in zip(agent.editor.key_norms, loaded.editor.key_norms)]
         assert all(torch.equal(a, b) for a, b in norms) and float(agent.editor.key_norms[0].count) > 0
         assert loaded.optimizer_steps == agent.optimizer_steps == 3
+    if extra:
+        assert all(torch.equal(a.moment, b.moment) and a.count == b.count > 0
+                   for a, b in zip(agent.editor.key_moments, loaded.editor.key_moments))
     observation, info = env.reset(seed=5)
     if name == "random_k":
         agent.rng = np.random.default_rng(7)
@@ -587,7 +632,7 @@ def test_older_checkpoints_load_as_they_were_trained(env_for, tmp_path):
     agent = make_agent("rledit", env, trace_of="edit", scale="edit", precondition=0)
     agent.save(tmp_path)
     meta = json.loads((tmp_path / "agent.json").read_text())
-    for key in ("trace_of", "scale", "precondition"):  # what an older checkpoint lacks
+    for key in ("trace_of", "scale", "precondition", "preconditioner"):  # what an older checkpoint lacks
         del meta["config"][key]
     (tmp_path / "agent.json").write_text(json.dumps(meta))
     loaded = agent_class("rledit").load(tmp_path, env)

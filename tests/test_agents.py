@@ -564,7 +564,7 @@ def test_key_moment_pools_every_row_and_refreshes_its_inverse_as_it_grows():
         moment.update(r)
         torch.testing.assert_close(moment.solve(x, 0.1, r).double(), expected(rows[: i + 1]), rtol=1e-4, atol=1e-6)
     copy.update(rows[0])
-    copy.solve(x, 0.1, rows[0])  # caches the factor of the first rows' moment
+    copy.solve(x, 0.1, rows[0])  # caches the inverse of the first rows' moment
     copy.load_state_dict(moment.state_dict())
     torch.testing.assert_close(copy.solve(x, 0.1, rows[0]).double(), expected(rows), rtol=1e-4, atol=1e-6)
     own = KeyMoment(6).solve(x, 0.1, rows[1])  # no statistics yet: the rows it is given

@@ -54,7 +54,8 @@ directions that are combinations of common features, which the diagonal cannot s
 ``d_in^2`` statistics per module (2.4 M floats for a SmolLM2 ``down_proj``, saved with the checkpoint),
 an inversion each time they have grown by a quarter (when acting, as they are then fixed: once)
 and one ``n x d_in x d_in`` product per update. Untrained, on all 18 SmolLM2 modules and three ZsRE
-selection sequences, it scored 0.756 against the diagonal's 0.695 (benchmarks/README.md, stop 20).
+selection sequences, it scored 0.756 against the diagonal's 0.695 (benchmarks/README.md, stop 20), and
+on three CounterFact sequences 0.501 against 0.430 (stop 21). The learned editors use it by default.
 
 With the running statistics the update's size follows ``||G|| / mean ||G||`` with no bound but the
 environment's per-module cap, and that ratio feeds on itself: once a sequence has damaged the model its
@@ -65,6 +66,9 @@ is above ``max_size_ratio`` times its running mean has its update shrunk by ``ma
 trained editors, it rescued both ZsRE test sequences on which RLEdit broke the model and two others
 broke instead; trained with it, the selection episode showed no gain and one HiEdit editor broke it
 (benchmarks/README.md, "Bounding the update size"): the breaks are not the ratio's doing alone.
+With the full preconditioner RLEdit's breaks are the ratio's: on the ZsRE selection sequence it broke,
+one module's ratio reached 60 at edit 96 of 100 and the model lost every edit; set at acting, 3 held
+that sequence (0.715 against 0.027; benchmarks/README.md, stop 21).
 """
 
 from __future__ import annotations
@@ -149,45 +153,66 @@ class RunningNorm(nn.Module):
 
 
 class KeyMoment(nn.Module):
-    """Running second-moment matrix ``E[k k^T]`` of a module's keys, and solves with its damped form."""
+    """Running second-moment matrix ``E[k k^T]`` of a module's keys, and solves with its damped form.
+
+    The inverse lives in a buffer of its own, allocated at the first inversion (a module the editor
+    never acts on costs none), and is computed in place, before the editor builds its graph
+    (:meth:`HyperEditor.forward` calls :meth:`refresh` first): inverting between the graph's saved
+    tensors left glibc's heap fragmented, and HiEdit's training on SmolLM2's 18 ``down_proj`` peaked
+    at 3.0 GB instead of 2.0 GB (benchmarks/README.md, stop 21)."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("moment", torch.zeros(dim, dim))
-        self._inverse: tuple[float, float, torch.Tensor] | None = None  # (damping, count, damped moment^-1)
+        self.register_buffer("inverse", None, persistent=False)
+        self._inverted: tuple[float, float] | None = None  # (damping, count) that ``inverse`` was computed at
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
         """Fold the rows of ``x`` [n, dim] into the mean of ``k k^T``."""
         x = x.detach().float()
         total = self.count + x.shape[0]
-        self.moment += (x.T @ x / x.shape[0] - self.moment) * float(x.shape[0] / total)
+        weight = float(x.shape[0] / total)
+        self.moment.addmm_(x.T, x, beta=1 - weight, alpha=weight / x.shape[0])
         self.count.copy_(total)
+
+    @torch.no_grad()
+    def refresh(self, damping: float) -> None:
+        """Invert the damped moment again if ``damping`` changed or the count has grown by
+        ``REFRESH_GROWTH`` since the last inversion: while training, a solve uses the moment of at least
+        1 / REFRESH_GROWTH of the tokens seen, for one inversion every few edits; when acting, one in all."""
+        count = float(self.count)
+        if count < 1 or (self._inverted is not None and self._inverted[0] == damping
+                         and count <= self._inverted[1] * REFRESH_GROWTH):
+            return
+        # float64: when the mean key dominates C, the damped matrix's condition number is about
+        # d_in / damping (15 000 for a SmolLM2 down_proj).
+        work = self._damped(self.moment.to(torch.float64, copy=True), damping)
+        torch.linalg.cholesky(work, out=work)
+        torch.cholesky_inverse(work, out=work)
+        if self.inverse is None:
+            self.inverse = torch.empty_like(self.moment)
+        self.inverse.copy_(work)
+        self._inverted = (damping, count)
 
     def solve(self, x: torch.Tensor, damping: float, own: torch.Tensor) -> torch.Tensor:
         """``x (C + damping * mean_j C_jj * I)^-1`` for rows ``x`` [n, dim], differentiable in ``x``;
-        ``C`` is the running moment, or that of the rows of ``own`` before any exists. The inverse is
-        kept until the count has grown by ``REFRESH_GROWTH``: while training, a solve uses the moment
-        of at least 1 / REFRESH_GROWTH of the tokens seen, for one inversion every few edits; when
-        acting, one in all. A product with the inverse takes half the time of two triangular solves."""
-        count = float(self.count)
-        if count < 1:
+        ``C`` is the running moment (inverted again as :meth:`refresh` says), or that of the rows of
+        ``own`` before any exists. A product with the inverse takes half the time of two triangular solves."""
+        if self.count < 1:
             return x @ torch.linalg.inv(self._damped(own.T @ own / own.shape[0], damping))
-        if self._inverse is None or self._inverse[0] != damping or count > self._inverse[1] * REFRESH_GROWTH:
-            # float64: when the mean key dominates C, the damped matrix's condition number is about
-            # d_in / damping (15 000 for a SmolLM2 down_proj).
-            factor = torch.linalg.cholesky(self._damped(self.moment.double(), damping))
-            self._inverse = (damping, count, torch.cholesky_inverse(factor).float())
-        return x @ self._inverse[2]
+        self.refresh(damping)
+        return x @ self.inverse
 
     @staticmethod
     def _damped(moment: torch.Tensor, damping: float) -> torch.Tensor:
-        floor = damping * moment.diagonal().mean() + 1e-30
-        return moment + floor * torch.eye(moment.shape[0], dtype=moment.dtype, device=moment.device)
+        """``moment`` with ``damping * mean_j moment_jj`` added to its diagonal, in place."""
+        moment.diagonal().add_(damping * moment.diagonal().mean() + 1e-30)
+        return moment
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        self._inverse = None
+        self._inverted = None
         super()._load_from_state_dict(*args, **kwargs)
 
 
@@ -283,6 +308,9 @@ class HyperEditor(nn.Module):
         """``(U, V)`` for every candidate (or only those in ``modules``, ``None`` for the others: each
         module's update depends on its own trace alone), differentiable w.r.t. the editor's parameters."""
         wanted = set(range(len(self.dims)) if modules is None else modules)
+        if self.key_moments is not None:
+            for i in wanted:
+                self.key_moments[i].refresh(self.precondition)
         moments = {i: (self.key_norms[i].moments(trace.keys[i].float()), self.grad_norms[i].moments(trace.grads[i].float()))
                    for i in wanted}
         inputs = {i: torch.cat([(trace.keys[i].float() - mk) / sk, (trace.grads[i].float() - mg) / sg], dim=-1)

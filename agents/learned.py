@@ -112,7 +112,11 @@ class LearnedEditorAgent(Agent):
     seeds ``scale="effect"`` moved HiEdit up and RLEdit down by less than the spread between seeds. The
     key preconditioner (``precondition`` 0.1) with ``init_lr`` 1.2e-2 won the same selection over no
     preconditioner at 6e-3, the earlier defaults: 0.714 against 0.684 for HiEdit, 0.676 against 0.581
-    for RLEdit (training seed 0; benchmarks/README.md, stop 17).
+    for RLEdit (training seed 0; benchmarks/README.md, stop 17). Its full form (``preconditioner="full"``)
+    replaced the diagonal in stop 21, on three selection sequences of the ZsRE training split: HiEdit
+    0.773 over training seeds 0 and 100 against 0.706. RLEdit with it broke one of the three (0.027)
+    and, with ``max_size_ratio`` 3 set when acting, is level with its diagonal form (0.700 against
+    0.695; benchmarks/README.md, stop 21).
     """
 
     update_mode = "low_rank"
@@ -125,7 +129,7 @@ class LearnedEditorAgent(Agent):
                  trace_of: Literal["edit", "objective"] = "objective", loss_back_depth: int | None = None,
                  loss_time_decay: float | None = None, validation_edits: int = 50, validate_every: int = 75,
                  average_decay: float = 0.0, max_size_ratio: float | None = None, edit_steps: int = 1,
-                 precondition: float = DEFAULT_PRECONDITION, preconditioner: Preconditioner = "diagonal",
+                 precondition: float = DEFAULT_PRECONDITION, preconditioner: Preconditioner = "full",
                  paraphrase_loss: bool = False) -> None:
         super().__init__(env)
         if trace_of not in ("edit", "objective"):

@@ -1,7 +1,8 @@
 """The learned editors' starting point, evaluated: does training help over it?
 
 An untrained RLEdit editor emits exactly the gradient step of the trace it reads (its up-projections
-start at zero; with ``precondition`` > 0, the default, its keys divided by their second moments) at
+start at zero; with ``precondition`` > 0, the default, its keys multiplied by the inverse of their damped
+second-moment matrix, or with ``{"preconditioner": "diagonal"}`` divided by their second moments) at
 the relative step ``init_lr``, once its normalisers and (every scale but
 "edit") its gradient-size statistics have seen some edits. Here they see the first ``--observe-edits`` edits
 of training-split episodes (seeds 0, 1, ...; 20 edits each) on the unedited model (no-op steps), and

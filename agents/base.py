@@ -4,13 +4,13 @@ An agent is built against an environment (it keeps the *unwrapped* one in ``self
 the current edit's trace), declares which ``update_mode`` it needs, and maps an observation to an
 action. Agents that learn override :meth:`Agent.learn`; agents with state override
 :meth:`Agent.state_dict` / :meth:`Agent.load_state_dict` and :meth:`Agent.config`. Saving writes a
-JSON config and, if there is state, a ``torch.save`` file, so ``Agent.load(dir, env)`` rebuilds the
-same agent with no code of ours knowing its class in advance.
+JSON config and, if there is state, a ``torch.save`` file, sealed by a manifest
+(:mod:`~hiedit_agents.checkpoint`), so ``Agent.load(dir, env)`` rebuilds the same agent with no code
+of ours knowing its class in advance, and refuses a folder that an interrupted save left behind.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,15 +23,27 @@ from tqdm import tqdm
 from hiedit_env import HiEditEnv
 from hiedit_env.env import REWARD_WEIGHTS
 
+from .checkpoint import PROGRESS_DIR, CheckpointError, CheckpointWriter, load_torch, read_json, save_swapped, verify_checkpoint
+
 UpdateMode = Literal["step_size", "low_rank"]
 CONFIG_FILE = "agent.json"
 STATE_FILE = "agent_state.pt"
+PROGRESS_FILE = "training_state.pt"
 # Sized for SmolLM2-135M on 2 CPU cores: a HiEdit training edit there (env step + objective
 # forward/backward + dense objective forward) took about 3 s with one torch thread on a machine
 # shared with other jobs (load ~4), so 300 edits (15 episodes of 20) take about 15 minutes, and the
 # learned editors' five validation sequences of 50 edits about 5 more (18 to 20 minutes in all with
 # two or three runs sharing the two cores).
 DEFAULT_TRAIN_STEPS = 300
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """:meth:`Agent.learn` stopped on SIGINT, after saving what it had when ``saved`` (``hiedit train --resume``
+    continues from there)."""
+
+    def __init__(self, step: int, steps: int, saved: bool) -> None:
+        super().__init__(f"interrupted after {step} of {steps} training edits")
+        self.step, self.steps, self.saved = step, steps, saved
 
 
 class Agent:
@@ -46,7 +58,8 @@ class Agent:
     update_mode: ClassVar[UpdateMode] = "step_size"
     # True when acting before learn() is meaningless (a random network): evaluation then needs a checkpoint.
     requires_training: ClassVar[bool] = False
-    # True when learn() continues a loaded checkpoint and takes ``checkpoint_dir`` (``hiedit train --resume``).
+    # True when learn() saves into ``checkpoint_dir`` as it goes (every ``checkpoint_every`` edits and on SIGINT)
+    # and, with ``resume=True``, continues a loaded checkpoint (``hiedit train --resume``).
     resumable: ClassVar[bool] = False
     # Constructor arguments that change only how a trained agent acts, so :meth:`load` may override them.
     acting_options: ClassVar[tuple[str, ...]] = ()
@@ -98,22 +111,40 @@ class Agent:
         """Restore what :meth:`state_dict` returned."""
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``agent.json`` (class and config) and, for stateful agents, ``agent_state.pt`` into ``directory``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        """Write the checkpoint into ``directory``: ``agent.json`` (class and config), ``agent_state.pt``
+        for stateful agents, what :meth:`save_files` adds, and last the manifest that seals them
+        (:mod:`~hiedit_agents.checkpoint`: each file atomically, so an interrupted save never loads)."""
+        with CheckpointWriter(directory) as writer:
+            self.write_checkpoint(writer)
+        return Path(directory)
+
+    def write_checkpoint(self, writer: CheckpointWriter) -> None:
+        """The files of :meth:`save` (the manifest aside) through ``writer``."""
         cls = type(self)
         meta = {"agent": self.name, "class": f"{cls.__module__}:{cls.__qualname__}", "config": self.config(),
                 "candidate_modules": list(self.env.candidate_modules)}
-        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        writer.write_json(CONFIG_FILE, meta)
         state = self.state_dict()
         if state:
-            torch.save(state, directory / STATE_FILE)
-        return directory
+            writer.write_torch(STATE_FILE, state)
+        self.save_files(writer)
 
-    @classmethod
-    def saved_config(cls, config: dict[str, Any]) -> dict[str, Any]:
-        """The constructor arguments a checkpoint's ``config`` stands for (older checkpoints may lack some)."""
-        return config
+    def save_progress(self, out: str | Path, extras: dict[str, Any] | None = None) -> Path:
+        """Save the agent as it is now, with ``extras`` (what else training carries, as ``training_state.pt``),
+        into ``out/training_state``, which holds a complete checkpoint at every moment
+        (:func:`~hiedit_agents.checkpoint.save_swapped`): what ``hiedit train --resume`` continues from."""
+        def write(writer: CheckpointWriter) -> None:
+            self.write_checkpoint(writer)
+            if extras is not None:
+                writer.write_torch(PROGRESS_FILE, extras)
+        return save_swapped(Path(out) / PROGRESS_DIR, write)
+
+    def save_files(self, writer: CheckpointWriter) -> None:
+        """Write files of the checkpoint beyond ``agent.json`` and ``agent_state.pt`` (e.g. SB3's model)
+        through ``writer``; they are sealed in the manifest with the rest. Default: none."""
+
+    def load_files(self, directory: Path, files: dict[str, Any]) -> None:
+        """Read back what :meth:`save_files` wrote; ``files`` is the verified manifest's table. Default: nothing."""
 
     @classmethod
     def check_overrides(cls, overrides: dict[str, Any]) -> None:
@@ -126,26 +157,53 @@ class Agent:
     @classmethod
     def load(cls, directory: str | Path, env: gym.Env, **overrides: Any) -> Agent:
         """Rebuild an agent saved by :meth:`save` against ``env`` (which must have the same candidates);
-        ``overrides`` replace saved values of :attr:`acting_options` (the rest is the checkpoint's)."""
+        ``overrides`` replace saved values of :attr:`acting_options` (the rest is the checkpoint's).
+        The checkpoint is verified against its manifest first; an agent that needs training refuses
+        one without its state."""
         directory = Path(directory)
         cls.check_overrides(overrides)
+        manifest = verify_checkpoint(directory)
         meta = read_checkpoint_meta(directory)
         if meta["candidate_modules"] != list(env.unwrapped.candidate_modules):
             raise ValueError(f"checkpoint {str(directory)!r} was trained on modules {meta['candidate_modules']}, "
                              f"the environment edits {env.unwrapped.candidate_modules}")
-        agent = cls(env, **{**cls.saved_config(meta["config"]), **overrides})
-        state_file = directory / STATE_FILE
-        if state_file.exists():
-            agent.load_state_dict(torch.load(state_file, map_location=agent.env.model.device, weights_only=True))
+        agent = build_agent(cls, env, {**meta["config"], **overrides})
+        if STATE_FILE in manifest["files"]:
+            state_file = directory / STATE_FILE
+            state = load_torch(state_file, agent.env.model.device)
+            try:
+                agent.load_state_dict(state)
+            except (KeyError, RuntimeError, TypeError) as err:
+                reason = " ".join(str(err).split())[:300]
+                raise CheckpointError(f"{str(state_file)!r} does not fit a {cls.name!r} agent built from "
+                                      f"{CONFIG_FILE}: {reason}") from None
+        elif agent.state_dict() and cls.requires_training:
+            raise CheckpointError(f"checkpoint {str(directory)!r} has no {STATE_FILE}: a {cls.name!r} agent "
+                                  "must not act untrained")
+        agent.load_files(directory, manifest["files"])
         return agent
 
 
+def build_agent(cls: type[Agent], env: gym.Env, kwargs: dict[str, Any]) -> Agent:
+    """``cls(env, **kwargs)`` with an unknown keyword named in one ``ValueError``."""
+    try:
+        return cls(env, **kwargs)
+    except TypeError as err:  # an unknown --agent-kwargs key: one line, not a traceback
+        raise ValueError(f"bad arguments for agent {cls.name!r}: {err}") from err
+
+
 def read_checkpoint_meta(directory: Path) -> dict[str, Any]:
-    """The ``agent.json`` of a checkpoint directory, with a clear error when there is none."""
+    """The ``agent.json`` of a checkpoint directory, with one line naming the file when it is missing,
+    not JSON, or lacks a field."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"no agent checkpoint in {str(directory)!r} (missing {CONFIG_FILE})")
-    return json.loads(path.read_text())
+        raise CheckpointError(f"no agent checkpoint in {str(directory)!r} (missing {CONFIG_FILE})")
+    meta = read_json(path, "agent checkpoint file")
+    missing = [key for key in ("agent", "class", "config", "candidate_modules")
+               if not isinstance(meta, dict) or key not in meta]
+    if missing or not isinstance(meta["config"], dict):
+        raise CheckpointError(f"agent checkpoint file {str(path)!r} lacks {missing or ['a config object']}")
+    return meta
 
 
 def load_for_acting(cls: type[Agent], checkpoint: str | Path, overrides: dict[str, Any] | None = None,
@@ -155,7 +213,7 @@ def load_for_acting(cls: type[Agent], checkpoint: str | Path, overrides: dict[st
     in ``hiedit evaluate``); ``overrides`` set acting options (:meth:`Agent.load`)."""
     overrides = overrides or {}
     cls.check_overrides(overrides)
-    config = {**cls.saved_config(read_checkpoint_meta(Path(checkpoint))["config"]), **overrides}
+    config = {**read_checkpoint_meta(Path(checkpoint))["config"], **overrides}
     env = gym.make("HiEdit-v0", **{**cls.acting_requirements(config), **env_kwargs})
     return cls.load(checkpoint, env, **overrides), env
 

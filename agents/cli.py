@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import inspect
 import json
 import resource
+import signal
 import sys
 import time
 import warnings
@@ -25,11 +27,14 @@ import gymnasium as gym
 import torch
 
 import hiedit_env  # noqa: F401  (registers HiEdit-v0)
-from hiedit_env.cli import add_demo_parser, format_metrics, run_cli
+from hiedit_env import HiEditEnv
+from hiedit_env.cli import Parser, add_demo_parser, common_options, format_metrics, non_negative_int, positive_int, run_cli
+from hiedit_env.files import check_output_dir, write_json
 from hiedit_env.models import EMBEDDED_MODEL
 from hiedit_env.records import DEFAULT_DATASET
 
-from .base import DEFAULT_TRAIN_STEPS, Agent, read_checkpoint_meta, run_episode
+from .base import DEFAULT_TRAIN_STEPS, Agent, TrainingInterrupted, build_agent, read_checkpoint_meta, run_episode
+from .checkpoint import CheckpointError, progress_folder, remove_progress
 from .registry import agent_class, available_agents
 
 DEFAULT_TRAIN_EDITS = 20
@@ -47,14 +52,6 @@ def json_object(text: str) -> dict[str, Any]:
     return value
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def make_env(args: argparse.Namespace, cls: type[Agent], config: dict[str, Any], evaluation: bool) -> gym.Env:
     """The environment ``cls`` built with ``config`` needs (e.g. its update mode) for the command's
     model, data and split; ``--env-kwargs`` has the last word. Evaluation adds the generation-based
@@ -63,10 +60,31 @@ def make_env(args: argparse.Namespace, cls: type[Agent], config: dict[str, Any],
         torch.set_num_threads(args.threads)
     if args.low_memory and not return_freed_memory():
         warnings.warn("--low-memory needs glibc (Linux); ignored here", stacklevel=2)
+    check_env_kwargs(args.env_kwargs)
     requirements = cls.acting_requirements(config) if evaluation else cls.env_requirements(config)
     kwargs = {"model": args.model, "dataset": args.dataset, "num_edits": args.num_edits, "split": args.split,
               "evaluate_generation": evaluation, **requirements, **args.env_kwargs}
     return gym.make("HiEdit-v0", **kwargs)
+
+
+def check_env_kwargs(env_kwargs: dict[str, Any]) -> None:
+    """Refuse ``--env-kwargs`` keys that ``HiEdit-v0`` does not take, before any model loads."""
+    known = [name for name in inspect.signature(HiEditEnv.__init__).parameters if name != "self"]
+    unknown = sorted(set(env_kwargs) - set(known))
+    if unknown:
+        raise ValueError(f"unknown --env-kwargs key(s) {unknown}; HiEdit-v0 takes {known}")
+
+
+def env_description(env: gym.Env) -> dict[str, Any]:
+    """The environment actually built (after ``--env-kwargs`` and the agent's requirements had their say),
+    and what its data source gave: what a results file must record."""
+    unwrapped: HiEditEnv = env.unwrapped
+    kwargs = dict(env.spec.kwargs) if env.spec is not None else {}
+    return {"model": unwrapped.shared.name, "dataset": unwrapped.edit_set.source, "split": unwrapped.split,
+            "num_edits": unwrapped.num_edits, "update_mode": unwrapped.update_mode,
+            "candidate_modules": list(unwrapped.candidate_modules),
+            "env_kwargs": {k: v for k, v in kwargs.items() if isinstance(v, (str, int, float, bool, list, tuple, type(None)))},
+            "data": unwrapped.data_report()}
 
 
 def return_freed_memory() -> bool:
@@ -87,13 +105,6 @@ def return_freed_memory() -> bool:
     return bool(mallopt(m_mmap_threshold, 64 * 1024)) and bool(mallopt(m_trim_threshold, 0))
 
 
-def build_agent(cls: type[Agent], env: gym.Env, kwargs: dict[str, Any]) -> Agent:
-    try:
-        return cls(env, **kwargs)
-    except TypeError as err:  # an unknown --agent-kwargs key: one line, not a traceback
-        raise ValueError(f"bad --agent-kwargs for {cls.name!r}: {err}") from err
-
-
 def peak_memory_mb() -> dict[str, float]:
     """Peak resident memory of this process, and of the GPU when one is used."""
     peak = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -102,46 +113,73 @@ def peak_memory_mb() -> dict[str, float]:
     return peak
 
 
+def checkpoint_of(cls: type[Agent], directory: str | Path, option: str) -> dict[str, Any]:
+    """The ``agent.json`` of the checkpoint ``option`` names, refused unless it holds a ``cls`` agent."""
+    meta = read_checkpoint_meta(Path(directory))
+    if meta["class"] != f"{cls.__module__}:{cls.__qualname__}":
+        raise CheckpointError(f"{option} {str(directory)!r} holds a {meta['class']} agent, not {cls.name!r}")
+    return meta
+
+
 def run_train(args: argparse.Namespace) -> dict[str, Any]:
     cls = agent_class(args.agent)
+    out = check_output_dir(args.out_dir)
     torch.manual_seed(args.seed)
-    out = Path(args.out_dir)
     if args.resume:
         if not cls.resumable:
             raise ValueError(f"agent {args.agent!r} cannot resume; train it again without --resume")
         if args.agent_kwargs:
             raise ValueError("--resume continues the saved configuration; --agent-kwargs cannot change it")
-        config = read_checkpoint_meta(out)["config"]
+        folder = progress_folder(out) or out  # an interrupted run's progress, or a finished run to go on with
+        config = checkpoint_of(cls, folder, "--out")["config"]
         env = make_env(args, cls, config, evaluation=False)
-        agent = cls.load(out, env)
+        agent = cls.load(folder, env)
     else:
         env = make_env(args, cls, args.agent_kwargs, evaluation=False)
         agent = build_agent(cls, env, args.agent_kwargs)
     steps = args.steps or agent.default_train_steps
     # Resumable agents save themselves into --out as they go, so an interrupted run loses little.
-    extra = {"checkpoint_dir": out} if cls.resumable else {}
+    extra: dict[str, Any] = {"checkpoint_dir": out, "resume": args.resume} if cls.resumable else {}
+    if cls.resumable and args.checkpoint_every is not None:
+        extra["checkpoint_every"] = args.checkpoint_every
     started = time.perf_counter()
-    stats = agent.learn(env, steps, log_dir=out / "tensorboard", seed=args.seed, **extra)
+    previous = signal.signal(signal.SIGTERM, _as_interrupt)
+    try:
+        stats = agent.learn(env, steps, log_dir=out / "tensorboard", seed=args.seed, **extra)
+    except TrainingInterrupted as stop:
+        where = (f"progress up to the last checkpoint is in {out}; continue with the same command and --resume"
+                 if stop.saved else "nothing was saved")
+        raise KeyboardInterrupt(f"interrupted after {stop.step} of {stop.steps} training edits; {where}") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     seconds = time.perf_counter() - started
     agent.save(out)
-    stats.update(agent=args.agent, model=args.model, dataset=args.dataset, split=args.split, seed=args.seed,
-                 num_edits=args.num_edits, low_memory=args.low_memory, total_seconds=seconds, seconds_per_step=seconds / steps,
-                 **peak_memory_mb())
-    (out / "train_stats.json").write_text(json.dumps(stats, indent=2))
+    remove_progress(out)  # only now: until the finished agent is saved, the progress is what a rerun resumes
+    trained = stats.get("steps_this_run", steps)
+    stats.update(agent=args.agent, seed=args.seed, low_memory=args.low_memory, total_seconds=seconds,
+                 seconds_per_step=seconds / max(trained, 1), environment=env_description(env), **peak_memory_mb())
+    write_json(out / "train_stats.json", stats)
     kept = (f"; kept the editor of edit {stats['kept_after_edits']} (validation mean "
             f"{stats['kept_validation_mean']:.3f})" if stats.get("validations") else "")
-    print(f"trained {args.agent} on {steps} edits ({stats.get('optimizer_steps', 0)} optimiser steps) in "
+    print(f"trained {args.agent} on {trained} edits ({stats.get('optimizer_steps', 0)} optimiser steps) in "
           f"{seconds:.0f} s, {stats['seconds_per_step']:.2f} s/edit{kept}; checkpoint, TensorBoard logs and "
           f"train_stats.json in {out}")
     return stats
 
 
+def _as_interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM handled as SIGINT is at the moment (training turns the first one into a save at the episode's end)."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
+
+
 def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     cls = agent_class(args.agent)
     if args.checkpoint:
-        meta = read_checkpoint_meta(Path(args.checkpoint))
-        if meta["class"] != f"{cls.__module__}:{cls.__qualname__}":
-            raise ValueError(f"checkpoint {args.checkpoint!r} holds a {meta['class']} agent, not {args.agent!r}")
+        meta = checkpoint_of(cls, args.checkpoint, "--checkpoint")
         cls.check_overrides(args.agent_kwargs)  # before the model loads
         env = make_env(args, cls, {**meta["config"], **args.agent_kwargs}, evaluation=True)
         agent = cls.load(args.checkpoint, env, **args.agent_kwargs)
@@ -151,11 +189,11 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         env = make_env(args, cls, args.agent_kwargs, evaluation=True)
         agent = build_agent(cls, env, args.agent_kwargs)
     metrics = run_episode(agent, env, args.seed)
-    print(format_metrics(metrics, f"{args.agent} on {args.model}, {args.num_edits} sequential edits "
-                                  f"({args.dataset}, split {args.split}, seed {args.seed})"))
-    return {"agent": args.agent, "model": args.model, "dataset": args.dataset, "split": args.split,
-            "seed": args.seed, "num_edits": args.num_edits, "checkpoint": args.checkpoint,
-            "agent_kwargs": args.agent_kwargs, **metrics}
+    built = env_description(env)
+    print(format_metrics(metrics, f"{args.agent} on {built['model']}, {built['num_edits']} sequential edits "
+                                  f"({built['dataset']}, split {built['split']}, seed {args.seed})"))
+    return {"agent": args.agent, "seed": args.seed, "checkpoint": args.checkpoint, "agent_kwargs": args.agent_kwargs,
+            **{k: built[k] for k in ("model", "dataset", "split", "num_edits")}, "environment": built, **metrics}
 
 
 def add_common(parser: argparse.ArgumentParser, num_edits: int, split: str) -> None:
@@ -166,7 +204,7 @@ def add_common(parser: argparse.ArgumentParser, num_edits: int, split: str) -> N
     parser.add_argument("--split", default=split, choices=("train", "test", "all"),
                         help=f"seeded split of --dataset to draw edits from (default: {split})")
     parser.add_argument("--num-edits", type=positive_int, default=num_edits, help="edits per episode")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--agent-kwargs", type=json_object, default={},
                         help="JSON object of agent constructor arguments (with --checkpoint: only the agent's acting "
                              "options, e.g. {\"max_size_ratio\": 3} for the learned editors)")
@@ -178,22 +216,29 @@ def add_common(parser: argparse.ArgumentParser, num_edits: int, split: str) -> N
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hiedit", description="HiEdit Gym: lifelong knowledge editing as RL")
+    parser = Parser(prog="hiedit", description="HiEdit Gym: lifelong knowledge editing as RL")
     sub = parser.add_subparsers(dest="command", required=True)
     add_demo_parser(sub)
 
-    train = sub.add_parser("train", help="train an agent on a training split and save a checkpoint")
+    train = sub.add_parser("train", help="train an agent on a training split and save a checkpoint",
+                           parents=[common_options()])
     add_common(train, DEFAULT_TRAIN_EDITS, "train")
     train.add_argument("--steps", type=positive_int, default=None,
                        help=f"training edits in all (default: the agent's; {DEFAULT_TRAIN_STEPS} for the zoo's "
                             "editors, n_timesteps of the hyperparameter file for SB3 agents)")
     train.add_argument("--resume", action="store_true",
-                       help="continue the run saved in --out (SB3 agents) up to --steps edits in all")
+                       help="continue the interrupted run saved in --out (same command otherwise) up to --steps edits "
+                            "in all; it ends as the run would have without the interruption")
+    train.add_argument("--checkpoint-every", type=positive_int, default=None,
+                       help="save the run into --out every that many training edits, at the next episode's end "
+                            "(default: 100 for the learned editors; checkpoint_freq of the hyperparameter file for SB3 "
+                            "agents); SIGINT/SIGTERM also save before exiting")
     train.add_argument("--out", dest="out_dir", required=True,
                        help="directory for the checkpoint, TensorBoard logs and train_stats.json")
     train.set_defaults(run=run_train)
 
-    evaluate = sub.add_parser("evaluate", help="run one episode with an agent and write the end-of-sequence metrics")
+    evaluate = sub.add_parser("evaluate", help="run one episode with an agent and write the end-of-sequence metrics",
+                              parents=[common_options()])
     add_common(evaluate, DEFAULT_EVAL_EDITS, "test")
     evaluate.add_argument("--checkpoint", default=None, help="directory written by 'hiedit train'")
     evaluate.add_argument("--out", default="results.json", help="where to write the metrics as JSON")

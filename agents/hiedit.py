@@ -74,11 +74,6 @@ class HiEditAgent(LearnedEditorAgent):
             scalars["advantage"] = reward - baseline
         return loss, scalars
 
-    @classmethod
-    def saved_config(cls, config: dict[str, Any]) -> dict[str, Any]:
-        """Checkpoints saved before ``gate_reinforce`` existed were trained without exploration."""
-        return {"gate_reinforce": 0.0, **super().saved_config(config)}
-
     def trainable_modules(self) -> dict[str, nn.Module]:
         return {"editor": self.editor, "gate": self.gate}
 

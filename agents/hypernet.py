@@ -81,7 +81,7 @@ import torch
 from torch import nn
 
 from hiedit_env import EditTrace
-from hiedit_env.checks import check_range
+from hiedit_env.checks import check_int, check_range
 from hiedit_env.objective import update_sq_norm
 
 from .selection import gradient_norms
@@ -215,6 +215,22 @@ class KeyMoment(nn.Module):
         self._inverted = None
         super()._load_from_state_dict(*args, **kwargs)
 
+    def cache_state(self) -> dict[str, Any] | None:
+        """The cached inverse and the (damping, count) it was computed at, or ``None`` before any:
+        not part of :meth:`state_dict` (an acting checkpoint inverts once when loaded), but a resumed
+        training run must solve with the same stale inverse as the run it continues."""
+        if self._inverted is None:
+            return None
+        return {"inverse": self.inverse, "inverted": self._inverted}
+
+    def load_cache_state(self, cache: dict[str, Any] | None) -> None:
+        """Restore what :meth:`cache_state` returned."""
+        if cache is None:
+            self.inverse, self._inverted = None, None
+            return
+        self.inverse = cache["inverse"].to(self.moment.device, self.moment.dtype).clone()
+        self._inverted = tuple(cache["inverted"])
+
 
 class ResidualLowRankBlock(nn.Module):
     """``h + scale_m * up(act(down(h))) + shift_m`` with a per-module ``scale_m``, ``shift_m``."""
@@ -256,8 +272,9 @@ class HyperEditor(nn.Module):
                  init_lr: float = DEFAULT_INIT_LR, scale: Scale = "edit", max_size_ratio: float | None = None,
                  precondition: float = 0.0, preconditioner: Preconditioner = "diagonal") -> None:
         super().__init__()
-        if rank < 1 or num_blocks < 1 or init_lr <= 0:
-            raise ValueError(f"need rank >= 1, num_blocks >= 1 and init_lr > 0; got {rank}, {num_blocks}, {init_lr}")
+        check_int("rank", rank, 1)
+        check_int("num_blocks", num_blocks, 1)
+        check_range("init_lr", init_lr, 0, None, low_open=True)
         if scale not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
         check_range("precondition", precondition, 0, None)
@@ -271,9 +288,7 @@ class HyperEditor(nn.Module):
             if scale == "edit":
                 raise ValueError("max_size_ratio bounds ||G|| / mean ||G||, which scale='edit' does not keep; "
                                  "use another scale or max_size_ratio=None")
-            if isinstance(max_size_ratio, bool) or not isinstance(max_size_ratio, (int, float)) \
-                    or not math.isfinite(max_size_ratio) or max_size_ratio <= 0:
-                raise ValueError(f"max_size_ratio must be a finite number > 0 or None, got {max_size_ratio!r}")
+            check_range("max_size_ratio", max_size_ratio, 0, None, low_open=True)
         self.max_size_ratio = None if max_size_ratio is None else float(max_size_ratio)
         self.dims = [tuple(d) for d in dims]
         shapes = sorted(set(self.dims))
@@ -292,6 +307,15 @@ class HyperEditor(nn.Module):
         self.scale = scale
         # Only the scales that use these statistics have them, so checkpoints of "edit" keep loading.
         self.gradient_size = RunningNorm(len(dims)) if scale != "edit" else None
+
+    def solver_caches(self) -> list[dict[str, Any] | None]:
+        """Each full preconditioner's cached inverse (:meth:`KeyMoment.cache_state`); empty without one."""
+        return [] if self.key_moments is None else [m.cache_state() for m in self.key_moments]
+
+    def load_solver_caches(self, caches: list[dict[str, Any] | None]) -> None:
+        """Restore what :meth:`solver_caches` returned."""
+        for moment, cache in zip(self.key_moments or [], caches):
+            moment.load_cache_state(cache)
 
     def observe(self, trace: EditTrace) -> None:
         """Update the normalisers with this trace's tokens (called while training)."""

@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import copy
 import math
+import signal
+import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,13 +39,58 @@ from tqdm import trange
 from hiedit_env import EditTrace, HiEditEnv, ObjectiveTerms
 from hiedit_env.checks import check_int, check_range
 
-from .base import Agent
+from .base import PROGRESS_FILE, Agent, TrainingInterrupted
+from .checkpoint import PROGRESS_DIR, CheckpointError, load_torch, progress_folder, remove_progress, verify_checkpoint
 from .gate import Selection
 from .hypernet import DEFAULT_INIT_LR, DEFAULT_PRECONDITION, HyperEditor, Preconditioner, Scale
 
 LowRank = tuple[torch.Tensor, torch.Tensor]
 # What the training statistics and TensorBoard keep of an episode's end-of-sequence metrics.
 EPISODE_KEYS = ("ES", "GS", "LS", "mean", "ES_first_20pct")
+
+
+class EditorDivergedError(ValueError):
+    """The editor's updates or training loss stopped being finite numbers."""
+
+
+@dataclass
+class _Progress:
+    """What a training run carries from one episode to the next, besides tensors (saved with them)."""
+
+    seed: int
+    step: int = 0
+    optimizer_steps: int = 0
+    next_validation: int = 1
+    next_checkpoint: int = 0
+    episodes: list[dict[str, float]] = field(default_factory=list)
+    validations: list[dict[str, float]] = field(default_factory=list)
+    running: dict[str, float] = field(default_factory=dict)
+    best: tuple[float, int, dict[str, Any]] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@contextmanager
+def _deferred_interrupt() -> Iterator[Callable[[], bool]]:
+    """Within the block the first SIGINT only sets a flag (the caller polls it and stops at a point
+    where it can save); a second one interrupts at once. Outside the main thread, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    hits: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        hits.append(signum)
+        if len(hits) > 1:
+            raise KeyboardInterrupt
+        print("\ninterrupt: finishing the current episode to save; interrupt again to stop at once", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(hits)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def masked(updates: list[LowRank], mask: torch.Tensor) -> list[LowRank]:
@@ -121,6 +170,7 @@ class LearnedEditorAgent(Agent):
 
     update_mode = "low_rank"
     requires_training = True
+    resumable = True
     acting_options = ("max_size_ratio", "edit_steps")
 
     def __init__(self, env: gym.Env, rank: int = 32, num_blocks: int = 2, init_lr: float = DEFAULT_INIT_LR,
@@ -134,10 +184,9 @@ class LearnedEditorAgent(Agent):
         super().__init__(env)
         if trace_of not in ("edit", "objective"):
             raise ValueError(f"trace_of must be 'edit' or 'objective', got {trace_of!r}")
-        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
-            raise ValueError(f"update_every must be an integer >= 1, got {update_every!r}")
-        if meta_lr <= 0 or lr_lr <= 0 or grad_clip <= 0:
-            raise ValueError("meta_lr, lr_lr and grad_clip must be > 0")
+        check_int("update_every", update_every, 1)
+        for name, value in (("meta_lr", meta_lr), ("lr_lr", lr_lr), ("grad_clip", grad_clip)):
+            check_range(name, value, 0, None, low_open=True)
         if loss_back_depth is not None:
             check_int("loss_back_depth", loss_back_depth, 0)
         if loss_time_decay is not None:
@@ -152,6 +201,8 @@ class LearnedEditorAgent(Agent):
         check_range("average_decay", average_decay, 0, 1)
         if average_decay == 1:
             raise ValueError("average_decay must be < 1: at 1 the average never leaves the initial weights")
+        if max_lr is not None:
+            check_range("max_lr", max_lr, 0, None, low_open=True)
         if max_lr is not None and max_lr < init_lr:
             raise ValueError(f"max_lr must be >= init_lr, got {max_lr} < {init_lr}")
         self.hparams = {"rank": rank, "num_blocks": num_blocks, "init_lr": init_lr, "max_lr": max_lr,
@@ -232,6 +283,12 @@ class LearnedEditorAgent(Agent):
 
     def _action(self, updates: list[LowRank | None], hard: torch.Tensor) -> dict[str, Any]:
         chosen = hard.detach().cpu().numpy().astype(np.float32)
+        for i, update in enumerate(updates):
+            if chosen[i] > 0.5 and not all(bool(torch.isfinite(f).all()) for f in update):
+                raise EditorDivergedError(
+                    f"{self.name}: the editor's update for {self.env.candidate_modules[i]} is not finite: the "
+                    "editor diverged (when acting, max_size_ratio bounds its updates; when training, lower "
+                    "meta_lr or lr_lr)")
         return {"layers": chosen,
                 "update": [(u[0].detach(), u[1].detach()) if chosen[i] > 0.5 else None for i, u in enumerate(updates)]}
 
@@ -252,7 +309,8 @@ class LearnedEditorAgent(Agent):
 
     # ------------------------------------------------------------------ learning
     def learn(self, env: gym.Env, steps: int, *, log_dir: str | Path | None = None, seed: int = 0,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, checkpoint_dir: str | Path | None = None, checkpoint_every: int = 100,
+              resume: bool = False) -> dict[str, Any]:
         """Train on ``steps`` consecutive edits of ``env`` and keep the editor that validated best.
 
         Episodes are seeded ``seed, seed+1, ...``; with ``validation_edits`` > 0 they draw from the
@@ -262,100 +320,185 @@ class LearnedEditorAgent(Agent):
         own gradient norm), at the first episode end after every ``validate_every`` edits, and after
         the last edit. The returned statistics hold every validation (``validations``) and the
         training edit of the editor kept (``kept_after_edits``).
+
+        With ``checkpoint_dir``, at the first episode end after every ``checkpoint_every`` edits
+        everything training carries (the current editor, the optimiser, the moving average, the random
+        streams, the statistics) is saved into ``checkpoint_dir/training_state``
+        (:meth:`~hiedit_agents.base.Agent.save_progress`) and the agent as it would be kept (its best
+        validated editor so far) into ``checkpoint_dir``; ``resume=True``, on the agent loaded from
+        :func:`~hiedit_agents.checkpoint.progress_folder`, continues to the same result as a run that
+        was never interrupted. SIGINT (or SIGTERM, which ``hiedit train`` turns
+        into it) lets the current episode finish, saves at its end and raises
+        :class:`TrainingInterrupted`; a second one stops at once. ``hiedit train`` removes the
+        progress folder once it has saved the finished agent.
         """
         unwrapped: HiEditEnv = env.unwrapped
         if unwrapped.update_mode != "low_rank" or unwrapped.candidate_modules != self.env.candidate_modules:
             raise ValueError("learn() needs a low_rank environment over the same candidate modules as the agent")
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+        check_int("steps", steps, 1)
+        check_int("checkpoint_every", checkpoint_every, 1)
         held_out, pool = self._hold_out(unwrapped, seed)
         params = [p for m in self.trainable_modules().values() for p in m.parameters()]
         optimizer = torch.optim.Adam(self.parameter_groups())
-        writer = SummaryWriter(str(log_dir)) if log_dir is not None else None
-        update_every = self.hparams["update_every"]
-        episodes: list[dict[str, float]] = []
-        validations: list[dict[str, float]] = []
-        best: tuple[float, int, dict[str, Any]] | None = None
-        running: dict[str, float] = {}
-        started = time.perf_counter()
-        optimizer_steps = 0
-        explore = torch.Generator().manual_seed(seed)
         decay = self.hparams["average_decay"]
         average = [p.detach().clone() for p in params] if decay > 0 else None
+        explore = torch.Generator().manual_seed(seed)
+        run = _Progress(seed=seed, next_checkpoint=checkpoint_every)
+        if resume:
+            if checkpoint_dir is None:
+                raise ValueError("resume=True needs the checkpoint_dir of the interrupted run")
+            run = self._restore_training(Path(checkpoint_dir), seed, steps, optimizer, params, average, explore)
+        elif checkpoint_dir is not None:  # an older run's progress must never be resumed into this one
+            remove_progress(checkpoint_dir)
+        writer = SummaryWriter(str(log_dir), purge_step=run.step if resume else None) if log_dir is not None else None
+        update_every = self.hparams["update_every"]
+        started = time.perf_counter()
+        start_step = run.step
+        checkpoint_seconds = 0.0
 
         def validate(after: int) -> None:
-            nonlocal best
             with _swapped(params, average):
                 metrics = self._validate(unwrapped, held_out, seed, progress)
-                if best is None or metrics["mean"] > best[0]:
-                    best = (metrics["mean"], after, copy.deepcopy(self.state_dict()))
-            validations.append({"after_edits": after, **metrics})
+                if run.best is None or metrics["mean"] > run.best[0]:
+                    run.best = (metrics["mean"], after, copy.deepcopy(self.state_dict()))
+            run.validations.append({"after_edits": after, **metrics})
             if writer is not None:
                 for key, value in metrics.items():
                     writer.add_scalar(f"validation/{key}", value, after)
 
         def next_episode() -> dict[str, Any]:
             options = None if pool is None else {
-                "records": np.random.default_rng(seed + len(episodes)).choice(pool, unwrapped.num_edits, replace=False).tolist()}
-            return env.reset(seed=seed + len(episodes), options=options)[0]
+                "records": np.random.default_rng(seed + len(run.episodes)).choice(pool, unwrapped.num_edits, replace=False).tolist()}
+            return env.reset(seed=seed + len(run.episodes), options=options)[0]
+
+        def save_checkpoint() -> None:
+            nonlocal checkpoint_seconds
+            began = time.perf_counter()
+            self._save_training(Path(checkpoint_dir), run, optimizer, params, average, explore)
+            checkpoint_seconds += time.perf_counter() - began
+            run.next_checkpoint = run.step // checkpoint_every * checkpoint_every + checkpoint_every
 
         observation = next_episode()
         every = self.hparams["validate_every"]
-        next_validation = 1
         optimizer.zero_grad()
-        bar = trange(steps, desc=f"training {self.name}", unit="edit", disable=not progress)
-        for step in bar:
-            trace = self.read_trace(unwrapped)
-            self.editor.observe(trace)
-            updates = self.editor(trace)
-            selection = self.select(observation, unwrapped.edit_trace, explore)
-            loss, scalars = self.training_loss(unwrapped, updates, selection)
-            (loss / update_every).backward()
-            if (step + 1) % update_every == 0 or step + 1 == steps:
-                nn.utils.clip_grad_norm_(params, self.hparams["grad_clip"])
-                optimizer.step()
-                optimizer.zero_grad()
-                if self.hparams["max_lr"] is not None:
-                    self._bound_step_size()
-                if average is not None:
-                    with torch.no_grad():
-                        for a, p in zip(average, params):
-                            a.lerp_(p, 1 - decay)
-                self.optimizer_steps += 1
-                optimizer_steps += 1
-            observation, _, terminated, _, info = env.step(self._action(updates, selection.hard))
-            scalars.update(edit_success=info["edit_success"], locality=info["locality"],
-                           lr_mean=float(self.editor.log_lr.detach().exp().mean()))
-            running = {k: 0.9 * running.get(k, v) + 0.1 * v for k, v in scalars.items()}
-            if writer is not None:
-                for key, value in scalars.items():
-                    writer.add_scalar(f"train/{key}", value, step)
-            if terminated:
-                metrics = {k: info["episode_metrics"][k] for k in EPISODE_KEYS}
-                episodes.append(metrics)
+        bar = trange(run.step, steps, initial=run.step, total=steps, desc=f"training {self.name}", unit="edit",
+                     disable=not progress)
+        with _deferred_interrupt() as interrupted:
+            for step in bar:
+                trace = self.read_trace(unwrapped)
+                self.editor.observe(trace)
+                updates = self.editor(trace)
+                selection = self.select(observation, unwrapped.edit_trace, explore)
+                loss, scalars = self.training_loss(unwrapped, updates, selection)
+                if not torch.isfinite(loss):
+                    raise EditorDivergedError(f"{self.name}: the training loss is {float(loss)} at training edit {step}: "
+                                              "the editor diverged; lower meta_lr or lr_lr, or set max_lr")
+                (loss / update_every).backward()
+                if (step + 1) % update_every == 0 or step + 1 == steps:
+                    nn.utils.clip_grad_norm_(params, self.hparams["grad_clip"])
+                    optimizer.step()
+                    optimizer.zero_grad()
+                    if self.hparams["max_lr"] is not None:
+                        self._bound_step_size()
+                    if average is not None:
+                        with torch.no_grad():
+                            for a, p in zip(average, params):
+                                a.lerp_(p, 1 - decay)
+                    self.optimizer_steps += 1
+                    run.optimizer_steps += 1
+                observation, _, terminated, _, info = env.step(self._action(updates, selection.hard))
+                scalars.update(edit_success=info["edit_success"], locality=info["locality"],
+                               lr_mean=float(self.editor.log_lr.detach().exp().mean()))
+                run.running = {k: 0.9 * run.running.get(k, v) + 0.1 * v for k, v in scalars.items()}
+                run.step = step + 1
                 if writer is not None:
-                    for key, value in metrics.items():
-                        writer.add_scalar(f"episode/{key}", value, len(episodes))
-                if held_out and step + 1 >= next_validation and step + 1 < steps:
-                    validate(step + 1)
-                    next_validation = (step + 1) // every * every + every
-                observation = next_episode()
-            postfix = {"loss": f"{running['loss']:.3f}", "ES": f"{running['edit_success']:.2f}",
-                       "LS": f"{running['locality']:.2f}"}
-            if validations:
-                postfix["val"] = f"{validations[-1]['mean']:.3f}"
-            bar.set_postfix(postfix)
-        if held_out:
-            validate(steps)
-            self.load_state_dict(best[2])
-        elif average is not None:
-            _assign(params, average)
+                    for key, value in scalars.items():
+                        writer.add_scalar(f"train/{key}", value, step)
+                if terminated:
+                    metrics = {k: info["episode_metrics"][k] for k in EPISODE_KEYS}
+                    run.episodes.append(metrics)
+                    if writer is not None:
+                        for key, value in metrics.items():
+                            writer.add_scalar(f"episode/{key}", value, len(run.episodes))
+                    if held_out and run.step >= run.next_validation and run.step < steps:
+                        validate(run.step)
+                        run.next_validation = run.step // every * every + every
+                    if run.step < steps:
+                        if checkpoint_dir is not None and (run.step >= run.next_checkpoint or interrupted()):
+                            save_checkpoint()
+                        if interrupted():
+                            bar.close()
+                            if writer is not None:
+                                writer.close()
+                            raise TrainingInterrupted(run.step, steps, checkpoint_dir is not None)
+                    observation = next_episode()
+                postfix = {"loss": f"{run.running['loss']:.3f}", "ES": f"{run.running['edit_success']:.2f}",
+                           "LS": f"{run.running['locality']:.2f}"}
+                if run.validations:
+                    postfix["val"] = f"{run.validations[-1]['mean']:.3f}"
+                bar.set_postfix(postfix)
+            if held_out:
+                validate(steps)
+                self.load_state_dict(run.best[2])
+            elif average is not None:
+                _assign(params, average)
         seconds = time.perf_counter() - started
         if writer is not None:
             writer.close()
-        return {"steps": steps, "optimizer_steps": optimizer_steps, "seconds": seconds, "seconds_per_step": seconds / steps,
-                "episodes": episodes, "final_running": running, "validations": validations,
-                "kept_after_edits": best[1] if best else steps, "kept_validation_mean": best[0] if best else None}
+        trained = steps - start_step
+        return {"steps": steps, "steps_this_run": trained, "resumed_at": start_step if resume else None,
+                "optimizer_steps": run.optimizer_steps, "seconds": seconds, "seconds_per_step": seconds / max(trained, 1),
+                "checkpoint_seconds": checkpoint_seconds, "episodes": run.episodes, "final_running": run.running,
+                "validations": run.validations, "kept_after_edits": run.best[1] if run.best else steps,
+                "kept_validation_mean": run.best[0] if run.best else None}
+
+    def _save_training(self, out: Path, run: _Progress, optimizer: torch.optim.Optimizer,
+                       params: list[nn.Parameter], average: list[torch.Tensor] | None, explore: torch.Generator) -> None:
+        """Save the run's progress (:meth:`save_progress`: the current editor and all else training carries)
+        and, into ``out`` itself, the agent as it would be kept now (its best validated editor, or the
+        current one, or its moving average), for evaluation while the run goes on."""
+        self.save_progress(out, {"progress": run.as_dict(), "optimizer": optimizer.state_dict(), "average": average,
+                                 "grads": [p.grad for p in params], "explore": explore.get_state(),
+                                 "solver_caches": self.editor.solver_caches()})
+        if run.best is None:
+            with _swapped(params, average):
+                self.save(out)
+            return
+        current, caches = copy.deepcopy(self.state_dict()), self.editor.solver_caches()
+        self.load_state_dict(run.best[2])
+        try:
+            self.save(out)
+        finally:
+            self.load_state_dict(current)
+            self.editor.load_solver_caches(caches)
+
+    def _restore_training(self, out: Path, seed: int, steps: int, optimizer: torch.optim.Optimizer,
+                          params: list[nn.Parameter], average: list[torch.Tensor] | None,
+                          explore: torch.Generator) -> _Progress:
+        """Load the extras :meth:`_save_training` wrote beside the editor this agent was loaded with
+        (``hiedit train --resume`` loads it from :func:`progress_folder`); the progress they hold."""
+        folder = progress_folder(out)
+        if folder is None:
+            raise CheckpointError(f"nothing to resume in {str(out)!r}: it has no {PROGRESS_DIR} "
+                                  "(the run finished, or stopped before its first checkpoint)")
+        files = verify_checkpoint(folder)["files"]
+        if PROGRESS_FILE not in files:
+            raise CheckpointError(f"{str(folder)!r} lacks {PROGRESS_FILE}: it is not a learned editor's training run")
+        state = load_torch(folder / PROGRESS_FILE, self.env.model.device)
+        run = _Progress(**state["progress"])
+        if run.seed != seed:
+            raise ValueError(f"the run in {str(out)!r} was started with seed {run.seed}, not {seed}")
+        if run.step >= steps:
+            raise ValueError(f"the run in {str(out)!r} has trained {run.step} edits already; --steps {steps} asks for no more")
+        self.editor.load_solver_caches(state["solver_caches"])
+        optimizer.load_state_dict(state["optimizer"])
+        with torch.no_grad():
+            for p, grad in zip(params, state["grads"]):
+                p.grad = None if grad is None else grad.clone()
+            for a, saved in zip(average or [], state["average"] or []):
+                a.copy_(saved)
+        explore.set_state(state["explore"])
+        return run
 
     def _hold_out(self, env: HiEditEnv, seed: int) -> tuple[list[int], list[int] | None]:
         """The records held out for validation and the pool training episodes draw from (``None``: all)."""
@@ -386,14 +529,6 @@ class LearnedEditorAgent(Agent):
         self.editor.log_lr.clamp_(max=math.log(self.hparams["max_lr"]))
 
     # ------------------------------------------------------------------ persistence
-    @classmethod
-    def saved_config(cls, config: dict[str, Any]) -> dict[str, Any]:
-        """Checkpoints saved before ``trace_of``, ``scale``, ``precondition``, ``preconditioner`` and
-        ``paraphrase_loss`` existed read the edit's trace at the edit's scale, unpreconditioned (later: by
-        the diagonal), and trained on the edit prompts alone."""
-        return {"trace_of": "edit", "scale": "edit", "precondition": 0.0, "preconditioner": "diagonal",
-                "paraphrase_loss": False, **config}
-
     def config(self) -> dict[str, Any]:
         return dict(self.hparams)
 

@@ -33,7 +33,9 @@ import copy
 import functools
 import importlib
 import json
+import pickle
 import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -52,10 +54,12 @@ from stable_baselines3.common.noise import NormalActionNoise, OrnsteinUhlenbeckA
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 from tqdm import TqdmExperimentalWarning
 
+from hiedit_env.checks import check_int
 from hiedit_env.env import REWARD_TERMS, HiEditEnv
 from hiedit_env.wrappers import ChooseLayersInTurn, LevelWrapper
 
-from .base import Agent, UpdateMode
+from .base import Agent, TrainingInterrupted, UpdateMode
+from .checkpoint import CheckpointError, CheckpointWriter
 from .registry import agent_class
 
 ENV_ID = "HiEdit-v0"
@@ -185,14 +189,14 @@ class RewardTermsCallback(BaseCallback):
 
 
 class SaveAgentCallback(BaseCallback):
-    """Saves the whole agent (:meth:`SB3Agent.save`) when triggered (by ``EveryNTimesteps``)."""
+    """Saves the run's progress (:meth:`SB3Agent.save_progress`) when triggered (by ``EveryNTimesteps``)."""
 
     def __init__(self, agent: SB3Agent, directory: Path) -> None:
         super().__init__()
         self.agent, self.directory = agent, directory
 
     def _on_step(self) -> bool:
-        self.agent.save(self.directory)
+        self.agent.save_progress(self.directory)
         return True
 
 
@@ -283,6 +287,10 @@ class SB3Agent(Agent):
     def _algorithm_kwargs(self, venv: VecEnv) -> dict[str, Any]:
         # A copy: SB3 writes into policy_kwargs (A2C adds its optimiser class), which must stay JSON.
         kwargs = copy.deepcopy({k: v for k, v in self.hp.items() if k not in OWN_KEYS})
+        for key in ("learning_rate", "clip_range"):  # SB3 would fail on a string with a bare AssertionError
+            value = kwargs.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"hyperparameter {key!r} of {self.name} must be a number, got {value!r}")
         noise = self.hp.get("noise_type")
         if noise is not None:
             dims = venv.action_space.shape[-1]
@@ -294,10 +302,17 @@ class SB3Agent(Agent):
         return kwargs
 
     def learn(self, env: gym.Env, steps: int, *, log_dir: str | Path | None = None, seed: int = 0,
-              progress: bool = True, checkpoint_dir: str | Path | None = None) -> dict[str, Any]:
-        """Train for ``steps`` edits in all (a resumed model counts the edits it already trained on)."""
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+              progress: bool = True, checkpoint_dir: str | Path | None = None, checkpoint_every: int | None = None,
+              resume: bool = False) -> dict[str, Any]:
+        """Train for ``steps`` edits in all (a resumed model counts the edits it already trained on).
+
+        With ``checkpoint_dir`` the agent is saved there every ``checkpoint_every`` edits (default: the
+        ``checkpoint_freq`` hyperparameter, in agent steps) and when SIGINT interrupts training, which
+        then raises :class:`~hiedit_agents.base.TrainingInterrupted`. ``resume`` continues the model
+        this agent was loaded with (:meth:`load`), from a run's progress folder or its finished checkpoint."""
+        check_int("steps", steps, 1)
+        if resume and self.model is None:
+            raise ValueError(f"nothing to resume: this {self.name} agent has no model (load the checkpoint first)")
         venv = self._normalized(self._vec_env(env, int(self.hp.get("n_envs", 1)), seed), training=True)
         total = steps * self.decisions_per_edit
         if self.model is None:
@@ -313,9 +328,10 @@ class SB3Agent(Agent):
                 raise ValueError(f"bad hyperparameters for {self.name}: {err}") from err
         else:
             self.model.set_env(venv)
-        remaining = total - self.model.num_timesteps
+        done = self.model.num_timesteps
+        remaining = total - done
         if remaining <= 0:
-            return self._stats(steps)
+            return self._stats(steps, done)
         callbacks: list[BaseCallback] = [RewardTermsCallback()]
         eval_freq = int(self.hp.get("eval_freq", 0))
         eval_changes = self._held_out(env) if eval_freq > 0 and log_dir is not None else None
@@ -324,7 +340,8 @@ class SB3Agent(Agent):
             eval_cls = MaskableEvalCallback if isinstance(self.model, MaskablePPO) else EvalCallback
             callbacks.append(eval_cls(eval_env, n_eval_episodes=int(self.hp.get("eval_episodes", 1)),
                                       eval_freq=max(1, eval_freq // venv.num_envs), deterministic=True, verbose=0))
-        checkpoint_freq = int(self.hp.get("checkpoint_freq", 0))
+        checkpoint_freq = int(self.hp.get("checkpoint_freq", 0)) if checkpoint_every is None \
+            else checkpoint_every * self.decisions_per_edit
         if checkpoint_freq > 0 and checkpoint_dir is not None:
             callbacks.append(EveryNTimesteps(checkpoint_freq, SaveAgentCallback(self, Path(checkpoint_dir))))
         try:
@@ -332,12 +349,18 @@ class SB3Agent(Agent):
                 warnings.filterwarnings("ignore", category=TqdmExperimentalWarning)
                 self.model.learn(total_timesteps=remaining, callback=CallbackList(callbacks), tb_log_name=self.name,
                                  reset_num_timesteps=False, progress_bar=progress)
+        except KeyboardInterrupt:
+            # SB3 can stop anywhere: its state is the model, the buffer and the statistics, all in the save.
+            if checkpoint_dir is not None:
+                self.save_progress(checkpoint_dir)
+            raise TrainingInterrupted(self.model.num_timesteps // self.decisions_per_edit, steps,
+                                      checkpoint_dir is not None) from None
         finally:  # subprocess copies end with the run
             venv.close()
             for callback in callbacks:
                 if isinstance(callback, EvalCallback):
                     callback.eval_env.close()
-        return self._stats(steps)
+        return self._stats(steps, done)
 
     def _held_out(self, env: gym.Env) -> dict[str, Any] | None:
         """``gym.make`` changes that give the evaluation callback edits the training never sees, or
@@ -352,40 +375,45 @@ class SB3Agent(Agent):
             return None
         return changes
 
-    def _stats(self, steps: int) -> dict[str, Any]:
+    def _stats(self, steps: int, done_before: int) -> dict[str, Any]:
+        """Training statistics; ``steps_this_run`` counts the edits of this call alone (a resumed run's
+        time per edit divides by these)."""
         assert self.model is not None
-        return {"steps": steps, "agent_steps": int(self.model.num_timesteps),
-                "optimizer_steps": int(getattr(self.model, "_n_updates", 0)), "hyperparams": self.config()}
+        trained = (int(self.model.num_timesteps) - done_before) // self.decisions_per_edit
+        return {"steps": steps, "steps_this_run": trained, "resumed_at": done_before // self.decisions_per_edit or None,
+                "agent_steps": int(self.model.num_timesteps), "optimizer_steps": int(getattr(self.model, "_n_updates", 0)),
+                "hyperparams": self.config()}
 
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict[str, Any]:
         return json.loads(json.dumps(self.hp))
 
-    def save(self, directory: str | Path) -> Path:
-        """``agent.json`` plus SB3's ``model.zip``, and ``vecnormalize.pkl`` / ``replay_buffer.pkl`` when used."""
-        directory = super().save(directory)
+    def save_files(self, writer: CheckpointWriter) -> None:
+        """SB3's ``model.zip``, and ``vecnormalize.pkl`` / ``replay_buffer.pkl`` when used, sealed with
+        ``agent.json`` in the checkpoint's manifest."""
         if self.model is not None:
-            self.model.save(directory / MODEL_FILE)
-            if getattr(self.model, "replay_buffer", None) is not None:
-                self.model.save_replay_buffer(directory / BUFFER_FILE)
+            model = self.model
+            writer.write(MODEL_FILE, lambda tmp: model.save(tmp))
+            if getattr(model, "replay_buffer", None) is not None:
+                writer.write(BUFFER_FILE, lambda tmp: model.save_replay_buffer(tmp))
         if self.vecnormalize is not None:
-            self.vecnormalize.save(str(directory / VECNORM_FILE))
-        return directory
+            vecnormalize = self.vecnormalize
+            writer.write(VECNORM_FILE, lambda tmp: vecnormalize.save(str(tmp)))
 
-    @classmethod
-    def load(cls, directory: str | Path, env: gym.Env, **overrides: Any) -> SB3Agent:
-        agent = super().load(directory, env, **overrides)
-        assert isinstance(agent, SB3Agent)
-        directory = Path(directory)
-        if not (directory / MODEL_FILE).is_file():
-            raise FileNotFoundError(f"no {MODEL_FILE} in {str(directory)!r}: the agent was saved before training")
-        agent.model = cls.algorithm.load(directory / MODEL_FILE, device="auto")
-        if (directory / BUFFER_FILE).is_file():
-            agent.model.load_replay_buffer(directory / BUFFER_FILE)
-        if (directory / VECNORM_FILE).is_file():
-            agent.vecnormalize = VecNormalize.load(str(directory / VECNORM_FILE), DummyVecEnv([lambda: agent.wrapped]))
-            agent.vecnormalize.training = False  # acting must not move the statistics; learn() turns it back on
-        return agent
+    def load_files(self, directory: Path, files: dict[str, Any]) -> None:
+        """SB3's model, replay buffer and ``VecNormalize`` statistics from a verified checkpoint."""
+        if MODEL_FILE not in files:
+            raise CheckpointError(f"no {MODEL_FILE} in {str(directory)!r}: the agent was saved before training")
+        try:
+            self.model = self.algorithm.load(directory / MODEL_FILE, device="auto")
+            if BUFFER_FILE in files:
+                self.model.load_replay_buffer(directory / BUFFER_FILE)
+            if VECNORM_FILE in files:
+                self.vecnormalize = VecNormalize.load(str(directory / VECNORM_FILE), DummyVecEnv([lambda: self.wrapped]))
+                self.vecnormalize.training = False  # acting must not move the statistics; learn() turns it back on
+        except (EOFError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError, ValueError, RuntimeError) as err:
+            reason = " ".join(str(err).split())[:200] or type(err).__name__
+            raise CheckpointError(f"cannot read the SB3 files of {str(directory)!r}: {reason}") from None
 
 
 def _sb3_agent(class_name: str, name: str, algorithm: type[BaseAlgorithm], doc: str) -> type[SB3Agent]:

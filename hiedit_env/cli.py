@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import gymnasium as gym
 import numpy as np
 from tqdm import tqdm
 
+from .files import check_output_file, write_json
 from .models import EMBEDDED_MODEL
 from .records import DEFAULT_DATASET
 
@@ -51,19 +52,27 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
 
 def add_demo_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``demo`` subcommand to ``sub`` (shared with the agent zoo's ``hiedit`` command)."""
-    demo = sub.add_parser("demo", help="run one episode with a constant mid-range action and print the metrics")
+    demo = sub.add_parser("demo", help="run one episode with a constant mid-range action and print the metrics",
+                          parents=[common_options()])
     demo.add_argument("--model", default=EMBEDDED_MODEL, help="built-in name, hub id or local path")
     demo.add_argument("--dataset", default=DEFAULT_DATASET, help="'default', a ZsRE/CounterFact file, directory or hub id")
-    demo.add_argument("--num-edits", type=int, default=20)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--num-edits", type=positive_int, default=20)
+    demo.add_argument("--seed", type=non_negative_int, default=0)
     demo.add_argument("--step", type=float, default=0.0, help="the constant step-size action in [-1, 1]")
     demo.add_argument("--out", default=None, help="also write the metrics as JSON here")
     demo.set_defaults(run=run_demo)
     return demo
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (``hiedit train: error: argument --seed: must be >= 0``), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hiedit", description="HiEdit Gym: lifelong knowledge editing as RL")
+    parser = Parser(prog="hiedit", description="HiEdit Gym: lifelong knowledge editing as RL")
     add_demo_parser(parser.add_subparsers(dest="command", required=True))
     return parser
 
@@ -73,21 +82,66 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
-    """Parse ``argv`` and run the chosen subcommand's ``run``; its result goes to ``--out`` as JSON if given."""
+    """Parse ``argv`` and run the chosen subcommand's ``run``; its result goes to ``--out`` as JSON if given.
+
+    A user's mistake (bad arguments, data, files or checkpoints: ``ValueError`` and ``OSError``) is one
+    line on stderr and exit code 2, never a traceback (``--debug`` shows it); an interruption is
+    exit code 130. ``--out`` is checked before the work that fills it and written atomically.
+    Warnings (skipped records, cut prompts) are one line each on stderr.
+    """
     args = parser.parse_args(argv)
-    warnings.filterwarnings("ignore", message=".*skipped.*records.*")
-    try:
-        if getattr(args, "out", None):  # before the long run, so a result is never lost to a missing folder
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        result = args.run(args)
-    except (ValueError, OSError) as err:  # bad arguments and data: one clear line, no traceback
-        message = " ".join(str(err).split())  # causes from transformers/datasets span several lines
-        print(f"hiedit {args.command}: error: {message}", file=sys.stderr)
-        return 2
-    if getattr(args, "out", None):
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+    command = f"hiedit {args.command}"
+    out = getattr(args, "out", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = functools.partial(_warning_line, command)
+        try:
+            if out:  # before the long run, so a result is never lost to a bad path
+                check_output_file(out)
+            result = args.run(args)
+            if out:
+                write_json(out, result)
+        except KeyboardInterrupt as err:
+            print(f"{command}: {err or 'interrupted'}", file=sys.stderr)
+            return 130
+        except (ValueError, OSError) as err:
+            if getattr(args, "debug", False):
+                raise
+            message = " ".join(str(err).split())  # causes from transformers/datasets span several lines
+            print(f"{command}: error: {message or type(err).__name__}", file=sys.stderr)
+            return 2
     return 0
+
+
+def _warning_line(command: str, message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    text = " ".join(str(message).split())
+    print(f"{command}: warning: {text}", file=sys.stderr)
+
+
+def common_options() -> argparse.ArgumentParser:
+    """Options every ``hiedit`` subcommand takes (a parent parser: ``add_parser(..., parents=[common_options()])``)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    return common
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 if __name__ == "__main__":

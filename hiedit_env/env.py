@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -19,7 +20,7 @@ from .models import SharedModel, candidate_modules, load_shared_model, module_di
 from .objective import ObjectiveTerms, Update, edit_objective
 from .records import DEFAULT_DATASET, EditRecord, EditSet, load_edits
 from .score import PROTOCOLS, agreement, generation_exact_match, score_pairs
-from .tokens import EncodedRecord, Pair, encode_record
+from .tokens import MAX_ANSWER_TOKENS, MAX_PROMPT_TOKENS, EncodedRecord, Pair, encode_record
 from .trace import EditTrace, trace_edit, trace_edit_and_objective, trace_objective
 
 LAYER_FEATURES = ("key_norm", "grad_norm", "weight_grad_norm", "depth", "changed", "chosen_share")
@@ -108,6 +109,8 @@ class HiEditEnv(gym.Env):
     * ``dataset``: ``"default"`` (the shipped set), a ZsRE/CounterFact file, directory or hub id.
     * ``num_edits``: edits per episode. ``split``: ``"all"``, ``"train"`` or ``"test"`` (seeded by
       ``split_seed``, ``test_fraction``). ``on_bad_record``: ``"skip"`` (default: drop records with a missing or empty field, each named in a warning and in ``env.unwrapped.edit_set.skipped``; the ZsRE file has two with an empty ``alt``) or ``"error"``.
+    * ``max_prompt_tokens`` (96), ``max_answer_tokens`` (24): a longer prompt keeps its last tokens, a
+      longer answer its first; each record cut is warned about once and listed by :meth:`data_report`.
     * ``modules``: candidate module names or a regex; default: the architecture's preset.
     * ``update_mode``: ``"step_size"`` or ``"low_rank"``; ``rank``: declared rank of low-rank factors.
     * ``layer_budget``: ``k`` for top-k selection, or ``None`` for a mask.
@@ -152,6 +155,8 @@ class HiEditEnv(gym.Env):
         test_fraction: float = 0.2,
         split_seed: int = 0,
         on_bad_record: Literal["error", "skip"] = "skip",
+        max_prompt_tokens: int = MAX_PROMPT_TOKENS,
+        max_answer_tokens: int = MAX_ANSWER_TOKENS,
         modules: Sequence[str] | str | None = None,
         update_mode: Literal["step_size", "low_rank"] = "step_size",
         rank: int = 4,
@@ -202,6 +207,10 @@ class HiEditEnv(gym.Env):
             check_int("locality_depth", locality_depth, 0)
         check_int("retention_window", retention_window, 1)
         check_int("rank", rank, 1)
+        check_int("max_prompt_tokens", max_prompt_tokens, 1)
+        check_int("max_answer_tokens", max_answer_tokens, 1)
+        self.token_limits = (int(max_prompt_tokens), int(max_answer_tokens))
+        self._truncated_records: set[int] = set()  # indices into the data set, warned about once each
 
         self.shared: SharedModel = load_shared_model(model, dtype=dtype, device=device)
         self.model = self.shared.model
@@ -285,6 +294,13 @@ class HiEditEnv(gym.Env):
         self._activate()
         return [weight_as_linear(m).detach() for m in self._modules]
 
+    def data_report(self) -> dict[str, Any]:
+        """What the data source gave (:meth:`EditSet.report`: records kept, skipped with reasons, numbers read
+        as text), the split used, and the records the token limits have cut in the episodes so far."""
+        return {**self.edit_set.report(), "split": self.split, "split_records": len(self.records),
+                "max_prompt_tokens": self.token_limits[0], "max_answer_tokens": self.token_limits[1],
+                "truncated_records": sorted(self._truncated_records)}
+
     def base_weight_norms(self) -> list[float]:
         return list(self._base_norms)
 
@@ -304,7 +320,13 @@ class HiEditEnv(gym.Env):
         with torch.no_grad():
             for name, weight in self._weights.items():
                 weight.copy_(self.shared.base[name])
-        self._episode = [encode_record(self.tokenizer, self.records[int(i)]) for i in indices]
+        self._episode = [encode_record(self.tokenizer, self.records[int(i)], *self.token_limits) for i in indices]
+        cut = sorted({e.record.index for e in self._episode if e.truncated} - self._truncated_records)
+        if cut:
+            self._truncated_records.update(cut)
+            warnings.warn(f"{self.edit_set.source}: {len(cut)} records cut to max_prompt_tokens={self.token_limits[0]} / "
+                          f"max_answer_tokens={self.token_limits[1]} (records {cut[:5]}{' ...' if len(cut) > 5 else ''}); "
+                          "raise the limits to keep them whole", stacklevel=2)
         self._t = 0
         self._activate()
         reference = score_pairs(self.model, [e.loc for e in self._episode], self._pad_id)

@@ -95,9 +95,18 @@ _CACHE: dict[tuple[str, str, str], SharedModel] = {}
 
 
 def resolve_device(device: str) -> torch.device:
+    """``"auto"`` (CUDA when present, else the CPU) or a torch device name, checked to exist here."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device {device!r} is not a torch device name ('auto', 'cpu', 'cuda', 'cuda:1', ...): "
+                         f"{err}") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"device {device!r} asks for CUDA, which this machine does not have "
+                         f"({torch.cuda.device_count()} CUDA devices); use device='cpu' or 'auto'")
+    return dev
 
 
 def load_shared_model(name: str, dtype: str = "float32", device: str = "auto") -> SharedModel:

@@ -24,16 +24,20 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .records import EditRecord
 
+# Default limits (``gym.make`` arguments ``max_prompt_tokens``/``max_answer_tokens``): a prompt keeps its
+# last tokens, an answer its first; the longest prompt of the shipped ZsRE and CounterFact files is far
+# shorter. A record cut by them is reported (``HiEditEnv.data_report``).
 MAX_PROMPT_TOKENS = 96
 MAX_ANSWER_TOKENS = 24
 
 
 @dataclass(frozen=True)
 class Pair:
-    """One tokenized (prompt, answer) sequence."""
+    """One tokenized (prompt, answer) sequence; ``truncated`` when the limits cut either part."""
 
     ids: torch.Tensor  # [n] long, prompt then answer
     answer_start: int
+    truncated: bool = False
 
     @property
     def answer(self) -> torch.Tensor:
@@ -54,25 +58,35 @@ class EncodedRecord:
     loc: Pair
     old: Pair | None
 
+    @property
+    def truncated(self) -> bool:
+        return any(pair is not None and pair.truncated for pair in (self.edit, self.rephrase, self.loc, self.old))
 
-def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, answer: str) -> Pair:
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"][-MAX_PROMPT_TOKENS:]
-    answer_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"][:MAX_ANSWER_TOKENS]
+
+def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, answer: str, max_prompt_tokens: int = MAX_PROMPT_TOKENS,
+                max_answer_tokens: int = MAX_ANSWER_TOKENS) -> Pair:
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+    truncated = len(prompt_ids) > max_prompt_tokens or len(answer_ids) > max_answer_tokens
+    prompt_ids, answer_ids = prompt_ids[-max_prompt_tokens:], answer_ids[:max_answer_tokens]
     if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
         prompt_ids = [tokenizer.bos_token_id, *prompt_ids]
     if not prompt_ids or not answer_ids:
         raise ValueError(f"prompt {prompt!r} or answer {answer!r} tokenizes to nothing")
-    return Pair(torch.tensor(prompt_ids + answer_ids, dtype=torch.long), len(prompt_ids))
+    return Pair(torch.tensor(prompt_ids + answer_ids, dtype=torch.long), len(prompt_ids), truncated)
 
 
-def encode_record(tokenizer: PreTrainedTokenizerBase, record: EditRecord) -> EncodedRecord:
-    old = encode_pair(tokenizer, record.prompt, record.target_true) if record.target_true else None
+def encode_record(tokenizer: PreTrainedTokenizerBase, record: EditRecord, max_prompt_tokens: int = MAX_PROMPT_TOKENS,
+                  max_answer_tokens: int = MAX_ANSWER_TOKENS) -> EncodedRecord:
+    def pair(prompt: str, answer: str) -> Pair:
+        return encode_pair(tokenizer, prompt, answer, max_prompt_tokens, max_answer_tokens)
+
     return EncodedRecord(
         record=record,
-        edit=encode_pair(tokenizer, record.prompt, record.target_new),
-        rephrase=encode_pair(tokenizer, record.rephrase, record.target_new),
-        loc=encode_pair(tokenizer, record.loc_prompt, record.loc_answer),
-        old=old,
+        edit=pair(record.prompt, record.target_new),
+        rephrase=pair(record.rephrase, record.target_new),
+        loc=pair(record.loc_prompt, record.loc_answer),
+        old=pair(record.prompt, record.target_true) if record.target_true else None,
     )
 
 

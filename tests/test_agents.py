@@ -23,6 +23,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 import hiedit_agents
 from hiedit_agents import HiEditAgent, agent_class, available_agents, make_agent, run_episode
 from hiedit_agents.base import load_for_acting
+from hiedit_agents.checkpoint import CheckpointError
 from hiedit_agents.cli import main
 from hiedit_agents.gate import plackett_luce_log_prob
 from hiedit_agents.hypernet import REFRESH_GROWTH, KeyMoment, output_change
@@ -628,23 +629,13 @@ def test_checkpoint_round_trip_gives_the_same_actions(name, extra, env_for, tmp_
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_older_checkpoints_load_as_they_were_trained(env_for, tmp_path):
+def test_a_checkpoint_without_a_manifest_is_refused(env_for, tmp_path):
+    """Checkpoints of the format before manifests (and saves cut short) hold no manifest.json."""
     env = env_for(num_edits=3)
-    agent = make_agent("rledit", env, trace_of="edit", scale="edit", precondition=0, preconditioner="diagonal")
-    agent.save(tmp_path)
-    meta = json.loads((tmp_path / "agent.json").read_text())
-    for key in ("trace_of", "scale", "precondition", "preconditioner"):  # what an older checkpoint lacks
-        del meta["config"][key]
-    (tmp_path / "agent.json").write_text(json.dumps(meta))
-    loaded = agent_class("rledit").load(tmp_path, env)
-    assert loaded.config() == agent.config()
-    hiedit = make_agent("hiedit", env, gate_reinforce=0.0, precondition=0)
-    hiedit.save(tmp_path / "hiedit")
-    meta = json.loads((tmp_path / "hiedit" / "agent.json").read_text())
-    for key in ("gate_reinforce", "precondition"):  # a checkpoint from before the exploring gate
-        del meta["config"][key]
-    (tmp_path / "hiedit" / "agent.json").write_text(json.dumps(meta))
-    assert agent_class("hiedit").load(tmp_path / "hiedit", env).config() == hiedit.config()
+    make_agent("rledit", env).save(tmp_path)
+    (tmp_path / "manifest.json").unlink()
+    with pytest.raises(CheckpointError, match=r"incomplete: it has no manifest\.json"):
+        agent_class("rledit").load(tmp_path, env)
 
 
 def test_constant_step_is_tuned_on_the_given_environment(env_for):

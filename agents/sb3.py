@@ -129,30 +129,6 @@ def _wrapper_specs(hp: dict[str, Any]) -> list[tuple[type, dict[str, Any]]]:
     return pairs
 
 
-def _zoo_agent(spec: dict[str, Any], env: gym.Env) -> Agent:
-    """A zoo agent named in a wrapper argument: ``{"agent": name, "checkpoint": dir, "kwargs": {...}}``."""
-    unknown = set(spec) - {"agent", "checkpoint", "kwargs"}
-    if "agent" not in spec or unknown:
-        raise ValueError(f"a zoo agent in env_wrapper needs 'agent' (and optionally 'checkpoint', 'kwargs'), got {spec!r}")
-    cls = agent_class(spec["agent"])
-    if spec.get("checkpoint"):
-        return cls.load(spec["checkpoint"], env)
-    if cls.requires_training:
-        raise ValueError(f"agent {spec['agent']!r} in env_wrapper must be trained: give its 'checkpoint'")
-    return cls(env, **spec.get("kwargs", {}))
-
-
-def _resolve(kwargs: dict[str, Any], env: gym.Env) -> dict[str, Any]:
-    """Replace zoo-agent specs in ``editor`` / ``layers`` by the callables the wrappers take."""
-    resolved = dict(kwargs)
-    if isinstance(kwargs.get("editor"), dict):
-        resolved["editor"] = _zoo_agent(kwargs["editor"], env).proposed_update
-    if isinstance(kwargs.get("layers"), dict):
-        selector = _zoo_agent(kwargs["layers"], env)
-        resolved["layers"] = lambda observation, info: selector.act(observation, info)["layers"]
-    return resolved
-
-
 def editor_update_mode(hp: dict[str, Any]) -> UpdateMode:
     """The environment's ``update_mode`` the configured wrapper needs (a zoo-agent editor decides it)."""
     editor = _wrapper_specs(hp)[0][1].get("editor")
@@ -162,7 +138,7 @@ def editor_update_mode(hp: dict[str, Any]) -> UpdateMode:
 def wrap_levels(hp: dict[str, Any], env: gym.Env) -> tuple[LevelWrapper, list[gym.ObservationWrapper]]:
     """``env`` wrapped as ``hp["env_wrapper"]`` says: the level wrapper and the observation wrappers around it."""
     (level_cls, level_kwargs), *rest = _wrapper_specs(hp)
-    level = level_cls(env, **_resolve(level_kwargs, env))
+    level = level_cls(env, **level_kwargs)
     wrappers: list[gym.ObservationWrapper] = []
     outer: gym.Env = level
     for cls, kwargs in rest:

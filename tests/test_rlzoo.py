@@ -16,6 +16,7 @@ import yaml
 from gymnasium import spaces
 from rl_zoo3.train import train as zoo_train
 from rl_zoo3.utils import ALGOS
+from stable_baselines3 import PPO
 
 from hiedit_agents.cli import main
 from hiedit_agents.sb3 import HYPERPARAMS_DIR, SB3_AGENTS, load_hyperparams, wrap_levels
@@ -64,6 +65,24 @@ def test_zoo_trains_each_shipped_file(algo, monkeypatch, tmp_path):
     # The hyperparameters the zoo used (an OrderedDict dump, read the way the zoo's enjoy.py reads it).
     saved = dict(yaml.load((run / "HiEdit-v0" / "config.yml").read_text(), Loader=yaml.UnsafeLoader))
     assert next(iter(saved["env_wrapper"][0])).startswith("hiedit_env.wrappers.") and "level" not in saved
+
+
+def test_zoo_trains_a_layer_selector_over_a_trained_rledit_editor(monkeypatch, tmp_path, zsre_path):
+    editor = tmp_path / "rledit"
+    assert main(["train", "--agent", "rledit", "--model", MODEL, "--dataset", zsre_path, "--num-edits", "3",
+                 "--steps", "3", "--threads", "1", "--out", str(editor)]) == 0
+    # A user's file: the zoo passes the wrapper's arguments from YAML as they are, the wrapper loads the agent.
+    conf = tmp_path / "ppo_over_rledit.yml"
+    conf.write_text(yaml.safe_dump({"HiEdit-v0": {
+        "env_wrapper": [{"hiedit_env.wrappers.ChooseLayers": {"editor": {"agent": "rledit", "checkpoint": str(editor)}}}],
+        "policy": "MultiInputPolicy", "n_timesteps": 8, "n_steps": 8, "batch_size": 8}}))
+    low_rank = ["update_mode:'low_rank'"]
+    monkeypatch.setattr(sys, "argv", [
+        "rl_zoo3.train", "--algo", "ppo", "--env", "HiEdit-v0", "--gym-packages", "hiedit_env", "--conf-file", str(conf),
+        "--seed", "0", "--num-threads", "1", "--verbose", "0", "--log-folder", str(tmp_path / "logs"),
+        "--env-kwargs", *ENV_KWARGS, *low_rank, "--eval-env-kwargs", *ENV_KWARGS, *low_rank])
+    zoo_train()
+    assert PPO.load(tmp_path / "logs" / "ppo" / "HiEdit-v0_1" / "HiEdit-v0.zip", device="cpu").num_timesteps == 8
 
 
 def test_zoo_optimize_runs_two_trials(monkeypatch, tmp_path):

@@ -22,8 +22,9 @@ callable ``editor(observation, info)``, e.g. a trained RLEdit/HiEdit low level
 (``Agent.proposed_update`` in the zoo). A *selector* ``selector(observation, info)`` returns a 0/1
 layer mask. Either may also name an agent of the zoo, ``{"agent": "rledit", "checkpoint": DIR}`` or
 ``{"agent": "topk_grad"}``, as a hyperparameter file does (RL Baselines3 Zoo passes a wrapper's
-arguments from YAML as they are). Every wrapper also maps an agent's action to the environment's without stepping
-(:meth:`LevelWrapper.env_action`), so a policy trained on the wrapper can act on the bare environment.
+arguments from YAML as they are). Every wrapper also maps an agent's action to the environment's
+without stepping (:meth:`LevelWrapper.env_action`), so a policy trained on the wrapper can act on the
+bare environment.
 """
 
 from __future__ import annotations

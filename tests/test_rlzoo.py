@@ -17,6 +17,7 @@ from gymnasium import spaces
 from rl_zoo3.train import train as zoo_train
 from rl_zoo3.utils import ALGOS
 from stable_baselines3 import PPO
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from hiedit_agents.cli import main
 from hiedit_agents.sb3 import HYPERPARAMS_DIR, SB3_AGENTS, load_hyperparams, wrap_levels
@@ -54,14 +55,17 @@ def test_shipped_files_name_only_algorithms_the_zoo_has_besides_maskable_ppo():
 
 @pytest.mark.parametrize("algo", sorted(ZOO_ALGOS))
 def test_zoo_trains_each_shipped_file(algo, monkeypatch, tmp_path):
-    _zoo(monkeypatch, algo, tmp_path, "-n", "16", "--eval-freq", "8", "--eval-episodes", "1",
-         "--hyperparams", *ZOO_ALGOS[algo])
+    # Our reward-term callback through the zoo's own `callback` key, into the zoo's TensorBoard log.
+    _zoo(monkeypatch, algo, tmp_path, "-n", "16", "--eval-freq", "8", "--eval-episodes", "1", "--log-interval", "1",
+         "-tb", str(tmp_path / "tb"), "--hyperparams", *ZOO_ALGOS[algo], "callback:'hiedit_agents.sb3.RewardTermsCallback'")
     run = tmp_path / algo / "HiEdit-v0_1"
     model = ALGOS[algo].load(run / "HiEdit-v0.zip", device="cpu")
     assert model.num_timesteps >= 16
     assert model.action_space == ACTION_SPACES[algo]  # the level wrapper the file names, on 4 candidates
     # The zoo evaluated on its own evaluation environment (the test split, the same tiny model).
     assert np.load(run / "evaluations.npz")["results"].shape[0] >= 1
+    tags = EventAccumulator(str(next((tmp_path / "tb" / "HiEdit-v0").iterdir()))).Reload().Tags()["scalars"]
+    assert {"edit/edit_success", "edit/locality", "episode/mean"} <= set(tags)
     # The hyperparameters the zoo used (an OrderedDict dump, read the way the zoo's enjoy.py reads it).
     saved = dict(yaml.load((run / "HiEdit-v0" / "config.yml").read_text(), Loader=yaml.UnsafeLoader))
     assert next(iter(saved["env_wrapper"][0])).startswith("hiedit_env.wrappers.") and "level" not in saved

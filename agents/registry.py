@@ -5,6 +5,7 @@ benchmarks) without a change to this package."""
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from typing import Any
 
 import gymnasium as gym
@@ -46,6 +47,21 @@ def agent_class(name: str) -> type[Agent]:
     if not isinstance(obj, type) or not issubclass(obj, Agent):
         raise ValueError(f"agent {name!r} is not a subclass of hiedit_agents.Agent")
     return obj
+
+
+def agent_from_spec(spec: Mapping[str, Any], env: gym.Env) -> Agent:
+    """The agent a configuration names, ``{"agent": name, "checkpoint": dir, "kwargs": {...}}``: loaded
+    from ``checkpoint`` when given, else built with ``kwargs`` (agents that need training need a checkpoint).
+    This is how a level wrapper's ``editor`` or ``layers`` names a zoo agent in a hyperparameter file."""
+    unknown = set(spec) - {"agent", "checkpoint", "kwargs"}
+    if "agent" not in spec or unknown:
+        raise ValueError(f"a zoo agent in env_wrapper needs 'agent' (and optionally 'checkpoint', 'kwargs'), got {dict(spec)!r}")
+    cls = agent_class(spec["agent"])
+    if spec.get("checkpoint"):
+        return cls.load(spec["checkpoint"], env)
+    if cls.requires_training:
+        raise ValueError(f"agent {spec['agent']!r} in env_wrapper must be trained: give its 'checkpoint'")
+    return cls(env, **spec.get("kwargs", {}))
 
 
 def make_agent(name: str, env: gym.Env, **kwargs: Any) -> Agent:

@@ -2,26 +2,30 @@
 
 Each algorithm controls one level of the hierarchy through a wrapper of :mod:`hiedit_env.wrappers`
 (SB3 takes no ``Dict`` actions). Hyperparameters come from ``hyperparams/<algorithm>.yml`` in the
-style of the RL Baselines3 Zoo (one entry per environment id, keys ``n_timesteps``, ``policy``,
-``n_envs``, ``normalize``, ``env_wrapper``, ``env_kwargs``, ``policy_kwargs``, plus the algorithm's
-own arguments), or from a user's file (``hyperparams="my.yml"``); any key can be overridden from the
-command line with ``--agent-kwargs '{"learning_rate": 0.001}'``. Keys of ours:
+format of the RL Baselines3 Zoo, or from a user's file (``hyperparams="my.yml"``); any key can be
+overridden from the command line with ``--agent-kwargs '{"learning_rate": 0.001}'``. A file holds:
 
-* ``level``: ``high``, ``low`` or ``flat``, the level the algorithm controls (documentation; the
-  wrapper decides);
-* ``env_wrapper``: RL-Zoo-style list ``[{"hiedit_env.wrappers:ChooseLayersInTurn": {...}}, ...]``;
-  exactly one level wrapper, then optional Gymnasium observation wrappers
-  (``gymnasium.wrappers:FlattenObservation``). A level wrapper's ``editor`` or ``layers`` may name a
-  zoo agent, ``{"agent": "rledit", "checkpoint": "runs/rledit"}`` or ``{"agent": "topk_grad"}``;
-* ``vec_env``: ``dummy`` (copies in this process: they share one model, so memory barely grows) or
-  ``subproc`` (one process and one model per copy);
-* ``eval_freq``/``eval_episodes``/``eval_split``/``eval_dataset``: an evaluation episode on held-out
-  edits (the ``eval_split`` of the training data, or of ``eval_dataset`` when training uses a whole
-  file) every ``eval_freq`` agent steps, logged to TensorBoard only (the saved model is the last one,
-  never the best on those edits, so they select nothing);
-* ``checkpoint_freq``: save the agent (model, ``VecNormalize`` statistics, replay buffer) every that
-  many agent steps, so ``hiedit train --resume`` continues an interrupted run;
-* ``noise_type``/``noise_std``: action noise for the off-policy algorithms (``normal`` or ``ornstein-uhlenbeck``).
+* the ``HiEdit-v0`` entry, which the zoo reads too (``python -m rl_zoo3.train --conf-file``, see
+  docs/rl-zoo.md): ``n_timesteps``, ``policy``, ``n_envs``, ``normalize``, ``env_wrapper``,
+  ``env_kwargs``, ``policy_kwargs``, ``noise_type``/``noise_std`` (action noise for the off-policy
+  algorithms: ``normal`` or ``ornstein-uhlenbeck``), plus the algorithm's own arguments.
+  ``env_wrapper`` is the zoo's list ``[{"hiedit_env.wrappers.ChooseLayersInTurn": {...}}, ...]``
+  (``module:Class`` is read too): exactly one level wrapper, then optional Gymnasium observation
+  wrappers (``gymnasium.wrappers.FlattenObservation``). A level wrapper's ``editor`` or ``layers``
+  may name a zoo agent, ``{"agent": "rledit", "checkpoint": "runs/rledit"}`` or ``{"agent": "topk_grad"}``;
+* the ``hiedit_train`` section, keys of ours that the zoo never reads (it would pass them to the
+  algorithm), merged over the entry:
+
+  * ``level``: ``high``, ``low`` or ``flat``, the level the algorithm controls (documentation; the
+    wrapper decides);
+  * ``vec_env``: ``dummy`` (copies in this process: they share one model, so memory barely grows) or
+    ``subproc`` (one process and one model per copy);
+  * ``eval_freq``/``eval_episodes``/``eval_split``/``eval_dataset``: an evaluation episode on held-out
+    edits (the ``eval_split`` of the training data, or of ``eval_dataset`` when training uses a whole
+    file) every ``eval_freq`` agent steps, logged to TensorBoard only (the saved model is the last one,
+    never the best on those edits, so they select nothing);
+  * ``checkpoint_freq``: save the agent (model, ``VecNormalize`` statistics, replay buffer) every that
+    many agent steps, so ``hiedit train --resume`` continues an interrupted run.
 
 ``--steps`` counts edits (environment steps). ``ChooseLayersInTurn`` takes ``k`` agent decisions per
 edit, so SB3's ``total_timesteps`` is ``k`` times larger there.
@@ -65,32 +69,43 @@ from .registry import agent_class
 ENV_ID = "HiEdit-v0"
 HYPERPARAMS_DIR = Path(__file__).parent / "hyperparams"
 MODEL_FILE, VECNORM_FILE, BUFFER_FILE = "model.zip", "vecnormalize.pkl", "replay_buffer.pkl"
+# The section of a hyperparameter file that RL Baselines3 Zoo never reads (it reads the environment
+# id's entry alone), and the keys it may hold.
+TRAIN_SECTION = "hiedit_train"
+TRAIN_KEYS = frozenset({"level", "vec_env", "eval_freq", "eval_episodes", "eval_split", "eval_dataset", "checkpoint_freq"})
 # Keys read here; every other key is passed to the algorithm's constructor.
-OWN_KEYS = frozenset({"level", "env_wrapper", "env_kwargs", "n_timesteps", "policy", "n_envs", "normalize", "vec_env",
-                      "eval_freq", "eval_episodes", "eval_split", "eval_dataset", "checkpoint_freq", "noise_type",
-                      "noise_std"})
+OWN_KEYS = TRAIN_KEYS | {"env_wrapper", "env_kwargs", "n_timesteps", "policy", "n_envs", "normalize", "noise_type",
+                         "noise_std"}
 EPISODE_METRICS = ("ES", "GS", "LS", "mean", "ES_first_20pct", "layers_per_edit")
 
 
 def load_hyperparams(algorithm: str, path: str | Path | None = None,
                      overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``HiEdit-v0`` entry of ``path`` (default: the shipped ``hyperparams/<algorithm>.yml``) with
-    ``overrides`` replacing whole keys."""
+    the file's ``hiedit_train`` section merged in and ``overrides`` replacing whole keys."""
     path = Path(path) if path is not None else HYPERPARAMS_DIR / f"{algorithm}.yml"
     if not path.is_file():
         raise FileNotFoundError(f"no hyperparameter file {str(path)!r}")
     table = yaml.safe_load(path.read_text()) or {}
-    if ENV_ID not in table:
+    if not isinstance(table, dict) or not isinstance(table.get(ENV_ID), dict):
         raise ValueError(f"{str(path)!r} has no {ENV_ID!r} entry (RL Zoo format: one entry per environment id)")
-    return {**table[ENV_ID], **(overrides or {})}
+    extra = table.get(TRAIN_SECTION) or {}
+    if not isinstance(extra, dict) or not set(extra) <= TRAIN_KEYS:
+        raise ValueError(f"{str(path)!r}: the {TRAIN_SECTION!r} section may only hold {sorted(TRAIN_KEYS)}, got "
+                         f"{sorted(extra) if isinstance(extra, dict) else extra!r}")
+    twice = sorted(set(extra) & set(table[ENV_ID]))
+    if twice:
+        raise ValueError(f"{str(path)!r} sets {twice} both in {ENV_ID!r} and in {TRAIN_SECTION!r}")
+    return {**table[ENV_ID], **extra, **(overrides or {})}
 
 
 def _import(path: str) -> Any:
-    module, _, attr = path.partition(":")
+    """The object named ``package.module.Name`` (RL Zoo's spelling) or ``package.module:Name``."""
+    module, _, attr = path.partition(":") if ":" in path else path.rpartition(".")
     try:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError, ValueError) as err:
-        raise ValueError(f"cannot import {path!r} (expected 'package.module:Name'): {err}") from err
+        raise ValueError(f"cannot import {path!r} (expected 'package.module.Name' or 'package.module:Name'): {err}") from err
 
 
 def _wrapper_specs(hp: dict[str, Any]) -> list[tuple[type, dict[str, Any]]]:
@@ -98,7 +113,7 @@ def _wrapper_specs(hp: dict[str, Any]) -> list[tuple[type, dict[str, Any]]]:
     specs = hp.get("env_wrapper")
     if not isinstance(specs, list) or not specs:
         raise ValueError("hyperparameter 'env_wrapper' must be a non-empty list such as "
-                         "[{'hiedit_env.wrappers:ChooseLayersInTurn': {'k': 9}}]")
+                         "[{'hiedit_env.wrappers.ChooseLayersInTurn': {'k': 9}}]")
     pairs: list[tuple[type, dict[str, Any]]] = []
     for spec in specs:
         if isinstance(spec, str):
@@ -106,7 +121,7 @@ def _wrapper_specs(hp: dict[str, Any]) -> list[tuple[type, dict[str, Any]]]:
         elif isinstance(spec, dict) and len(spec) == 1:
             (name, kwargs), = spec.items()
         else:
-            raise ValueError(f"each env_wrapper entry must be 'module:Class' or {{'module:Class': kwargs}}, got {spec!r}")
+            raise ValueError(f"each env_wrapper entry must be 'module.Class' or {{'module.Class': kwargs}}, got {spec!r}")
         cls = _import(name)
         if not isinstance(cls, type):
             raise ValueError(f"env_wrapper entry {name!r} is not a class")
@@ -118,30 +133,6 @@ def _wrapper_specs(hp: dict[str, Any]) -> list[tuple[type, dict[str, Any]]]:
     return pairs
 
 
-def _zoo_agent(spec: dict[str, Any], env: gym.Env) -> Agent:
-    """A zoo agent named in a wrapper argument: ``{"agent": name, "checkpoint": dir, "kwargs": {...}}``."""
-    unknown = set(spec) - {"agent", "checkpoint", "kwargs"}
-    if "agent" not in spec or unknown:
-        raise ValueError(f"a zoo agent in env_wrapper needs 'agent' (and optionally 'checkpoint', 'kwargs'), got {spec!r}")
-    cls = agent_class(spec["agent"])
-    if spec.get("checkpoint"):
-        return cls.load(spec["checkpoint"], env)
-    if cls.requires_training:
-        raise ValueError(f"agent {spec['agent']!r} in env_wrapper must be trained: give its 'checkpoint'")
-    return cls(env, **spec.get("kwargs", {}))
-
-
-def _resolve(kwargs: dict[str, Any], env: gym.Env) -> dict[str, Any]:
-    """Replace zoo-agent specs in ``editor`` / ``layers`` by the callables the wrappers take."""
-    resolved = dict(kwargs)
-    if isinstance(kwargs.get("editor"), dict):
-        resolved["editor"] = _zoo_agent(kwargs["editor"], env).proposed_update
-    if isinstance(kwargs.get("layers"), dict):
-        selector = _zoo_agent(kwargs["layers"], env)
-        resolved["layers"] = lambda observation, info: selector.act(observation, info)["layers"]
-    return resolved
-
-
 def editor_update_mode(hp: dict[str, Any]) -> UpdateMode:
     """The environment's ``update_mode`` the configured wrapper needs (a zoo-agent editor decides it)."""
     editor = _wrapper_specs(hp)[0][1].get("editor")
@@ -151,7 +142,7 @@ def editor_update_mode(hp: dict[str, Any]) -> UpdateMode:
 def wrap_levels(hp: dict[str, Any], env: gym.Env) -> tuple[LevelWrapper, list[gym.ObservationWrapper]]:
     """``env`` wrapped as ``hp["env_wrapper"]`` says: the level wrapper and the observation wrappers around it."""
     (level_cls, level_kwargs), *rest = _wrapper_specs(hp)
-    level = level_cls(env, **_resolve(level_kwargs, env))
+    level = level_cls(env, **level_kwargs)
     wrappers: list[gym.ObservationWrapper] = []
     outer: gym.Env = level
     for cls, kwargs in rest:

@@ -20,13 +20,16 @@ An *editor* gives the ``update`` part of an action for every candidate of the cu
 number in [-1, 1] (the same step-size action for every module, ``update_mode="step_size"``) or a
 callable ``editor(observation, info)``, e.g. a trained RLEdit/HiEdit low level
 (``Agent.proposed_update`` in the zoo). A *selector* ``selector(observation, info)`` returns a 0/1
-layer mask. Every wrapper also maps an agent's action to the environment's without stepping
-(:meth:`LevelWrapper.env_action`), so a policy trained on the wrapper can act on the bare environment.
+layer mask. Either may also name an agent of the zoo, ``{"agent": "rledit", "checkpoint": DIR}`` or
+``{"agent": "topk_grad"}``, as a hyperparameter file does (RL Baselines3 Zoo passes a wrapper's
+arguments from YAML as they are). Every wrapper also maps an agent's action to the environment's
+without stepping (:meth:`LevelWrapper.env_action`), so a policy trained on the wrapper can act on the
+bare environment.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -38,6 +41,8 @@ from .env import HiEditEnv
 Observation = dict[str, np.ndarray]
 Editor = Callable[[Observation, dict[str, Any]], Any]
 Selector = Callable[[Observation, dict[str, Any]], np.ndarray]
+# A zoo agent named in configuration: {"agent": name, "checkpoint": dir, "kwargs": {...}}.
+AgentSpec = Mapping[str, Any]
 
 
 class LevelWrapper(gym.Wrapper):
@@ -72,10 +77,20 @@ class LevelWrapper(gym.Wrapper):
         return observation, reward, terminated, truncated, info
 
 
-def as_editor(env: HiEditEnv, editor: Editor | float) -> Editor:
-    """``editor`` as a callable; a number is a constant step-size action for every candidate."""
+def _zoo_agent(spec: AgentSpec, env: HiEditEnv) -> Any:
+    """The zoo agent ``spec`` names, built or loaded for ``env``."""
+    # Imported here: the environment needs the agent zoo (same distribution) only when a spec names one.
+    from hiedit_agents.registry import agent_from_spec
+    return agent_from_spec(spec, env)
+
+
+def as_editor(env: HiEditEnv, editor: Editor | float | AgentSpec) -> Editor:
+    """``editor`` as a callable; a number is a constant step-size action for every candidate, a
+    mapping names a zoo agent whose proposed update is taken."""
     if callable(editor):
         return editor
+    if isinstance(editor, Mapping):
+        return _zoo_agent(editor, env).proposed_update
     if isinstance(editor, bool) or not isinstance(editor, (int, float)) or not -1.0 <= float(editor) <= 1.0:
         raise ValueError(f"editor must be a callable or a step-size action in [-1, 1], got {editor!r}")
     if env.update_mode != "step_size":
@@ -107,10 +122,10 @@ class ChooseLayers(LevelWrapper, gym.utils.RecordConstructorArgs):
 
     Args:
         env: a ``HiEditEnv`` (possibly wrapped) without ``layer_budget``.
-        editor: a step-size action in [-1, 1] for every module, or a callable (see the module docstring).
+        editor: a step-size action in [-1, 1] for every module, a callable or a zoo agent (see the module docstring).
     """
 
-    def __init__(self, env: gym.Env, editor: Editor | float = 0.0) -> None:
+    def __init__(self, env: gym.Env, editor: Editor | float | AgentSpec = 0.0) -> None:
         gym.utils.RecordConstructorArgs.__init__(self, editor=editor)
         super().__init__(env)
         if self.hiedit.layer_budget is not None:
@@ -136,11 +151,11 @@ class ChooseLayersInTurn(LevelWrapper, gym.utils.RecordConstructorArgs):
 
     Args:
         env: a ``HiEditEnv`` (possibly wrapped).
-        editor: a step-size action in [-1, 1] for every module, or a callable.
+        editor: a step-size action in [-1, 1] for every module, a callable or a zoo agent.
         k: layers per edit (default: the environment's ``layer_budget``, else half the candidates).
     """
 
-    def __init__(self, env: gym.Env, editor: Editor | float = 0.0, k: int | None = None) -> None:
+    def __init__(self, env: gym.Env, editor: Editor | float | AgentSpec = 0.0, k: int | None = None) -> None:
         gym.utils.RecordConstructorArgs.__init__(self, editor=editor, k=k)
         super().__init__(env)
         self.editor = as_editor(self.hiedit, editor)
@@ -196,18 +211,22 @@ class EmitStepSizes(LevelWrapper, gym.utils.RecordConstructorArgs):
 
     Args:
         env: a ``HiEditEnv`` with ``update_mode="step_size"``.
-        layers: ``"all"``, a sequence of candidate indices, or a selector ``(observation, info) -> mask``
-            (e.g. a zoo heuristic's or a trained high level's choice).
+        layers: ``"all"``, a sequence of candidate indices, a selector ``(observation, info) -> mask``, or
+            a zoo agent (``{"agent": "topk_grad"}``) whose choice of layers is taken.
         tied: one step size shared by every chosen module (``Box(-1, 1, (1,))``): far fewer action
             dimensions, so far fewer samples to learn a schedule.
     """
 
-    def __init__(self, env: gym.Env, layers: str | Sequence[int] | Selector = "all", tied: bool = False) -> None:
+    def __init__(self, env: gym.Env, layers: str | Sequence[int] | Selector | AgentSpec = "all",
+                 tied: bool = False) -> None:
         gym.utils.RecordConstructorArgs.__init__(self, layers=layers, tied=tied)
         super().__init__(env)
         _step_size_env(self.hiedit, "EmitStepSizes")
         n = self.num_candidates
-        if callable(layers):
+        if isinstance(layers, Mapping):
+            selector = _zoo_agent(layers, self.hiedit)
+            self.selector = lambda observation, info: selector.act(observation, info)["layers"]
+        elif callable(layers):
             self.selector: Selector = layers
         else:
             mask = np.zeros(n, np.float32)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    # Named here, created by ``write``: a file made by mkstemp would keep mode 0600 instead of the umask's.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.partial{path.suffix}")
     try:
         write(tmp)
         with open(tmp, "rb+") as f:

@@ -276,3 +276,4 @@ def test_sb3_resume_refuses_a_damaged_replay_buffer(damage, expected, sac_checkp
             (run / file.name).write_bytes(file.read_bytes())
     damage(run)
     refused(capsys, tmp_path, train(zsre_path, run, "sac", "--resume", "--steps", "4"), expected)
+

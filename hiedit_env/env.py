@@ -310,8 +310,7 @@ class HiEditEnv(gym.Env):
 
     # ---------------------------------------------------------------- gymnasium API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        super().reset(seed=seed)
-        torch.manual_seed(int(self.np_random.integers(2**31)))
+        super().reset(seed=seed)  # the episode's draw uses np_random alone: torch's global random state is the user's
         indices = (options or {}).get("records")
         if indices is None:
             indices = self.np_random.choice(len(self.records), size=self.num_edits, replace=False).tolist()

@@ -149,6 +149,16 @@ def test_same_seed_same_episode(make_env, helpers):
                 assert np.array_equal(x[key], y[key]), key
 
 
+def test_reset_leaves_torch_global_random_state_alone(make_env, helpers):
+    env = make_env()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    env.reset(seed=5)
+    env.step(helpers.full_action(env))
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_different_seeds_draw_different_records(make_env):
     env = make_env("test-tiny-gpt2", num_edits=5).unwrapped
     env.reset(seed=0)

@@ -73,3 +73,15 @@ def test_sync_vector_env(zsre_path):
         assert [r.index for r in envs[0].episode_records()] != [r.index for r in envs[1].episode_records()]
     finally:
         vec.close()
+
+
+def test_importing_the_environment_leaves_the_agents_libraries_out():
+    """``import hiedit_env`` is the environment alone: no SB3, Ray, matplotlib or agent zoo behind it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, hiedit_env; print(sorted(m for m in ('stable_baselines3', 'sb3_contrib', 'matplotlib', 'ray', "
+            "'hiedit_agents') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

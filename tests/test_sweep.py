@@ -17,6 +17,7 @@ import yaml
 from hiedit_agents.cli import main
 from hiedit_agents.sweep import (SpecError, build_report, expand, load_spec, probability_of_improvement,
                                  stratified_bootstrap_interval, sweep, tune_spec)
+from hiedit_agents.sweep.cell import run_cell
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = {"validation_edits": 4, "validate_every": 4}  # the learned editors' validation on 48 training records
@@ -126,18 +127,26 @@ def _files(folder: Path) -> dict[str, tuple[int, bytes]]:
 
 
 def test_sweep_interrupted_after_one_cell_resumes_without_touching_it(tmp_path: Path, ray_local) -> None:
-    spec = load_spec(write_spec(tmp_path))
+    # noop and RLEdit (bounded and not, from the same checkpoints) over 2 training seeds, and an entry
+    # that fails when its environment is built
+    broken = {"name": "broken", "agent": "ft_l", "env-kwargs": {"modules": ["no.such.module"]}}
+    path = write_spec(tmp_path)
+    spec = load_spec(write_spec(tmp_path, agents=yaml.safe_load(path.read_text())["agents"] + [broken]))
     out = tmp_path / "sweep"
     first = sweep(spec, out, max_cells=1)  # stands for a sweep stopped after its first cell
-    assert (first["cells"], first["ran"], first["remaining"], first["failed"]) == (3, 1, 2, {})
+    assert (first["cells"], first["ran"], first["remaining"], first["failed"]) == (4, 1, 3, {})
     done = out / "cells" / "test-tiny-gpt2__default__noop"
     before = _files(done)
     assert "cell.json" in before and "evaluations/noop/n3_seed1.json" in before
     assert len(list(csv.DictReader((out / "results.csv").open()))) == 2  # the table holds the finished cell
 
     second = sweep(spec, out)
-    assert (second["already_finished"], second["ran"], second["remaining"], second["failed"]) == (1, 2, 0, {})
+    assert (second["already_finished"], second["ran"], second["remaining"]) == (1, 2, 1)
     assert _files(done) == before  # neither re-run nor rewritten
+    # the failure is reported with its error and did not stop the other cells
+    assert list(second["failed"]) == ["test-tiny-gpt2__default__broken"]
+    assert "no.such.module" in second["failed"]["test-tiny-gpt2__default__broken"]
+    assert (out / "cells" / "test-tiny-gpt2__default__broken" / "error.json").is_file()
 
     rows = list(csv.DictReader((out / "results.csv").open()))
     # noop: 2 sequences; rledit and rledit-bounded: 2 training seeds x 2 sequences each
@@ -154,9 +163,6 @@ def test_sweep_interrupted_after_one_cell_resumes_without_touching_it(tmp_path: 
     trained = out / "cells" / "test-tiny-gpt2__default__rledit+rledit-bounded__train1"
     assert (trained / "checkpoint" / "agent.json").is_file() and (trained / "train_stats.json").is_file()
 
-    third = sweep(spec, out)  # everything finished: nothing runs, Ray is not even needed
-    assert (third["already_finished"], third["ran"]) == (3, 0)
-
     report = build_report([out], tmp_path / "report").read_text()
     assert "| rledit-bounded | 4 (2) | **" in report and "| noop | 2 (1) | **" in report
     assert "rledit-bounded over noop" in report
@@ -164,21 +170,13 @@ def test_sweep_interrupted_after_one_cell_resumes_without_touching_it(tmp_path: 
     assert (tmp_path / "report" / "curves_test-tiny-gpt2_default_n3.png").is_file()
 
 
-def test_a_failing_cell_is_reported_and_does_not_stop_the_others(tmp_path: Path, ray_local) -> None:
-    agents = [{"name": "noop", "agent": "noop"},
-              {"name": "broken", "agent": "ft_l", "env-kwargs": {"modules": ["no.such.module"]}}]
-    spec = load_spec(write_spec(tmp_path, agents=agents, compare=[]))
+def test_a_finished_sweep_runs_nothing_and_refuses_changed_settings(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
+    spec = load_spec(write_spec(tmp_path, agents=[{"name": "ft_l", "agent": "ft_l"}], compare=[]))
+    run_cell(expand(spec)[0], out)  # the cell, finished in this process: no Ray is started below
     summary = sweep(spec, out)
-    assert summary["ran"] == 1 and list(summary["failed"]) == ["test-tiny-gpt2__default__broken"]
-    assert "no.such.module" in summary["failed"]["test-tiny-gpt2__default__broken"]
-    assert (out / "cells" / "test-tiny-gpt2__default__broken" / "error.json").is_file()
-    assert {r["agent"] for r in csv.DictReader((out / "results.csv").open())} == {"noop"}
-
-
-def test_changed_settings_of_a_finished_cell_are_refused(tmp_path: Path, ray_local) -> None:
-    out = tmp_path / "sweep"
-    sweep(load_spec(write_spec(tmp_path, agents=[{"name": "ft_l", "agent": "ft_l"}], compare=[])), out)
+    assert (summary["already_finished"], summary["ran"], summary["remaining"]) == (1, 0, 0)
+    assert len((out / "results.jsonl").read_text().splitlines()) == 2
     changed = write_spec(tmp_path, agents=[{"name": "ft_l", "agent": "ft_l", "agent-kwargs": {"lr": 0.1}}], compare=[])
     with pytest.raises(ValueError, match="finished with other settings"):
         sweep(load_spec(changed), out)
@@ -214,7 +212,7 @@ def test_probability_of_improvement_counts_ties_as_half() -> None:
 def test_tune_writes_a_best_configuration_a_spec_can_include(tmp_path: Path, ray_local) -> None:
     path = write_spec(tmp_path, agents=[{"name": "ft_l", "agent": "ft_l", "agent-kwargs": {"iterations": 2}}], compare=[],
                       search={"agent-kwargs": {"lr": {"loguniform": [0.001, 0.1]}},
-                              "validation": {"seeds": [0, 1], "num_edits": 3}})
+                              "validation": {"seeds": [0, 1], "num_edits": 2}})
     summary = tune_spec(path, trials=3, out=tmp_path / "tune")
     assert summary["trials"] == 3 and summary["errors"] == 0
     assert summary["best"]["agent-kwargs"]["iterations"] == 2 and 0.001 <= summary["best"]["agent-kwargs"]["lr"] <= 0.1

@@ -100,8 +100,12 @@ def sweep(spec: SweepSpec, out: str | Path, address: str | None = None, max_conc
     if pending:
         _run_on_tune(spec, out, pending, address, max_concurrent, cells)
     collect_results(out, cells)
-    failed = {c.id: json.loads((cell_dir(out, c) / ERROR_FILE).read_text())["error"]
-              for c in pending if not is_finished(out, c) and (cell_dir(out, c) / ERROR_FILE).is_file()}
+    failed = {}
+    for c in pending:
+        if not is_finished(out, c):
+            error = cell_dir(out, c) / ERROR_FILE
+            failed[c.id] = (json.loads(error.read_text())["error"] if error.is_file() else
+                            f"did not finish (the sweep was stopped or the worker lost; Ray's logs are under {out / 'ray'})")
     return {"cells": len(cells), "already_finished": finished_before, "ran": len(pending) - len(failed),
             "failed": failed, "remaining": sum(not is_finished(out, c) for c in cells),
             "seconds": time.perf_counter() - started}
@@ -127,6 +131,8 @@ def _run_on_tune(spec: SweepSpec, out: Path, pending: list[Cell], address: str |
     tuner = tune.Tuner(
         trainable,
         param_space={"cell": tune.grid_search([c.as_config() for c in pending]), "out": str(out)},
+        # reuse_actors: a worker process runs one cell after another, so the environment's per-process
+        # model cache (hiedit_env.models) loads each base model once per worker, not once per cell
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(out / "ray"),
                                   callbacks=[ResultsTable()], verbose=0,

@@ -122,6 +122,7 @@ def tune_spec(path: str | Path, trials: int, out: str | Path, address: str | Non
         tune.with_resources(_trial, {"cpu": spec.threads, "gpu": spec.gpu or 0}),
         param_space={"cell": cell, "out": str(out), "params": {k: _distribution(v) for k, v in space.items()}},
         tune_config=tune.TuneConfig(metric="score", mode="max", num_samples=trials, max_concurrent_trials=max_concurrent,
+                                    reuse_actors=True,  # a worker keeps its loaded model for the next trial
                                     search_alg=OptunaSearch(seed=seed),
                                     scheduler=ASHAScheduler(max_t=len(validation), grace_period=1, reduction_factor=2,
                                                             time_attr="sequences")),

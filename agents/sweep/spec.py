@@ -266,7 +266,11 @@ def load_spec(path: str | Path, extra_keys: set[str] = frozenset(), evaluation_r
     gpu = check.typed(raw["gpu"], "gpu", (int, float), 0) if "gpu" in raw else None
 
     compare: list[tuple[str, str]] = []
-    for i, pair in enumerate(raw.get("compare", []) or []):
+    pairs = raw.get("compare") or []
+    if not isinstance(pairs, list):
+        check.error("compare", f"expected a list of [agent entry, agent entry] pairs, got {pairs!r}")
+        pairs = []
+    for i, pair in enumerate(pairs):
         if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
             check.error(f"compare[{i}]", f"expected a pair of agent entry names, got {pair!r}")
             continue

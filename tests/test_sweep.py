@@ -215,6 +215,10 @@ def test_tune_writes_a_best_configuration_a_spec_can_include(tmp_path: Path, ray
                               "validation": {"seeds": [0, 1], "num_edits": 2}})
     summary = tune_spec(path, trials=3, out=tmp_path / "tune")
     assert summary["trials"] == 3 and summary["errors"] == 0
+    # the first trial runs the entry's own values: ft_l's default lr with the entry's iterations
+    assert summary["defaults"] == {"lr": 0.01} and 0 <= summary["default_score"] <= 1
+    trials = list(csv.DictReader((tmp_path / "tune" / "trials.csv").open()))
+    assert len(trials) == 3 and float(trials[0]["config/params/lr"]) == 0.01
     assert summary["best"]["agent-kwargs"]["iterations"] == 2 and 0.001 <= summary["best"]["agent-kwargs"]["lr"] <= 0.1
     best = tmp_path / "tune" / "best.yaml"
     including = write_spec(tmp_path, agents=[{"name": "tuned", "include": str(best)}], compare=[])

@@ -49,7 +49,8 @@ def run_tune(args: argparse.Namespace) -> dict[str, Any]:
 
     summary = tune_spec(args.spec, args.trials, args.out_dir, address=args.address, max_concurrent=args.max_concurrent,
                         seed=args.seed)
-    print(f"best of {summary['trials']} trials (validation mean {summary['score']:.3f}): {summary['best']}; "
+    default = f"; the entry's own values {summary['defaults']}: {summary['default_score']:.3f}" if summary["default_score"] is not None else ""
+    print(f"best of {summary['trials']} trials (validation mean {summary['score']:.3f}): {summary['best']}{default}; "
           f"written to {Path(args.out_dir) / 'best.yaml'}")
     return summary
 

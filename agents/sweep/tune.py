@@ -17,6 +17,7 @@ spec includes with ``include: OUT/best.yaml``.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import shutil
 from pathlib import Path
@@ -100,11 +101,27 @@ def _configured(cell: Cell, params: dict[str, Any]) -> tuple[Cell, dict[str, Any
     return dataclasses.replace(cell, agent_kwargs=kwargs), {**cell.variants[0][1], **{k: v for k, v in params.items() if k in options}}
 
 
+def _defaults(cell: Cell, names: list[str]) -> dict[str, Any]:
+    """The values the searched parameters take without a search: the entry's, else the constructor's defaults."""
+    parameters = inspect.signature(agent_class(cell.agent).__init__).parameters
+    acting = cell.variants[0][1]
+    values = {}
+    for name in names:
+        if name in acting or name in cell.agent_kwargs:
+            values[name] = acting.get(name, cell.agent_kwargs.get(name))
+        elif name in parameters and parameters[name].default is not inspect.Parameter.empty:
+            values[name] = parameters[name].default
+        else:
+            raise ValueError(f"search.agent-kwargs.{name}: {cell.agent!r} takes no such argument")
+    return values
+
+
 def tune_spec(path: str | Path, trials: int, out: str | Path, address: str | None = None,
               max_concurrent: int | None = None, seed: int = 0) -> dict[str, Any]:
     """Search ``trials`` configurations of the spec's agent; writes ``OUT/best.yaml`` and ``OUT/trials.csv``.
 
     Returns the best configuration and its validation score."""
+    import pandas as pd
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -116,21 +133,29 @@ def tune_spec(path: str | Path, trials: int, out: str | Path, address: str | Non
     # The validation sequences come from the training source and split: evaluation data never scores a trial.
     cell = dataclasses.replace(expand(spec)[0], eval_source=data.train.source, eval_split=data.train.split,
                                evaluations=validation, curve_points=0)
+    defaults = _defaults(cell, list(space))
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    # The first trial runs the entry's own values (the shipped defaults unless the entry sets them),
+    # so the search's best is reported against them on the same validation sequences.
+    searcher = OptunaSearch(seed=seed, points_to_evaluate=[{f"params/{k}": v for k, v in defaults.items()}])
     tuner = tune.Tuner(
         tune.with_resources(_trial, {"cpu": spec.threads, "gpu": spec.gpu or 0}),
         param_space={"cell": cell, "out": str(out), "params": {k: _distribution(v) for k, v in space.items()}},
         tune_config=tune.TuneConfig(metric="score", mode="max", num_samples=trials, max_concurrent_trials=max_concurrent,
                                     reuse_actors=True,  # a worker keeps its loaded model for the next trial
-                                    search_alg=OptunaSearch(seed=seed),
+                                    search_alg=searcher,
                                     scheduler=ASHAScheduler(max_t=len(validation), grace_period=1, reduction_factor=2,
                                                             time_attr="sequences")),
         run_config=tune.RunConfig(name=spec.name, storage_path=str(out / "ray"), verbose=0),
     )
     results = tuner.fit()
     frame = results.get_dataframe()
+    params_columns = [f"config/params/{k}" for k in space]
+    frame = frame[["trial_id", "score", "sequences", *params_columns, "time_total_s"]]
     atomic_write(out / "trials.csv", frame.to_csv(index=False))
+    default_rows = frame[(frame[params_columns] == pd.Series(defaults).set_axis(params_columns)).all(axis=1)]
+    default_score = float(default_rows["score"].iloc[0]) if len(default_rows) else None
     best = results.get_best_result(metric="score", mode="max", scope="last")
     params = best.config["params"]
     configured, acting = _configured(cell, params)
@@ -140,8 +165,11 @@ def tune_spec(path: str | Path, trials: int, out: str | Path, address: str | Non
     header = (f"# Best of {len(frame)} trials of `hiedit tune {path}`: validation mean(ES, GS, LS) "
               f"{best.metrics['score']:.3f} over {best.metrics['sequences']} sequence(s) of {validation[0][1]} edits "
               f"from {data.train.source} (split {data.train.split}).\n")
-    atomic_write(out / "best.yaml", header + yaml.safe_dump(entry, sort_keys=False))
-    summary = {"best": entry, "score": best.metrics["score"], "trials": len(frame),
+    if default_score is not None:
+        header += f"# The entry's own values {defaults} scored {default_score:.3f} on the same sequences.\n"
+    summary = {"best": entry, "score": best.metrics["score"], "defaults": defaults, "default_score": default_score,
+               "trials": len(frame),
                "errors": sum(1 for r in results if r.error is not None)}
+    atomic_write(out / "best.yaml", header + yaml.safe_dump(entry, sort_keys=False))
     atomic_write(out / "best.json", json.dumps(summary, indent=2))
     return summary

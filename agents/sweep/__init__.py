@@ -3,7 +3,11 @@ stratified bootstrap intervals (:func:`build_report`) and hyperparameter search 
 See docs/sweeps.md."""
 
 from .grid import Cell, expand
-from .report import build_report, probability_of_improvement, stratified_bootstrap_interval
+from .report import (
+    build_report,
+    probability_of_improvement,
+    stratified_bootstrap_interval,
+)
 from .runner import collect_results, sweep
 from .spec import SpecError, SweepSpec, load_spec
 from .tune import tune_spec

@@ -24,7 +24,8 @@ import torch
 
 from hiedit_env.files import atomic_write
 
-from .. import cli as commands  # a module reference: agents/cli.py imports this package while it loads
+# a module reference: agents/cli.py imports this package while it loads
+from .. import cli as commands
 from ..base import CONFIG_FILE, Agent, run_episode
 from ..registry import agent_class
 from .grid import Cell
@@ -129,7 +130,7 @@ def provenance() -> dict[str, str]:
             versions[package] = ""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                                text=True, timeout=10).stdout.strip()
+                                text=True, timeout=10, check=False).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return {"versions": " ".join(f"{k}=={v}" for k, v in versions.items() if v), "git_commit": commit,

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 
-
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:

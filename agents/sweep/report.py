@@ -54,7 +54,8 @@ def probability_of_improvement(x: Sequence[float], y: Sequence[float]) -> float:
 
 def interquartile_mean(values: Sequence[float]) -> float:
     """Mean of the middle 50% of values (scipy's trimmed mean, a quarter cut from each end)."""
-    from scipy.stats import trim_mean  # scipy.stats takes a second to import; only reports need it
+    # scipy.stats takes a second to import; only reports need it
+    from scipy.stats import trim_mean
 
     return float(trim_mean(np.asarray(values, dtype=float), 0.25))
 
@@ -103,18 +104,18 @@ def build_report(folders: Sequence[str | Path], out: str | Path) -> Path:
     for r in rows:
         groups[(r["model"], r["dataset"], r["num_edits"])][r["agent"]].append(r)
     lines = ["# Sweep report", "",
-             f"Sweeps: {', '.join(sorted({r['spec'] for r in rows}))}. A cell is one (training seed x evaluation "
+             (f"Sweeps: {', '.join(sorted({r['spec'] for r in rows}))}. A cell is one (training seed x evaluation "
              f"sequence); **mean** is mean(ES, GS, LS) averaged over cells, with a {CONFIDENCE:.0%} stratified "
              f"bootstrap interval ({RESAMPLES} resamples within training seeds) and the interquartile mean (IQM). "
              "ES/GS: teacher-forced token accuracy of the new answer on the edit prompt / paraphrase; LS: agreement "
              "with the unedited model's argmax on unrelated prompts; efficacy (CounterFact): NLL(new) < NLL(old); "
-             "first 20%: ES of the sequence's first fifth after the whole sequence (retention).", ""]
+             "first 20%: ES of the sequence's first fifth after the whole sequence (retention)."), ""]
     for (model, dataset, num_edits), agents in groups.items():
         stats = {agent: summarize(agent_rows) for agent, agent_rows in agents.items()}
         key = f"{slug(model)}_{dataset}_n{num_edits}"
         lines += [f"## {dataset}, {num_edits}-edit sequences, {model}", "",
-                  "| agent | cells (training seeds) | **mean** [95% CI] | IQM | ES / GS / LS | efficacy | first 20% | "
-                  "layers per edit | s per edit (agent) |",
+                  ("| agent | cells (training seeds) | **mean** [95% CI] | IQM | ES / GS / LS | efficacy | first 20% | "
+                   "layers per edit | s per edit (agent) |"),
                   "|---|---|---|---|---|---|---|---|---|"]
         for agent, s in sorted(stats.items(), key=lambda item: -item[1]["mean"]):
             layers = f"{s['layers_per_edit']:.1f} of {s['candidates']:.0f}" if s["candidates"] else ""

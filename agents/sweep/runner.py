@@ -143,9 +143,9 @@ def _run_on_tune(spec: SweepSpec, out: Path, pending: list[Cell], address: str |
 
 def format_summary(summary: dict[str, Any], out: Path) -> str:
     """The lines ``hiedit sweep`` prints at the end."""
-    lines = [f"{summary['cells']} cells: {summary['already_finished']} already finished, {summary['ran']} run now "
-             f"({summary['seconds']:.0f} s), {len(summary['failed'])} failed, {summary['remaining']} remaining; "
-             f"results in {Path(out) / RESULTS_CSV}"]
+    lines = [(f"{summary['cells']} cells: {summary['already_finished']} already finished, {summary['ran']} run now "
+              f"({summary['seconds']:.0f} s), {len(summary['failed'])} failed, {summary['remaining']} remaining; "
+              f"results in {Path(out) / RESULTS_CSV}")]
     lines += [f"  failed {cell}: {error}" for cell, error in summary["failed"].items()]
     return "\n".join(lines)
 

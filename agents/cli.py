@@ -36,6 +36,7 @@ from hiedit_env.records import DEFAULT_DATASET
 from .base import DEFAULT_TRAIN_STEPS, Agent, TrainingInterrupted, build_agent, read_checkpoint_meta, run_episode
 from .checkpoint import CheckpointError, progress_folder, remove_progress
 from .registry import agent_class, available_agents
+from .sweep.cli import add_sweep_parsers
 
 DEFAULT_TRAIN_EDITS = 20
 DEFAULT_EVAL_EDITS = 100
@@ -243,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", default=None, help="directory written by 'hiedit train'")
     evaluate.add_argument("--out", default="results.json", help="where to write the metrics as JSON")
     evaluate.set_defaults(run=run_evaluate)
+    add_sweep_parsers(sub)
     return parser
 
 

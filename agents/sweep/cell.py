@@ -1,0 +1,169 @@
+"""Running one cell in a worker: train (unless the agent does not learn), then evaluate every sequence.
+
+A cell's folder ``OUT/cells/<id>/`` holds ``checkpoint/``, ``train_stats.json``, ``tensorboard/``,
+``evaluations/<agent entry>/n<num_edits>_seed<seed>.json`` (full metrics, protocols, curve points) and, last of all,
+``cell.json``: the cell's result rows. Every step is skipped when its file exists, so a cell that was
+interrupted continues where it stopped (an interrupted training starts again unless the agent can
+resume from its checkpoint), and a finished cell is never run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import torch
+
+from hiedit_env.files import write_text
+
+# a module reference: agents/cli.py imports this package while it loads
+from .. import cli as commands
+from ..base import CONFIG_FILE, Agent, run_episode
+from ..registry import agent_class
+from .grid import Cell
+
+CELL_FILE = "cell.json"
+ERROR_FILE = "error.json"
+# Nested values of episode_metrics that the per-evaluation JSON keeps and the flat table leaves out.
+NESTED_METRICS = ("per_edit", "protocols", "module_share")
+
+
+def cell_dir(out: Path, cell: Cell) -> Path:
+    return Path(out) / "cells" / cell.id
+
+
+def is_finished(out: Path, cell: Cell) -> bool:
+    """Whether the cell's result file exists (our own record, whatever Ray's experiment state says)."""
+    return (cell_dir(out, cell) / CELL_FILE).is_file()
+
+
+def _env_args(cell: Cell, source: str, split: str, num_edits: int) -> argparse.Namespace:
+    # make_env of `hiedit train` / `hiedit evaluate`, so a sweep's cell and a command line build the same environment
+    return argparse.Namespace(model=cell.model, dataset=source, split=split, num_edits=num_edits,
+                              env_kwargs=cell.env_kwargs, threads=cell.threads, low_memory=False)
+
+
+def train(cell: Cell, folder: Path) -> dict[str, Any]:
+    """Train the cell's agent as ``hiedit train`` does and save its checkpoint; returns its statistics."""
+    cls = agent_class(cell.agent)
+    checkpoint = folder / "checkpoint"
+    torch.manual_seed(cell.training_seed)
+    args = _env_args(cell, cell.train_source, cell.train_split, cell.training_num_edits)
+    if cls.resumable and (checkpoint / CONFIG_FILE).is_file():  # an interrupted training continues
+        env = commands.make_env(args, cls, json.loads((checkpoint / CONFIG_FILE).read_text())["config"], evaluation=False)
+        agent = cls.load(checkpoint, env)
+    else:
+        env = commands.make_env(args, cls, cell.agent_kwargs, evaluation=False)
+        agent = commands.build_agent(cls, env, cell.agent_kwargs)
+    steps = cell.training_steps or agent.default_train_steps
+    extra = {"checkpoint_dir": checkpoint} if cls.resumable else {}
+    started = time.perf_counter()
+    stats = agent.learn(env, steps, log_dir=folder / "tensorboard", seed=cell.training_seed, progress=False, **extra)
+    seconds = time.perf_counter() - started
+    agent.save(checkpoint)
+    env.close()
+    stats.update(steps=steps, total_seconds=seconds, seconds_per_step=seconds / steps, **commands.peak_memory_mb())
+    write_text(folder / "train_stats.json", json.dumps(stats, indent=2, default=str))
+    return stats
+
+
+def evaluate(cell: Cell, folder: Path, seed: int, num_edits: int, acting: dict[str, Any]) -> dict[str, Any]:
+    """One evaluation sequence, as ``hiedit evaluate`` runs it, with the acting options ``acting`` and
+    ES/GS/LS after every ``num_edits / curve_points`` edits when the cell asks for curve points."""
+    cls = agent_class(cell.agent)
+    args = _env_args(cell, cell.eval_source, cell.eval_split, num_edits)
+    agent: Agent
+    if cell.training_seed is not None:
+        checkpoint = folder / "checkpoint"
+        config = json.loads((checkpoint / CONFIG_FILE).read_text())["config"]
+        env = commands.make_env(args, cls, {**config, **acting}, evaluation=True)
+        agent = cls.load(checkpoint, env, **acting)
+    else:
+        kwargs = {**cell.agent_kwargs, **acting}
+        env = commands.make_env(args, cls, kwargs, evaluation=True)
+        agent = commands.build_agent(cls, env, kwargs)
+    marks = {round(num_edits * i / cell.curve_points) for i in range(1, cell.curve_points)} if cell.curve_points > 1 else set()
+    curve: list[dict[str, float]] = []
+
+    def on_step(info: dict[str, Any], terminated: bool) -> None:
+        t = env.unwrapped.edit_index
+        if t in marks and not terminated:
+            m = env.unwrapped.evaluate(generation=False)
+            curve.append({"edits": t, "ES": m["ES"], "GS": m["GS"], "LS": m["LS"]})
+
+    started = time.perf_counter()
+    metrics = run_episode(agent, env, seed, progress=False, on_step=on_step)
+    wall = time.perf_counter() - started
+    if cell.curve_points:
+        curve.append({"edits": num_edits, "ES": metrics["ES"], "GS": metrics["GS"], "LS": metrics["LS"]})
+    device = str(env.unwrapped.model.device)
+    env.close()
+    return {"metrics": metrics, "curve": curve, "wall_seconds": wall, "device": device, **commands.peak_memory_mb(), **provenance()}
+
+
+def row(cell: Cell, entry: str, seed: int, num_edits: int, result: dict[str, Any]) -> dict[str, Any]:
+    """The results-table row of one evaluation: who, on what, every scalar metric, cost and provenance."""
+    metrics = result["metrics"]
+    return {"spec": cell.spec, "model": cell.model, "dataset": cell.dataset, "agent": entry, "agent_class": cell.agent,
+            "training_seed": cell.training_seed, "evaluation_seed": seed, "num_edits": num_edits,
+            **{k: v for k, v in metrics.items() if k not in NESTED_METRICS and k != "num_edits"},
+            "peak_rss_mb": result["peak_rss_mb"], "wall_seconds": result["wall_seconds"], "device": result["device"],
+            **{k: result[k] for k in ("versions", "git_commit", "machine")}, "module_share": metrics.get("module_share"), "curve": result["curve"]}
+
+
+@functools.lru_cache(maxsize=1)
+def provenance() -> dict[str, str]:
+    """Package versions, the source's git commit and the machine, once per worker process."""
+    versions = {}
+    for package in ("hiedit-gym", "torch", "transformers", "gymnasium", "ray"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = ""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, timeout=10, check=False).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {"versions": " ".join(f"{k}=={v}" for k, v in versions.items() if v), "git_commit": commit,
+            "machine": f"{platform.node()} {platform.machine()} {platform.processor() or platform.system()}"}
+
+
+def run_cell(cell: Cell, out: Path) -> dict[str, Any]:
+    """Train and evaluate ``cell`` under ``out``, skipping every part whose file exists; write ``cell.json``.
+
+    Returns the cell's record (also what ``cell.json`` holds). The caller handles errors.
+    """
+    folder = cell_dir(out, cell)
+    if (folder / CELL_FILE).is_file():
+        return json.loads((folder / CELL_FILE).read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    if cell.threads:
+        torch.set_num_threads(cell.threads)
+    gym.logger.min_level = 40  # the checker's warnings once per environment would fill every worker's log
+    stats_file = folder / "train_stats.json"
+    stats = None
+    if cell.training_seed is not None:
+        stats = json.loads(stats_file.read_text()) if stats_file.is_file() else train(cell, folder)
+    rows = []
+    for entry, acting in cell.variants:
+        for seed, num_edits in cell.evaluations:
+            file = folder / "evaluations" / entry / f"n{num_edits}_seed{seed}.json"
+            if file.is_file():
+                result = json.loads(file.read_text())
+            else:
+                result = evaluate(cell, folder, seed, num_edits, acting)
+                write_text(file, json.dumps(result, indent=2))
+            rows.append(row(cell, entry, seed, num_edits, result))
+    record = {"cell": cell.as_config(), "train_stats": stats, "rows": rows}
+    write_text(folder / CELL_FILE, json.dumps(record, indent=2, default=str))
+    (folder / ERROR_FILE).unlink(missing_ok=True)
+    return record

@@ -1,0 +1,206 @@
+"""``hiedit report``: one or more sweep folders -> ``report.md`` with intervals, plus PNG figures.
+
+Statistics follow rliable's reporting (Agarwal et al., 2021), written here in a few lines because its
+repository is archived: a cell is one (training seed x evaluation sequence) result; the point estimate
+is the mean over cells of mean(ES, GS, LS); its 95% interval is a percentile bootstrap that resamples
+cells *within each training seed* (a stratified bootstrap: every resample keeps each seed's cell
+count, so seeds are never dropped or doubled as a whole); the interquartile mean is the mean of the
+middle 50% of cells (``scipy.stats.trim_mean``); the probability of improvement P(X > Y) is the share
+of cell pairs where X scores above Y, ties counting half. ``scipy.stats.bootstrap`` is not used for
+the interval: it rejects a stratum of one cell (one evaluation sequence per training seed).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hiedit_env.files import write_text
+
+from .grid import slug
+from .runner import RESULTS_JSONL, read_sweep
+
+SCORE = "mean"
+CONFIDENCE = 0.95
+RESAMPLES = 10_000
+
+
+def stratified_bootstrap_interval(strata: Sequence[Sequence[float]], confidence: float = CONFIDENCE,
+                                  resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of the mean over all values, resampling with replacement within each stratum."""
+    rng = np.random.default_rng(seed)
+    total = np.zeros(resamples)
+    count = 0
+    for values in strata:
+        values = np.asarray(values, dtype=float)
+        total += values[rng.integers(0, len(values), (resamples, len(values)))].sum(axis=1)
+        count += len(values)
+    means = total / count
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def probability_of_improvement(x: Sequence[float], y: Sequence[float]) -> float:
+    """P(X > Y) over all pairs of cells, ties counting half (rliable's per-task estimate)."""
+    x, y = np.asarray(x, dtype=float)[:, None], np.asarray(y, dtype=float)[None, :]
+    return float(((x > y) + 0.5 * (x == y)).mean())
+
+
+def interquartile_mean(values: Sequence[float]) -> float:
+    """Mean of the middle 50% of values (scipy's trimmed mean, a quarter cut from each end)."""
+    # scipy.stats takes a second to import; only reports need it
+    from scipy.stats import trim_mean
+
+    return float(trim_mean(np.asarray(values, dtype=float), 0.25))
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None or np.isnan(value) else f"{value:.3f}"
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return float(np.mean(values)) if values else None
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report's numbers for one (model, dataset, num_edits, agent) group of result rows."""
+    strata: dict[Any, list[float]] = defaultdict(list)
+    for r in rows:
+        strata[r.get("training_seed")].append(r[SCORE])
+    scores = [s for values in strata.values() for s in values]
+    low, high = stratified_bootstrap_interval(list(strata.values()))
+    return {"cells": len(scores), "training_seeds": len(strata), "mean": float(np.mean(scores)), "low": low, "high": high,
+            "iqm": interquartile_mean(scores), "scores": scores,
+            **{k: _mean(rows, k) for k in ("ES", "GS", "LS", "efficacy", "ES_first_20pct", "layers_per_edit",
+                                           "candidates", "seconds_per_edit", "agent_seconds_per_edit")}}
+
+
+def load_rows(folders: Sequence[str | Path]) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Every result row of the sweep folders and the union of their ``compare`` pairs."""
+    rows, compare = [], []
+    for folder in folders:
+        meta = read_sweep(Path(folder))
+        compare += [tuple(p) for p in meta["compare"] if tuple(p) not in compare]
+        file = Path(folder) / RESULTS_JSONL
+        if file.is_file():
+            rows += [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+    if not rows:
+        raise ValueError(f"no finished cells in {', '.join(map(str, folders))}")
+    return rows, compare
+
+
+def build_report(folders: Sequence[str | Path], out: str | Path) -> Path:
+    """Write ``out/report.md`` and its figures for the sweep folders; returns the report's path."""
+    out = Path(out)
+    rows, compare = load_rows(folders)
+    groups: dict[tuple, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        groups[(r["model"], r["dataset"], r["num_edits"])][r["agent"]].append(r)
+    lines = ["# Sweep report", "",
+             (f"Sweeps: {', '.join(sorted({r['spec'] for r in rows}))}. A cell is one (training seed x evaluation "
+             f"sequence); **mean** is mean(ES, GS, LS) averaged over cells, with a {CONFIDENCE:.0%} stratified "
+             f"bootstrap interval ({RESAMPLES} resamples within training seeds) and the interquartile mean (IQM). "
+             "ES/GS: teacher-forced token accuracy of the new answer on the edit prompt / paraphrase; LS: agreement "
+             "with the unedited model's argmax on unrelated prompts; efficacy (CounterFact): NLL(new) < NLL(old); "
+             "first 20%: ES of the sequence's first fifth after the whole sequence (retention)."), ""]
+    for (model, dataset, num_edits), agents in groups.items():
+        stats = {agent: summarize(agent_rows) for agent, agent_rows in agents.items()}
+        key = f"{slug(model)}_{dataset}_n{num_edits}"
+        lines += [f"## {dataset}, {num_edits}-edit sequences, {model}", "",
+                  ("| agent | cells (training seeds) | **mean** [95% CI] | IQM | ES / GS / LS | efficacy | first 20% | "
+                   "layers per edit | s per edit (agent) |"),
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for agent, s in sorted(stats.items(), key=lambda item: -item[1]["mean"]):
+            layers = f"{s['layers_per_edit']:.1f} of {s['candidates']:.0f}" if s["candidates"] else ""
+            lines.append(f"| {agent} | {s['cells']} ({s['training_seeds']}) | **{s['mean']:.3f}** [{s['low']:.3f}, {s['high']:.3f}] | "
+                         f"{s['iqm']:.3f} | {_fmt(s['ES'])} / {_fmt(s['GS'])} / {_fmt(s['LS'])} | {_fmt(s['efficacy'])} | "
+                         f"{_fmt(s['ES_first_20pct'])} | {layers} | {s['seconds_per_edit']:.2f} ({s['agent_seconds_per_edit']:.2f}) |")
+        pairs = [(x, y) for x, y in compare if x in stats and y in stats]
+        if pairs:
+            lines += ["", "| comparison | P(improvement) |", "|---|---|"]
+            lines += [f"| {x} over {y} | {probability_of_improvement(stats[x]['scores'], stats[y]['scores']):.2f} |"
+                      for x, y in pairs]
+        figures = [_interval_plot(stats, out / f"intervals_{key}.png", f"{dataset}, {num_edits} edits")]
+        figures.append(_curve_plot(agents, out / f"curves_{key}.png", f"{dataset}, {num_edits} edits"))
+        figures.append(_module_heatmap(agents, out / f"modules_{key}.png", f"{dataset}, {num_edits} edits"))
+        lines += [""] + [f"![{f.stem}]({f.name})" for f in figures if f is not None] + [""]
+    return write_text(out / "report.md", "\n".join(lines))
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)  # atomic, as every result file
+    return path
+
+
+def _interval_plot(stats: dict[str, dict[str, Any]], path: Path, title: str) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = sorted(stats, key=lambda a: stats[a]["mean"])
+    fig, ax = plt.subplots(figsize=(6, 0.45 * len(order) + 1))
+    means = np.array([stats[a]["mean"] for a in order])
+    errors = np.array([[stats[a]["mean"] - stats[a]["low"], stats[a]["high"] - stats[a]["mean"]] for a in order]).T
+    ax.errorbar(means, range(len(order)), xerr=errors, fmt="o", capsize=4)
+    ax.set_yticks(range(len(order)), order)
+    ax.set_xlabel(f"mean(ES, GS, LS), {CONFIDENCE:.0%} stratified bootstrap interval")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def _curve_plot(agents: dict[str, list[dict[str, Any]]], path: Path, title: str) -> Path | None:
+    curves = {a: [r["curve"] for r in rows if r.get("curve")] for a, rows in agents.items()}
+    curves = {a: c for a, c in curves.items() if c}
+    if not curves:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5), sharey=True)
+    for agent, runs in curves.items():
+        edits = [p["edits"] for p in runs[0]]
+        for ax, metric in zip(axes, ("ES", "GS", "LS")):
+            ax.plot(edits, [np.mean([run[i][metric] for run in runs]) for i in range(len(edits))], marker="o", label=agent)
+            ax.set_title(f"{metric} of the edits so far")
+            ax.set_xlabel("edits applied")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _module_heatmap(agents: dict[str, list[dict[str, Any]]], path: Path, title: str) -> Path | None:
+    """Share of edits that changed each candidate module, for agents that choose (not all, not none)."""
+    shares = {}
+    for agent, rows in agents.items():
+        maps = [r["module_share"] for r in rows if r.get("module_share")]
+        if maps and 0 < np.mean([r["layers_per_edit"] for r in rows]) < rows[0]["candidates"]:
+            shares[agent] = {m: float(np.mean([s[m] for s in maps])) for m in maps[0]}
+    if not shares:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modules = list(next(iter(shares.values())))
+    matrix = np.array([[shares[a][m] for m in modules] for a in shares])
+    fig, ax = plt.subplots(figsize=(0.4 * len(modules) + 3, 0.5 * len(shares) + 1.5))
+    image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(modules)), modules, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(shares)), list(shares))
+    fig.colorbar(image, label="share of edits that changed the module")
+    ax.set_title(title)
+    return _save(fig, path)

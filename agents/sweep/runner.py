@@ -1,0 +1,159 @@
+"""Running a sweep's unfinished cells as Ray Tune trials and keeping the results table up to date.
+
+One Tune trial per cell, a function trainable with ``tune.with_resources`` (CPU threads, a GPU share
+where CUDA is present). Locally ``ray.init`` starts Ray on this machine; ``address`` (or
+``RAY_ADDRESS``) joins a running cluster, whose workers then need ``OUT`` on shared storage: each
+worker writes its cell's files there itself. Ray's own experiment state lives in ``OUT/ray`` but is
+never what decides what runs: a cell runs when its ``cell.json`` is missing, so a sweep started again
+on a new machine with the same folder finishes only what is missing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hiedit_env.files import write_text
+
+from .cell import CELL_FILE, ERROR_FILE, cell_dir, is_finished, run_cell
+from .grid import Cell, expand
+from .spec import SweepSpec
+
+RESULTS_CSV = "results.csv"
+RESULTS_JSONL = "results.jsonl"
+SWEEP_FILE = "sweep.json"
+# Row values too nested for a CSV column; results.jsonl keeps them.
+NESTED_COLUMNS = ("module_share", "curve")
+
+
+def _trainable(config: dict[str, Any]) -> None:
+    """The Tune function trainable: run one cell; a failure is written to the cell's ``error.json`` and
+    reported as the trial's result, so it neither stops the other cells nor makes Tune retry it."""
+    from ray import tune
+
+    cell, out = Cell.from_config(config["cell"]), Path(config["out"])
+    try:
+        record = run_cell(cell, out)
+        tune.report({"status": "ok", "evaluations": len(record["rows"])})
+    except Exception as err:  # noqa: BLE001  (any failure of a user's agent is the cell's result)
+        message = f"{type(err).__name__}: {' '.join(str(err).split())}"
+        write_text(cell_dir(out, cell) / ERROR_FILE,
+                     json.dumps({"error": message, "traceback": traceback.format_exc()}, indent=2))
+        tune.report({"status": "error", "error": message})
+
+
+def collect_results(out: Path, cells: list[Cell] | None = None) -> list[dict[str, Any]]:
+    """Rewrite ``OUT/results.jsonl`` and ``OUT/results.csv`` (atomically) from every finished cell's
+    ``cell.json``; returns the rows. With ``cells``, their order; otherwise every cell folder's."""
+    folders = [cell_dir(out, c) for c in cells] if cells is not None else sorted((out / "cells").glob("*"))
+    rows = [r for f in folders if (f / CELL_FILE).is_file() for r in json.loads((f / CELL_FILE).read_text())["rows"]]
+    write_text(out / RESULTS_JSONL, "".join(json.dumps(r) + "\n" for r in rows))
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns and k not in NESTED_COLUMNS]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / RESULTS_CSV, text.getvalue())
+    return rows
+
+
+def _check_unchanged(out: Path, cells: list[Cell]) -> None:
+    """Refuse to mix results: a finished cell must have been run with the settings the spec gives now."""
+    for cell in cells:
+        if is_finished(out, cell):
+            done = json.loads((cell_dir(out, cell) / CELL_FILE).read_text())["cell"]
+            now = json.loads(json.dumps(cell.as_config()))
+            changed = sorted(k for k in now if k != "evaluations" and done.get(k) != now[k])
+            if changed:
+                raise ValueError(f"cell {cell.id} in {out} finished with other settings ({', '.join(changed)}); "
+                                 "sweep into a new --out folder or give the changed entry a new name")
+
+
+def sweep(spec: SweepSpec, out: str | Path, address: str | None = None, max_concurrent: int | None = None,
+          max_cells: int | None = None) -> dict[str, Any]:
+    """Run every unfinished cell of ``spec`` under ``out`` on Ray Tune; returns a summary
+    (``cells``, ``already_finished``, ``ran``, ``failed`` with each failure's error, ``seconds``).
+
+    ``max_cells`` runs at most that many unfinished cells (a long sweep run in parts). Ray is started
+    here unless it already runs in this process (then it is used as it is, e.g. by tests).
+    """
+    out = Path(out).resolve()
+    cells = expand(spec)
+    _check_unchanged(out, cells)
+    write_text(out / "spec.yaml", spec.path.read_text())
+    write_text(out / SWEEP_FILE, json.dumps({"name": spec.name, "spec": str(spec.path),
+                                               "compare": spec.compare, "cells": [c.id for c in cells]}, indent=2))
+    pending = [c for c in cells if not is_finished(out, c)]
+    finished_before = len(cells) - len(pending)
+    if max_cells is not None:
+        pending = pending[:max_cells]
+    started = time.perf_counter()
+    if pending:
+        _run_on_tune(spec, out, pending, address, max_concurrent, cells)
+    collect_results(out, cells)
+    failed = {}
+    for c in pending:
+        if not is_finished(out, c):
+            error = cell_dir(out, c) / ERROR_FILE
+            failed[c.id] = (json.loads(error.read_text())["error"] if error.is_file() else
+                            f"did not finish (the sweep was stopped or the worker lost; Ray's logs are under {out / 'ray'})")
+    return {"cells": len(cells), "already_finished": finished_before, "ran": len(pending) - len(failed),
+            "failed": failed, "remaining": sum(not is_finished(out, c) for c in cells),
+            "seconds": time.perf_counter() - started}
+
+
+def _run_on_tune(spec: SweepSpec, out: Path, pending: list[Cell], address: str | None,
+                 max_concurrent: int | None, cells: list[Cell]) -> None:
+    import ray
+    from ray import tune
+
+    if not ray.is_initialized():
+        # address=None: RAY_ADDRESS if set, else a local Ray on this machine's cores
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    gpu = spec.gpu if spec.gpu is not None else (1.0 / (max_concurrent or 1) if torch.cuda.is_available() else 0)
+
+    class ResultsTable(tune.Callback):
+        """Rewrites the results table each time a cell ends, so it grows while the sweep runs."""
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            collect_results(out, cells)
+
+    trainable = tune.with_resources(_trainable, {"cpu": spec.threads, "gpu": gpu})
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"cell": tune.grid_search([c.as_config() for c in pending]), "out": str(out)},
+        # reuse_actors: a worker process runs one cell after another, so the environment's per-process
+        # model cache (hiedit_env.models) loads each base model once per worker, not once per cell
+        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True),
+        run_config=tune.RunConfig(name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(out / "ray"),
+                                  callbacks=[ResultsTable()], verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=0)),
+    )
+    tuner.fit()
+
+
+def format_summary(summary: dict[str, Any], out: Path) -> str:
+    """The lines ``hiedit sweep`` prints at the end."""
+    lines = [(f"{summary['cells']} cells: {summary['already_finished']} already finished, {summary['ran']} run now "
+              f"({summary['seconds']:.0f} s), {len(summary['failed'])} failed, {summary['remaining']} remaining; "
+              f"results in {Path(out) / RESULTS_CSV}")]
+    lines += [f"  failed {cell}: {error}" for cell, error in summary["failed"].items()]
+    return "\n".join(lines)
+
+
+def read_sweep(out: Path) -> dict[str, Any]:
+    """A sweep folder's ``sweep.json`` (name, spec, compare pairs, cell ids)."""
+    file = Path(out) / SWEEP_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"{out} is not a sweep folder (no {SWEEP_FILE}); run 'hiedit sweep SPEC --out {out}' first")
+    return json.loads(file.read_text())
+

@@ -1,0 +1,226 @@
+"""``hiedit sweep`` / ``report`` / ``tune`` on the tiny test model and the shipped edits.
+
+Ray starts once for the module (about 15 s); every sweep here runs through it.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from hiedit_agents.cli import main
+from hiedit_agents.sweep import (SpecError, build_report, expand, load_spec, probability_of_improvement,
+                                 stratified_bootstrap_interval, sweep, tune_spec)
+from hiedit_agents.sweep.cell import run_cell
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY = {"validation_edits": 4, "validate_every": 4}  # the learned editors' validation on 48 training records
+
+
+def write_spec(folder: Path, **overrides: object) -> Path:
+    """A valid 2-agent spec (noop and RLEdit, bounded and not; two training seeds; two sequences of 3 edits),
+    with overrides."""
+    spec = {
+        "name": "test-sweep",
+        "models": ["test-tiny-gpt2"],
+        "datasets": [{"name": "default", "train": {"source": "default", "split": "train"},
+                      "evaluate": {"source": "default", "split": "test"}}],
+        "agents": [{"name": "noop", "agent": "noop"},
+                   {"name": "rledit", "agent": "rledit", "agent-kwargs": TINY},
+                   {"name": "rledit-bounded", "agent": "rledit", "agent-kwargs": TINY, "acting": {"max_size_ratio": 3}}],
+        "training": {"seeds": [0, 1], "steps": 4, "num_edits": 3},
+        "evaluation": {"seeds": [0, 1], "num_edits": [3], "curve_points": 3},
+        "compare": [["rledit-bounded", "noop"]],
+        **overrides,
+    }
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+# ---------------------------------------------------------------- spec
+
+
+def test_smoke_spec_is_valid_and_expands_to_one_training_per_seed() -> None:
+    spec = load_spec(REPO_ROOT / "benchmarks" / "specs" / "smoke.yaml")
+    cells = expand(spec)
+    # noop is evaluated only; `all` tunes its step on the training split per seed; rledit and
+    # rledit-bounded share one training per seed
+    assert [c.id for c in cells] == ["test-tiny-gpt2__default__noop", "test-tiny-gpt2__default__all__train0",
+                                     "test-tiny-gpt2__default__all__train1",
+                                     "test-tiny-gpt2__default__rledit+rledit-bounded__train0",
+                                     "test-tiny-gpt2__default__rledit+rledit-bounded__train1"]
+    assert cells[3].variants == [("rledit", {}), ("rledit-bounded", {"max_size_ratio": 3})]
+    assert all(c.evaluations == [(0, 4), (1, 4)] for c in cells)
+
+
+@pytest.mark.parametrize("spec_name", ["zsre-100.yaml", "cf-100.yaml"])
+def test_leaderboard_specs_are_valid(spec_name: str) -> None:
+    spec = load_spec(REPO_ROOT / "benchmarks" / "specs" / spec_name)
+    assert spec.models == ["smollm2-135m"] and spec.training_seeds == [0, 100, 200]
+    steps = {a.name: a.steps for a in spec.agents}
+    assert steps["hiedit"] == steps["rledit"] == 300 and steps["sac"] is None
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"agents": [{"name": "x", "agent": "no_such_agent"}]}, "agents[0].agent: unknown agent 'no_such_agent'"),
+    ({"datasets": [{"name": "d", "evaluate": {"source": "missing/edits.json"}}]}, "datasets[0].evaluate.source: no such file"),
+    ({"training": {"seeds": [0, "one"]}}, "training.seeds[1]: expected int, got str 'one'"),
+    ({"evaluation": {"num_edits": "many"}}, "evaluation.num_edits: expected a non-empty list of integers"),
+    ({"agents": [{"name": "a", "agent": "all"}, {"name": "a", "agent": "noop"}]}, "agents[1].name: duplicate entry name 'a'"),
+    ({"agents": [{"agent": "all", "acting": {"step": 1}}]}, "agents[0].acting: a checkpoint of 'all' fixes ['step']"),
+    ({"compare": [["all", "nobody"]]}, "compare[0]: 'nobody' is not an agent entry name"),
+    ({"extra": 1}, "spec.extra: unknown key"),
+])
+def test_spec_errors_name_their_key_path(tmp_path: Path, overrides: dict, message: str) -> None:
+    with pytest.raises(SpecError) as err:
+        load_spec(write_spec(tmp_path, **overrides))
+    assert message in str(err.value)
+
+
+def test_spec_reports_every_problem_at_once(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, agents=[{"name": "x", "agent": "nope"}], training={"steps": 0})
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    assert "agents[0].agent" in str(err.value) and "training.steps: must be >= 1" in str(err.value)
+
+
+def test_sweep_command_reports_a_bad_spec_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = write_spec(tmp_path, agents=[{"agent": "nope"}])
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hiedit sweep: error: invalid spec") and len(err.strip().splitlines()) == 1
+
+
+def test_data_paths_expand_environment_variables_relative_to_the_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "data" / "edits.json"
+    data.parent.mkdir()
+    data.write_text((REPO_ROOT / "hiedit_env" / "assets" / "default_edits.json").read_text())
+    monkeypatch.delenv("TEST_SWEEP_DATA", raising=False)
+    datasets = [{"name": "d", "evaluate": {"source": "${TEST_SWEEP_DATA:-data}/edits.json"}}]
+    assert load_spec(write_spec(tmp_path, datasets=datasets)).datasets[0].evaluate.source == str(data)
+    monkeypatch.setenv("TEST_SWEEP_DATA", str(tmp_path / "elsewhere"))
+    with pytest.raises(SpecError, match="no such file"):
+        load_spec(write_spec(tmp_path, datasets=datasets))
+
+
+# ---------------------------------------------------------------- sweep through Ray
+
+
+def _files(folder: Path) -> dict[str, tuple[int, bytes]]:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_sweep_interrupted_after_one_cell_resumes_without_touching_it(tmp_path: Path, ray_local) -> None:
+    # noop and RLEdit (bounded and not, from the same checkpoints) over 2 training seeds, and an entry
+    # that fails when its environment is built
+    broken = {"name": "broken", "agent": "ft_l", "env-kwargs": {"modules": ["no.such.module"]}}
+    path = write_spec(tmp_path)
+    spec = load_spec(write_spec(tmp_path, agents=yaml.safe_load(path.read_text())["agents"] + [broken]))
+    out = tmp_path / "sweep"
+    first = sweep(spec, out, max_cells=1)  # stands for a sweep stopped after its first cell
+    assert (first["cells"], first["ran"], first["remaining"], first["failed"]) == (4, 1, 3, {})
+    done = out / "cells" / "test-tiny-gpt2__default__noop"
+    before = _files(done)
+    assert "cell.json" in before and "evaluations/noop/n3_seed1.json" in before
+    assert len(list(csv.DictReader((out / "results.csv").open()))) == 2  # the table holds the finished cell
+
+    second = sweep(spec, out)
+    assert (second["already_finished"], second["ran"], second["remaining"]) == (1, 2, 1)
+    assert _files(done) == before  # neither re-run nor rewritten
+    # the failure is reported with its error and did not stop the other cells
+    assert list(second["failed"]) == ["test-tiny-gpt2__default__broken"]
+    assert "no.such.module" in second["failed"]["test-tiny-gpt2__default__broken"]
+    assert (out / "cells" / "test-tiny-gpt2__default__broken" / "error.json").is_file()
+
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    # noop: 2 sequences; rledit and rledit-bounded: 2 training seeds x 2 sequences each
+    assert sorted((r["agent"], r["training_seed"], r["evaluation_seed"]) for r in rows) == sorted(
+        [("noop", "", "0"), ("noop", "", "1")]
+        + [(a, t, s) for a in ("rledit", "rledit-bounded") for t in ("0", "1") for s in ("0", "1")])
+    for r in rows:
+        for column in ("ES", "GS", "LS", "mean", "ES_first_20pct", "layers_per_edit", "seconds_per_edit",
+                       "agent_seconds_per_edit", "peak_rss_mb", "versions", "git_commit", "machine", "device"):
+            assert r[column] != "", column
+        assert r["spec"] == "test-sweep" and r["model"] == "test-tiny-gpt2" and r["num_edits"] == "3"
+    jsonl = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [p["edits"] for p in jsonl[0]["curve"]] == [1, 2, 3]
+    trained = out / "cells" / "test-tiny-gpt2__default__rledit+rledit-bounded__train1"
+    assert (trained / "checkpoint" / "agent.json").is_file() and (trained / "train_stats.json").is_file()
+
+    report = build_report([out], tmp_path / "report").read_text()
+    assert "| rledit-bounded | 4 (2) | **" in report and "| noop | 2 (1) | **" in report
+    assert "rledit-bounded over noop" in report
+    assert (tmp_path / "report" / "intervals_test-tiny-gpt2_default_n3.png").is_file()
+    assert (tmp_path / "report" / "curves_test-tiny-gpt2_default_n3.png").is_file()
+
+
+def test_a_finished_sweep_runs_nothing_and_refuses_changed_settings(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    spec = load_spec(write_spec(tmp_path, agents=[{"name": "ft_l", "agent": "ft_l"}], compare=[]))
+    run_cell(expand(spec)[0], out)  # the cell, finished in this process: no Ray is started below
+    summary = sweep(spec, out)
+    assert (summary["already_finished"], summary["ran"], summary["remaining"]) == (1, 0, 0)
+    assert len((out / "results.jsonl").read_text().splitlines()) == 2
+    changed = write_spec(tmp_path, agents=[{"name": "ft_l", "agent": "ft_l", "agent-kwargs": {"lr": 0.1}}], compare=[])
+    with pytest.raises(ValueError, match="finished with other settings"):
+        sweep(load_spec(changed), out)
+
+
+# ---------------------------------------------------------------- report statistics
+
+
+def exhaustive_stratified_interval(strata: list[list[float]], confidence: float = 0.95) -> tuple[float, float]:
+    """The exact percentile interval: every resample of every stratum enumerated, each equally likely."""
+    means = [np.mean(sum(choice, ())) for choice in itertools.product(
+        *[list(itertools.product(values, repeat=len(values))) for values in strata])]
+    alpha = (1 - confidence) / 2
+    return tuple(np.quantile(means, [alpha, 1 - alpha]))
+
+
+def test_stratified_bootstrap_matches_the_exhaustive_enumeration() -> None:
+    # two training seeds far apart: a pooled bootstrap would draw all cells from one seed at times
+    table = [[0.10, 0.20, 0.40], [0.70, 0.80, 0.95]]
+    low, high = stratified_bootstrap_interval(table, resamples=100_000)
+    exact_low, exact_high = exhaustive_stratified_interval(table)  # 27 x 27 resamples
+    assert abs(low - exact_low) < 0.01 and abs(high - exact_high) < 0.01
+    assert exact_low > 0.40 and exact_high < 0.65  # narrower than any pooled resampling allows
+
+
+def test_probability_of_improvement_counts_ties_as_half() -> None:
+    assert probability_of_improvement([0.5, 0.7], [0.5, 0.6]) == pytest.approx((0.5 + 0 + 1 + 1) / 4)
+
+
+# ---------------------------------------------------------------- tune
+
+
+def test_tune_writes_a_best_configuration_a_spec_can_include(tmp_path: Path, ray_local) -> None:
+    path = write_spec(tmp_path, agents=[{"name": "ft_l", "agent": "ft_l", "agent-kwargs": {"iterations": 2}}], compare=[],
+                      search={"agent-kwargs": {"lr": {"loguniform": [0.001, 0.1]}},
+                              "validation": {"seeds": [0, 1], "num_edits": 2}})
+    summary = tune_spec(path, trials=3, out=tmp_path / "tune")
+    assert summary["trials"] == 3 and summary["errors"] == 0
+    # the first trial runs the entry's own values: ft_l's default lr with the entry's iterations
+    assert summary["defaults"] == {"lr": 0.01} and 0 <= summary["default_score"] <= 1
+    trials = list(csv.DictReader((tmp_path / "tune" / "trials.csv").open()))
+    assert len(trials) == 3 and float(trials[0]["config/params/lr"]) == 0.01
+    assert summary["best"]["agent-kwargs"]["iterations"] == 2 and 0.001 <= summary["best"]["agent-kwargs"]["lr"] <= 0.1
+    best = tmp_path / "tune" / "best.yaml"
+    including = write_spec(tmp_path, agents=[{"name": "tuned", "include": str(best)}], compare=[])
+    entry = load_spec(including).agents[0]
+    assert (entry.name, entry.agent, entry.agent_kwargs) == ("tuned", "ft_l", summary["best"]["agent-kwargs"])

@@ -18,6 +18,7 @@ import json
 import resource
 import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -122,7 +123,10 @@ def checkpoint_of(cls: type[Agent], directory: str | Path, option: str) -> dict[
     return meta
 
 
-def run_train(args: argparse.Namespace) -> dict[str, Any]:
+def train_agent(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
+    """Train as ``hiedit train`` does (``args``: its options) and save the agent into ``args.out_dir``, with
+    ``train_stats.json`` beside it; returns the statistics. The one training path of the command line
+    and of sweep cells."""
     cls = agent_class(args.agent)
     out = check_output_dir(args.out_dir)
     torch.manual_seed(args.seed)
@@ -139,20 +143,21 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
         env = make_env(args, cls, args.agent_kwargs, evaluation=False)
         agent = build_agent(cls, env, args.agent_kwargs)
     steps = args.steps or agent.default_train_steps
-    # Resumable agents save themselves into --out as they go, so an interrupted run loses little.
+    # Resumable agents save their progress into --out as they go, so an interrupted run loses little.
     extra: dict[str, Any] = {"checkpoint_dir": out, "resume": args.resume} if cls.resumable else {}
     if cls.resumable and args.checkpoint_every is not None:
         extra["checkpoint_every"] = args.checkpoint_every
     started = time.perf_counter()
-    previous = signal.signal(signal.SIGTERM, _as_interrupt)
+    previous = signal.signal(signal.SIGTERM, _as_interrupt) if threading.current_thread() is threading.main_thread() else None
     try:
-        stats = agent.learn(env, steps, log_dir=out / "tensorboard", seed=args.seed, **extra)
+        stats = agent.learn(env, steps, log_dir=out / "tensorboard", seed=args.seed, progress=progress, **extra)
     except TrainingInterrupted as stop:
         where = (f"progress up to the last checkpoint is in {out}; continue with the same command and --resume"
                  if stop.saved else "nothing was saved")
         raise KeyboardInterrupt(f"interrupted after {stop.step} of {stop.steps} training edits; {where}") from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     seconds = time.perf_counter() - started
     agent.save(out)
     remove_progress(out)  # only now: until the finished agent is saved, the progress is what a rerun resumes
@@ -160,11 +165,18 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     stats.update(agent=args.agent, seed=args.seed, low_memory=args.low_memory, total_seconds=seconds,
                  seconds_per_step=seconds / max(trained, 1), environment=env_description(env), **peak_memory_mb())
     write_json(out / "train_stats.json", stats)
+    env.close()
+    return stats
+
+
+def run_train(args: argparse.Namespace) -> dict[str, Any]:
+    stats = train_agent(args)
+    trained = stats.get("steps_this_run", stats["steps"])
     kept = (f"; kept the editor of edit {stats['kept_after_edits']} (validation mean "
             f"{stats['kept_validation_mean']:.3f})" if stats.get("validations") else "")
     print(f"trained {args.agent} on {trained} edits ({stats.get('optimizer_steps', 0)} optimiser steps) in "
-          f"{seconds:.0f} s, {stats['seconds_per_step']:.2f} s/edit{kept}; checkpoint, TensorBoard logs and "
-          f"train_stats.json in {out}")
+          f"{stats['total_seconds']:.0f} s, {stats['seconds_per_step']:.2f} s/edit{kept}; checkpoint, TensorBoard logs "
+          f"and train_stats.json in {args.out_dir}")
     return stats
 
 

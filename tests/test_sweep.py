@@ -161,7 +161,7 @@ def test_sweep_interrupted_after_one_cell_resumes_without_touching_it(tmp_path: 
     jsonl = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [p["edits"] for p in jsonl[0]["curve"]] == [1, 2, 3]
     trained = out / "cells" / "test-tiny-gpt2__default__rledit+rledit-bounded__train1"
-    assert (trained / "checkpoint" / "agent.json").is_file() and (trained / "train_stats.json").is_file()
+    assert (trained / "checkpoint" / "agent.json").is_file() and (trained / "checkpoint" / "train_stats.json").is_file()
 
     report = build_report([out], tmp_path / "report").read_text()
     assert "| rledit-bounded | 4 (2) | **" in report and "| noop | 2 (1) | **" in report

@@ -1,10 +1,10 @@
 """Running one cell in a worker: train (unless the agent does not learn), then evaluate every sequence.
 
-A cell's folder ``OUT/cells/<id>/`` holds ``checkpoint/``, ``train_stats.json``, ``tensorboard/``,
+A cell's folder ``OUT/cells/<id>/`` holds ``checkpoint/`` (with ``train_stats.json`` and ``tensorboard/``),
 ``evaluations/<agent entry>/n<num_edits>_seed<seed>.json`` (full metrics, protocols, curve points) and, last of all,
 ``cell.json``: the cell's result rows. Every step is skipped when its file exists, so a cell that was
 interrupted continues where it stopped (an interrupted training starts again unless the agent can
-resume from its checkpoint), and a finished cell is never run again.
+resume from its progress folder), and a finished cell is never run again.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from hiedit_env.files import write_text
 # a module reference: agents/cli.py imports this package while it loads
 from .. import cli as commands
 from ..base import CONFIG_FILE, Agent, run_episode
+from ..checkpoint import progress_folder
 from ..registry import agent_class
 from .grid import Cell
 
@@ -52,27 +53,15 @@ def _env_args(cell: Cell, source: str, split: str, num_edits: int) -> argparse.N
 
 
 def train(cell: Cell, folder: Path) -> dict[str, Any]:
-    """Train the cell's agent as ``hiedit train`` does and save its checkpoint; returns its statistics."""
-    cls = agent_class(cell.agent)
+    """Train the cell's agent with ``hiedit train``'s own path into ``folder/checkpoint`` (a resumable
+    agent continues the progress an interrupted cell left); returns its statistics."""
     checkpoint = folder / "checkpoint"
-    torch.manual_seed(cell.training_seed)
+    cls = agent_class(cell.agent)
     args = _env_args(cell, cell.train_source, cell.train_split, cell.training_num_edits)
-    if cls.resumable and (checkpoint / CONFIG_FILE).is_file():  # an interrupted training continues
-        env = commands.make_env(args, cls, json.loads((checkpoint / CONFIG_FILE).read_text())["config"], evaluation=False)
-        agent = cls.load(checkpoint, env)
-    else:
-        env = commands.make_env(args, cls, cell.agent_kwargs, evaluation=False)
-        agent = commands.build_agent(cls, env, cell.agent_kwargs)
-    steps = cell.training_steps or agent.default_train_steps
-    extra = {"checkpoint_dir": checkpoint} if cls.resumable else {}
-    started = time.perf_counter()
-    stats = agent.learn(env, steps, log_dir=folder / "tensorboard", seed=cell.training_seed, progress=False, **extra)
-    seconds = time.perf_counter() - started
-    agent.save(checkpoint)
-    env.close()
-    stats.update(steps=steps, total_seconds=seconds, seconds_per_step=seconds / steps, **commands.peak_memory_mb())
-    write_text(folder / "train_stats.json", json.dumps(stats, indent=2, default=str))
-    return stats
+    resume = cls.resumable and progress_folder(checkpoint) is not None
+    args.__dict__.update(agent=cell.agent, agent_kwargs={} if resume else cell.agent_kwargs, steps=cell.training_steps,
+                         seed=cell.training_seed, out_dir=checkpoint, resume=resume, checkpoint_every=None)
+    return commands.train_agent(args, progress=False)
 
 
 def evaluate(cell: Cell, folder: Path, seed: int, num_edits: int, acting: dict[str, Any]) -> dict[str, Any]:
@@ -149,7 +138,7 @@ def run_cell(cell: Cell, out: Path) -> dict[str, Any]:
     if cell.threads:
         torch.set_num_threads(cell.threads)
     gym.logger.min_level = 40  # the checker's warnings once per environment would fill every worker's log
-    stats_file = folder / "train_stats.json"
+    stats_file = folder / "checkpoint" / "train_stats.json"
     stats = None
     if cell.training_seed is not None:
         stats = json.loads(stats_file.read_text()) if stats_file.is_file() else train(cell, folder)

@@ -155,7 +155,7 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
                                   f"({args.dataset}, split {args.split}, seed {args.seed})"))
     return {"agent": args.agent, "model": args.model, "dataset": args.dataset, "split": args.split,
             "seed": args.seed, "num_edits": args.num_edits, "checkpoint": args.checkpoint,
-            "agent_kwargs": args.agent_kwargs, **metrics}
+            "agent_kwargs": args.agent_kwargs, **metrics, **peak_memory_mb()}
 
 
 def add_common(parser: argparse.ArgumentParser, num_edits: int, split: str) -> None:

@@ -65,19 +65,6 @@ def test_agent_sweep_writes_table_curves_and_results(zsre_path: str, tmp_path: P
                                  "--include", f"table={tmp_path / 'table.md'}"], monkeypatch)
 
 
-def test_untrained_editor_observes_training_edits_then_evaluates(zsre_path: str, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    out = tmp_path / "untrained.json"
-    run_script("untrained_editor.py", ["--model", "test-tiny-llama", "--dataset", zsre_path, "--num-edits", "3",
-                                       "--observe-edits", "25", "--agent-kwargs", '{"init_lr": 0.01}',
-                                       "--env-kwargs", '{"back_depth": 0}', "--out", str(out)],
-               monkeypatch)
-    result = json.loads(out.read_text())
-    assert result["num_edits"] == 3 and result["observed_edits"] == 25 and result["config"]["init_lr"] == 0.01
-    assert result["env_kwargs"] == {"back_depth": 0}
-    assert result["layers_per_edit"] == 4.0 and 0.0 <= result["mean"] <= 1.0
-
-
 def test_untrained_editor_statistics_come_from_unedited_training_edits(zsre_path: str) -> None:
     import gymnasium as gym
     import torch

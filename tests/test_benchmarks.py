@@ -203,3 +203,19 @@ def test_module_costs_measures_every_candidate_alone(zsre_path: str, tmp_path: P
     for module in result["mean"]:
         assert module["unrelated_kl"] > 0  # a module's update alone moves the unrelated prompts' answers
         assert module["edit_ce_drop"] > 0  # an untrained editor's step is a descent step on the edit
+
+
+def test_key_statistics_script_compares_sampled_text_with_the_data_prompts(zsre_path: str, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from hiedit_agents.locate import stats
+
+    monkeypatch.setattr(stats, "DEFAULT_CACHE", tmp_path / "key_stats")
+    out = tmp_path / "key_statistics.json"
+    run_script("key_statistics.py", ["--model", "test-tiny-llama", "--dataset", zsre_path, "--top", "8", "--threads", "1",
+                                     "--out", str(out)], monkeypatch)
+    result = json.loads(out.read_text())
+    assert list(result["modules"]) == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
+    assert result["prompts"] == 3 * 798  # the training split's records, three prompts each
+    for figures in result["modules"].values():
+        assert figures["relative_frobenius"] > 0 and 0 < figures["top_subspace_overlap"] <= 1
+        assert figures["random_overlap"] == 8 / 128

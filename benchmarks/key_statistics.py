@@ -7,8 +7,8 @@ prompts, paraphrases and unrelated prompts, one text each) and compares the two 
 (:func:`hiedit_agents.locate.stats.compare_second_moments`): relative Frobenius distance, overlap of
 the top eigenvector subspaces, and overlap of the subspaces AlphaEdit's null space keeps.
 
-    python benchmarks/key_statistics.py --agent memit --dataset ../shared/data/zsre/zsre_mend_1k.json --threads 1 \
-        --out benchmarks/results/locate/key_statistics_zsre.json
+    python benchmarks/key_statistics.py --agent memit --dataset ../shared/data/zsre/zsre_mend_1k.json --records 200 \
+        --threads 1 --out benchmarks/results/locate/key_statistics_zsre.json
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--agent", default="memit", choices=("rome", "memit", "alphaedit"), help="whose modules and preset")
     parser.add_argument("--dataset", default="../shared/data/zsre/zsre_mend_1k.json")
     parser.add_argument("--split", default="train")
+    parser.add_argument("--records", type=int, default=None, help="the split's first N records only (default: all)")
     parser.add_argument("--top", type=int, default=32, help="eigenvectors in the compared top subspaces")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", required=True)
@@ -46,7 +47,7 @@ def main() -> None:
     agent = make_agent(args.agent, env)  # computes (or reads) C from sampled text
     unwrapped, hp = env.unwrapped, agent.hparams
     names = [unwrapped.candidate_modules[i] for i in agent.indices]
-    prompts = [text for r in unwrapped.records for text in (r.prompt, r.rephrase, r.loc_prompt)]
+    prompts = [text for r in unwrapped.records[:args.records] for text in (r.prompt, r.rephrase, r.loc_prompt)]
     with tempfile.TemporaryDirectory() as folder, unwrapped.unedited():
         path = Path(folder) / "prompts.txt"
         path.write_text("\n".join(" ".join(p.split()) for p in prompts) + "\n")
@@ -55,7 +56,8 @@ def main() -> None:
                                      hp["stats_dir"])
         from_prompts = key_second_moments(unwrapped.model, unwrapped.tokenizer, unwrapped.shared.name, names, str(path),
                                           len(prompts), hp["stats_length"], cache_dir=folder)
-    result = {"model": args.model, "dataset": args.dataset, "split": args.split, "prompts": len(prompts),
+    result = {"model": args.model, "dataset": args.dataset, "split": args.split, "records": args.records,
+              "prompts": len(prompts),
               "sampled": {k: hp[k] for k in ("stats_source", "stats_samples", "stats_length", "stats_seed")},
               "top": args.top,
               "modules": {name: compare_second_moments(sampled[name], from_prompts[name], args.top) for name in names}}

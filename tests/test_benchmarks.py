@@ -211,11 +211,11 @@ def test_key_statistics_script_compares_sampled_text_with_the_data_prompts(zsre_
 
     monkeypatch.setattr(stats, "DEFAULT_CACHE", tmp_path / "key_stats")
     out = tmp_path / "key_statistics.json"
-    run_script("key_statistics.py", ["--model", "test-tiny-llama", "--dataset", zsre_path, "--top", "8", "--threads", "1",
-                                     "--out", str(out)], monkeypatch)
+    run_script("key_statistics.py", ["--model", "test-tiny-llama", "--dataset", zsre_path, "--records", "50", "--top", "8",
+                                     "--threads", "1", "--out", str(out)], monkeypatch)
     result = json.loads(out.read_text())
     assert list(result["modules"]) == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
-    assert result["prompts"] == 3 * 798  # the training split's records, three prompts each
+    assert result["prompts"] == 3 * 50  # the first 50 training records, three prompts each
     for figures in result["modules"].values():
         assert figures["relative_frobenius"] > 0 and 0 < figures["top_subspace_overlap"] <= 1
         assert figures["random_overlap"] == 8 / 128

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import gymnasium as gym
@@ -167,7 +168,7 @@ def test_locate_agents_edit_through_the_environment(make_env, name: str, model: 
     env = locate_env(make_env, name, model)
     agent = make_agent(name, env)
     assert env.unwrapped.candidate_modules == [n for n, _ in env.unwrapped.model.named_modules()
-                                               if __import__("re").fullmatch(MLP_OUT_MODULES, n)]
+                                               if re.fullmatch(MLP_OUT_MODULES, n)]
     metrics = run_episode(agent, env, seed=0, progress=False)
     assert metrics["num_edits"] == 3 and metrics["layers_per_edit"] == len(agent.blocks)
     chosen = {env.unwrapped.candidate_modules[i] for i in agent.indices}

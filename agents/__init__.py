@@ -2,7 +2,8 @@
 
 Registered agents: ``noop``, ``all``, ``random_k``, ``topk_grad``, ``ft_l`` (heuristics, no training),
 ``rledit`` and ``hiedit`` (hypernetwork editors trained through the environment's differentiable
-objective), and the Stable-Baselines3 learners ``ppo``, ``a2c``, ``sac``, ``td3`` and ``maskable_ppo``
+objective), ``untrained_editor`` (RLEdit's editor before training), the locate-then-edit editors
+``rome``, ``memit`` and ``alphaedit`` (:mod:`hiedit_agents.locate`, closed-form, no training), and the Stable-Baselines3 learners ``ppo``, ``a2c``, ``sac``, ``td3`` and ``maskable_ppo``
 (each on one level of the hierarchy through a wrapper of :mod:`hiedit_env.wrappers`). Any
 ``"package.module:ClassName"`` subclass of :class:`Agent` works wherever a name does.
 """
@@ -10,13 +11,16 @@ objective), and the Stable-Baselines3 learners ``ppo``, ``a2c``, ``sac``, ``td3`
 from .base import Agent, run_episode
 from .heuristics import AllLayersAgent, FineTuneAgent, NoopAgent, RandomKAgent, TopKGradAgent
 from .hiedit import HiEditAgent
+from .locate import AlphaEditAgent, MEMITAgent, ROMEAgent
 from .registry import agent_class, available_agents, make_agent, register_agent
-from .rledit import RLEditAgent
+from .rledit import RLEditAgent, UntrainedEditorAgent
 from .sb3 import SB3_AGENTS, SB3Agent
 
-for _cls in (NoopAgent, AllLayersAgent, RandomKAgent, TopKGradAgent, FineTuneAgent, RLEditAgent, HiEditAgent, *SB3_AGENTS):
+for _cls in (NoopAgent, AllLayersAgent, RandomKAgent, TopKGradAgent, FineTuneAgent, RLEditAgent, HiEditAgent,
+             UntrainedEditorAgent, ROMEAgent, MEMITAgent, AlphaEditAgent, *SB3_AGENTS):
     register_agent(_cls.name, _cls)
 
-__all__ = ["Agent", "AllLayersAgent", "FineTuneAgent", "HiEditAgent", "NoopAgent", "RLEditAgent", "RandomKAgent",
-           "SB3Agent", "TopKGradAgent", "agent_class", "available_agents", "make_agent", "register_agent", "run_episode"]
+__all__ = ["Agent", "AllLayersAgent", "AlphaEditAgent", "FineTuneAgent", "HiEditAgent", "MEMITAgent", "NoopAgent",
+           "RLEditAgent", "ROMEAgent", "RandomKAgent", "SB3Agent", "TopKGradAgent", "UntrainedEditorAgent", "agent_class",
+           "available_agents", "make_agent", "register_agent", "run_episode"]
 del _cls

@@ -206,7 +206,8 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     print(format_metrics(metrics, f"{args.agent} on {built['model']}, {built['num_edits']} sequential edits "
                                   f"({built['dataset']}, split {built['split']}, seed {args.seed})"))
     return {"agent": args.agent, "seed": args.seed, "checkpoint": args.checkpoint, "agent_kwargs": args.agent_kwargs,
-            **{k: built[k] for k in ("model", "dataset", "split", "num_edits")}, "environment": built, **metrics}
+            **{k: built[k] for k in ("model", "dataset", "split", "num_edits")}, "environment": built, **metrics,
+            **peak_memory_mb()}
 
 
 def add_common(parser: argparse.ArgumentParser, num_edits: int, split: str) -> None:

@@ -1,6 +1,6 @@
 """What each candidate module's update costs and gains on its own: the view a layer selector needs.
 
-An untrained RLEdit editor (the objective's gradient step, ``benchmarks/untrained_editor.py``) edits
+An untrained RLEdit editor (the objective's gradient step, ``hiedit evaluate --agent untrained_editor``) edits
 one episode; before each of its first ``--num-edits`` edits, every candidate's update is also
 applied *alone* to the current model and measured in one batched pass: how much it lowers the
 cross-entropy of the new answer on the edit prompt and on its paraphrase, and the KL it causes on

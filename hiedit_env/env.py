@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -308,6 +309,16 @@ class HiEditEnv(gym.Env):
         """(d_in, d_out) per candidate module."""
         return list(self._dims)
 
+    @contextmanager
+    def unedited(self) -> Iterator[None]:
+        """Within the block the model runs on the unedited weights (e.g. for statistics of the base
+        model, which depend on no edit); this environment's own weights are swapped back after."""
+        self.shared.activate(_BASE, {})
+        try:
+            yield
+        finally:
+            self._activate()
+
     # ---------------------------------------------------------------- gymnasium API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)  # the episode's draw uses np_random alone: torch's global random state is the user's
@@ -502,11 +513,8 @@ class HiEditEnv(gym.Env):
         if missing:
             chunk = range(min(missing), min(min(missing) + REFERENCE_CHUNK, len(self._episode)))
             todo = sorted(set(missing) | {t for t in chunk if t not in self._loc_log_probs})
-            self.shared.activate(_BASE, {})
-            try:
+            with self.unedited():
                 scored = score_pairs(self.model, [self._episode[t].loc for t in todo], self._pad_id, keep_log_probs=True)
-            finally:
-                self._activate()
             self._loc_log_probs.update(zip(todo, scored.log_probs))
         oldest = self._t - self.locality_depth
         for t in [t for t in self._loc_log_probs if t < oldest]:

@@ -76,6 +76,26 @@ def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, answer: str, ma
     return Pair(torch.tensor(prompt_ids + answer_ids, dtype=torch.long), len(prompt_ids), truncated)
 
 
+def subject_last_token(tokenizer: PreTrainedTokenizerBase, prompt: str, subject: str,
+                       max_prompt_tokens: int = MAX_PROMPT_TOKENS) -> int:
+    """Position, in :func:`encode_pair`'s ids for ``prompt``, of the subject's last token (where
+    ROME/MEMIT read keys and write values): the first occurrence of ``subject`` in ``prompt`` (else a
+    case-insensitive one), whose end is mapped to a token by tokenizing the prompt up to it. A prompt
+    that does not contain the subject gets its last token, the position the edit's trace is read at."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    last = len(prompt_ids[-max_prompt_tokens:]) - 1
+    start = prompt.find(subject) if subject else -1
+    if start < 0 and subject:
+        start = prompt.lower().find(subject.lower())
+    if start >= 0:
+        upto = len(tokenizer(prompt[: start + len(subject)].rstrip(), add_special_tokens=False)["input_ids"])
+        # encode_pair keeps the last max_prompt_tokens tokens: positions shift by what it cut.
+        last = min(max(upto - 1 - max(0, len(prompt_ids) - max_prompt_tokens), 0), last)
+    if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
+        last += 1
+    return last
+
+
 def encode_record(tokenizer: PreTrainedTokenizerBase, record: EditRecord, max_prompt_tokens: int = MAX_PROMPT_TOKENS,
                   max_answer_tokens: int = MAX_ANSWER_TOKENS) -> EncodedRecord:
     def pair(prompt: str, answer: str) -> Pair:

@@ -726,3 +726,28 @@ def test_user_agent_as_module_path_runs_in_evaluate(zsre_path, tmp_path, monkeyp
     assert written["agent"] == "my_user_agents:FirstLayer"
     assert written["layers_per_edit"] == 1 and written["num_edits"] == 3
     assert hiedit_agents.Agent in agent_class("my_user_agents:FirstLayer").__mro__
+
+
+def test_untrained_editor_observes_training_edits_then_evaluates(zsre_path, tmp_path):
+    out = tmp_path / "untrained.json"
+    assert main(["evaluate", "--agent", "untrained_editor", "--model", MODEL, "--dataset", zsre_path, "--num-edits", "3",
+                 "--agent-kwargs", '{"observe_edits": 25, "init_lr": 0.01}', "--env-kwargs", '{"back_depth": 0}',
+                 "--threads", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["num_edits"] == 3 and result["agent_kwargs"] == {"observe_edits": 25, "init_lr": 0.01}
+    assert result["layers_per_edit"] == 4.0 and 0.0 <= result["mean"] <= 1.0
+
+
+def test_untrained_editor_observes_the_training_split_or_the_given_data(zsre_path, counterfact_path):
+    env = gym.make("HiEdit-v0", model=MODEL, dataset=zsre_path, num_edits=3, evaluate_generation=False,
+                   **agent_class("untrained_editor").acting_requirements({}))
+    env.reset(seed=0)  # the model is shared between environments: this one's weights are in it after a reset
+    before = [p.detach().clone() for p in env.unwrapped.model.parameters()]
+    agent = make_agent("untrained_editor", env, observe_edits=25)  # one training episode of 20 and 5 of the next
+    assert int(agent.editor.gradient_size.count) == 25 and not agent.requires_training
+    assert all(torch.equal(a, b) for a, b in zip(before, env.unwrapped.model.parameters()))
+    other = make_agent("untrained_editor", env, observe_edits=3, observe_dataset=counterfact_path)
+    assert int(other.editor.gradient_size.count) == 3 and other.config()["observe_dataset"] == counterfact_path
+    assert int(make_agent("untrained_editor", env, observe_edits=0).editor.gradient_size.count) == 0
+    with pytest.raises(ValueError, match="observe_edits must be an integer >= 0"):
+        make_agent("untrained_editor", env, observe_edits=-1)

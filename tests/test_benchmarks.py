@@ -65,19 +65,6 @@ def test_agent_sweep_writes_table_curves_and_results(zsre_path: str, tmp_path: P
                                  "--include", f"table={tmp_path / 'table.md'}"], monkeypatch)
 
 
-def test_untrained_editor_observes_training_edits_then_evaluates(zsre_path: str, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    out = tmp_path / "untrained.json"
-    run_script("untrained_editor.py", ["--model", "test-tiny-llama", "--dataset", zsre_path, "--num-edits", "3",
-                                       "--observe-edits", "25", "--agent-kwargs", '{"init_lr": 0.01}',
-                                       "--env-kwargs", '{"back_depth": 0}', "--out", str(out)],
-               monkeypatch)
-    result = json.loads(out.read_text())
-    assert result["num_edits"] == 3 and result["observed_edits"] == 25 and result["config"]["init_lr"] == 0.01
-    assert result["env_kwargs"] == {"back_depth": 0}
-    assert result["layers_per_edit"] == 4.0 and 0.0 <= result["mean"] <= 1.0
-
-
 def test_untrained_editor_statistics_come_from_unedited_training_edits(zsre_path: str) -> None:
     import gymnasium as gym
     import torch
@@ -216,3 +203,19 @@ def test_module_costs_measures_every_candidate_alone(zsre_path: str, tmp_path: P
     for module in result["mean"]:
         assert module["unrelated_kl"] > 0  # a module's update alone moves the unrelated prompts' answers
         assert module["edit_ce_drop"] > 0  # an untrained editor's step is a descent step on the edit
+
+
+def test_key_statistics_script_compares_sampled_text_with_the_data_prompts(zsre_path: str, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from hiedit_agents.locate import stats
+
+    monkeypatch.setattr(stats, "DEFAULT_CACHE", tmp_path / "key_stats")
+    out = tmp_path / "key_statistics.json"
+    run_script("key_statistics.py", ["--model", "test-tiny-llama", "--dataset", zsre_path, "--records", "50", "--top", "8",
+                                     "--threads", "1", "--out", str(out)], monkeypatch)
+    result = json.loads(out.read_text())
+    assert list(result["modules"]) == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
+    assert result["prompts"] == 3 * 50  # the first 50 training records, three prompts each
+    for figures in result["modules"].values():
+        assert figures["relative_frobenius"] > 0 and 0 < figures["top_subspace_overlap"] <= 1
+        assert figures["random_overlap"] == 8 / 128

@@ -1,0 +1,209 @@
+"""The locate-then-edit agents (rome, memit, alphaedit) and their parts, on the tiny test models."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import gymnasium as gym
+import pytest
+import torch
+
+from hiedit_agents import agent_class, make_agent, run_episode
+from hiedit_agents.cli import main as hiedit_main
+from hiedit_agents.locate import stats
+from hiedit_agents.locate.agents import MLP_OUT_MODULES
+from hiedit_agents.locate.solve import alphaedit_directions, factors, null_space_projector
+from hiedit_agents.locate.values import edit_inputs, optimise_value
+from hiedit_env.models import load_shared_model
+from hiedit_env.tokens import encode_pair, subject_last_token
+
+
+@pytest.fixture(autouse=True)
+def stats_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Key statistics go to a fresh folder per test, never the user's cache."""
+    folder = tmp_path / "key_stats"
+    monkeypatch.setattr(stats, "DEFAULT_CACHE", folder)
+    return folder
+
+
+def locate_env(make_env, name: str, model: str = "test-tiny-llama", **kwargs) -> gym.Env:
+    return make_env(model, evaluate_generation=False, **{**agent_class(name).acting_requirements({}), **kwargs})
+
+
+def test_subject_last_token_points_at_the_subjects_last_token() -> None:
+    tokenizer = load_shared_model("test-tiny-gpt2").tokenizer  # one token per byte
+    prompt = "What is the product made by UniFirst?"
+    pair = encode_pair(tokenizer, prompt, "uniform")
+    position = subject_last_token(tokenizer, prompt, "UniFirst")
+    assert tokenizer.decode(pair.ids[position - 7: position + 1]) == "UniFirst"
+    assert subject_last_token(tokenizer, prompt, "unifirst") == position  # case-insensitive fallback
+    assert subject_last_token(tokenizer, prompt, "Paris") == pair.answer_start - 1  # absent: the prompt's last token
+
+
+def test_value_step_lowers_the_new_answers_loss(make_env) -> None:
+    env = make_env("test-tiny-llama").unwrapped
+    env.reset(seed=0)
+    record = env.current_record
+    inputs = edit_inputs(env.tokenizer, record.prompt, record.subject, record.target_new, ["", "The cat sat. "])
+    module = env.model.get_submodule("model.layers.1.mlp.down_proj")
+    # The random model's answer distribution is nearly uniform and hardly depends on one position's
+    # hidden state, so the drop is small; the clamp is wide to let the value move.
+    target, report = optimise_value(env.model, module, 1, inputs, int(env.tokenizer.pad_token_id), steps=20, lr=0.5,
+                                    kl_weight=0.0625, weight_decay=0.0, clamp=100.0)
+    assert report["nll_after"] < report["nll_before"] - 5e-3
+    assert target.shape == (env.model.config.hidden_size,) and 0 < report["delta_ratio"] <= 100.0 + 1e-4
+    _, clamped = optimise_value(env.model, module, 1, inputs, int(env.tokenizer.pad_token_id), steps=5, lr=0.5,
+                                kl_weight=0.0625, weight_decay=0.0, clamp=0.5)
+    assert clamped["delta_ratio"] == pytest.approx(0.5, rel=1e-4)
+
+
+def test_null_space_projection_keeps_preserved_outputs_and_moves_the_edited_one() -> None:
+    generator = torch.Generator().manual_seed(0)
+    basis = torch.randn(16, 10, generator=generator, dtype=torch.float64)
+    preserved = basis @ torch.randn(10, 200, generator=generator, dtype=torch.float64)  # keys in a 10-dim subspace
+    second_moment = preserved @ preserved.T / 200
+    projector = null_space_projector(second_moment, 6 / 16)  # the 6 directions the preserved keys leave empty
+    key, residual = torch.randn(16, 1, generator=generator, dtype=torch.float64), torch.randn(8, 1, generator=generator, dtype=torch.float64)
+    u, v = factors(residual, alphaedit_directions(projector, torch.zeros(16, 16, dtype=torch.float64), key, 1e-3), torch.float64)
+    update = u.T @ v
+    assert (update @ preserved).norm() < 1e-8 * preserved.norm()
+    assert (update @ key).norm() > 0.5 * residual.norm()
+
+
+def test_null_space_fraction_out_of_range_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"null_space_fraction must be a finite number in \(0, 1\]"):
+        null_space_projector(torch.eye(4), 1.5)
+
+
+def test_alphaedit_accumulates_keys_across_steps_and_reset_clears_them(make_env) -> None:
+    env = locate_env(make_env, "alphaedit")
+    agent = make_agent("alphaedit", env)
+    observation, info = env.reset(seed=0)
+    for _ in range(2):
+        observation, *_ = env.step(agent.act(observation, info))
+    assert agent.past_edits == 2 and all(g.norm() > 0 for g in agent.past_grams)
+    grams = [g.clone() for g in agent.past_grams]
+    observation, info = env.reset(seed=1)
+    agent.act(observation, info)
+    assert agent.past_edits == 1
+    assert all(not torch.allclose(a, b) for a, b in zip(grams, agent.past_grams))
+    assert all(torch.linalg.matrix_rank(g) == 1 for g in agent.past_grams)  # the new sequence's one key
+
+
+def test_statistics_are_cached_reused_and_refused_for_another_key(make_env, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    env = make_env("test-tiny-llama").unwrapped
+    calls: list[int] = []
+    compute = stats.sampled_second_moments
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(stats, "sampled_second_moments", counted)
+    names = ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
+    cache = tmp_path / "cache"
+    first = stats.key_second_moments(env.model, env.tokenizer, "test-tiny-llama", names, samples=8, length=8, cache_dir=cache)
+    again = stats.key_second_moments(env.model, env.tokenizer, "test-tiny-llama", names, samples=8, length=8, cache_dir=cache)
+    assert len(calls) == 1 and len(list(cache.glob("*.pt"))) == 2
+    assert all(torch.equal(first[n], again[n]) for n in names)
+    assert first[names[0]].shape == (128, 128) and torch.allclose(first[names[0]], first[names[0]].T)
+    # Two text files of the same name give the same cache file name: the second is refused, not used.
+    for folder, text in (("a", "the cat sat on the mat\nthe dog ran\n"), ("b", "something else entirely\n")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "texts.txt").write_text(text)
+    stats.key_second_moments(env.model, env.tokenizer, "test-tiny-llama", names[:1], str(tmp_path / "a" / "texts.txt"),
+                             samples=2, length=8, cache_dir=cache)
+    with pytest.raises(ValueError, match="was computed for .* delete it or pass another stats_dir"):
+        stats.key_second_moments(env.model, env.tokenizer, "test-tiny-llama", names[:1], str(tmp_path / "b" / "texts.txt"),
+                                 samples=2, length=8, cache_dir=cache)
+
+
+def test_statistics_read_jsonl_and_refuse_unknown_sources(make_env, tmp_path: Path) -> None:
+    env = make_env("test-tiny-llama").unwrapped
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text(json.dumps({"text": "a first text"}) + "\n\n" + json.dumps({"text": "a second one"}) + "\n")
+    moments = stats.key_second_moments(env.model, env.tokenizer, "test-tiny-llama", ["model.layers.0.mlp.down_proj"],
+                                       str(texts), samples=5, length=8, cache_dir=tmp_path)
+    assert moments["model.layers.0.mlp.down_proj"].shape == (128, 128)
+    with pytest.raises(ValueError, match="neither 'model', 'hf:ID\\[:CONFIG\\]' nor an existing file"):
+        stats.key_second_moments(env.model, env.tokenizer, "test-tiny-llama", ["model.layers.0.mlp.down_proj"],
+                                 str(tmp_path / "missing.txt"), cache_dir=tmp_path)
+
+
+def test_compare_second_moments_is_zero_for_equal_matrices_and_positive_otherwise() -> None:
+    a = torch.randn(12, 40, generator=torch.Generator().manual_seed(0))
+    first, second = a @ a.T, (a + 1) @ (a + 1).T
+    same = stats.compare_second_moments(first, first, top=4)
+    assert same["relative_frobenius"] == pytest.approx(0.0, abs=1e-12) and same["top_subspace_overlap"] == pytest.approx(1.0)
+    other = stats.compare_second_moments(first, second, top=4)
+    assert other["relative_frobenius"] > 0.1 and other["top_subspace_overlap"] < 1.0
+
+
+@pytest.mark.parametrize(("name", "kwargs", "message"), [
+    ("memit", {"layers": [3]}, r"layers must be blocks in \[0, 2\]"),
+    ("memit", {"layers": [1, 0]}, "ascending list"),
+    ("alphaedit", {"null_space_fraction": 0.0}, r"null_space_fraction must be a finite number in \(0, 1\]"),
+    ("memit", {"value_lr": -1}, "value_lr must be"),
+    ("rome", {"layers": [0, 1]}, "rome edits one block"),
+    ("memit", {"lr": 0.1}, r"unknown hyperparameters \['lr'\]"),
+])
+def test_bad_hyperparameters_are_refused_clearly(make_env, name: str, kwargs: dict, message: str) -> None:
+    env = locate_env(make_env, name)
+    with pytest.raises(ValueError, match=message):
+        make_agent(name, env, **kwargs)
+
+
+def test_a_layer_that_is_not_a_candidate_is_refused(make_env) -> None:
+    env = make_env("test-tiny-llama", update_mode="low_rank", modules=["model.layers.2.mlp.down_proj"])
+    with pytest.raises(ValueError, match=r"not candidate modules of this environment; make it with modules="):
+        make_agent("memit", env)
+
+
+@pytest.mark.parametrize("name", ["rome", "memit", "alphaedit"])
+@pytest.mark.parametrize("model", ["test-tiny-gpt2", "test-tiny-llama"])
+def test_locate_agents_edit_through_the_environment(make_env, name: str, model: str) -> None:
+    env = locate_env(make_env, name, model)
+    agent = make_agent(name, env)
+    assert env.unwrapped.candidate_modules == [n for n, _ in env.unwrapped.model.named_modules()
+                                               if re.fullmatch(MLP_OUT_MODULES, n)]
+    metrics = run_episode(agent, env, seed=0, progress=False)
+    assert metrics["num_edits"] == 3 and metrics["layers_per_edit"] == len(agent.blocks)
+    chosen = {env.unwrapped.candidate_modules[i] for i in agent.indices}
+    assert {m for m, share in metrics["module_share"].items() if share > 0} == chosen
+    assert 0.0 <= metrics["mean"] <= 1.0
+
+
+def test_environment_runs_on_unedited_weights_inside_unedited(make_env, helpers) -> None:
+    env = make_env("test-tiny-llama")
+    env.reset(seed=0)
+    env.step(helpers.full_action(env, update=1.0))
+    edited = helpers.snapshot(env)
+    unwrapped = env.unwrapped
+    names = unwrapped.candidate_modules
+
+    def live() -> list[torch.Tensor]:  # the modules' own weights: candidate_weights() would swap the edits back in
+        return [m.weight.detach().clone() for m in unwrapped.shared.modules(names).values()]
+
+    with unwrapped.unedited():
+        assert helpers.same_weights(live(), [unwrapped.shared.base[n] for n in names])
+    assert helpers.same_weights(live(), edited) and not helpers.same_weights(edited, helpers.base_weights(env))
+
+
+@pytest.mark.parametrize("name", ["rome", "memit", "alphaedit"])
+def test_hiedit_evaluate_runs_the_locate_agents(zsre_path: str, tmp_path: Path, name: str) -> None:
+    out = tmp_path / f"{name}.json"
+    assert hiedit_main(["evaluate", "--agent", name, "--model", "test-tiny-gpt2", "--dataset", zsre_path,
+                        "--num-edits", "2", "--threads", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["agent"] == name and result["num_edits"] == 2 and "ES_gen" in result and result["peak_rss_mb"] > 0
+
+
+def test_hiedit_evaluate_refuses_bad_locate_hyperparameters_in_one_line(zsre_path: str, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    code = hiedit_main(["evaluate", "--agent", "alphaedit", "--model", "test-tiny-gpt2", "--dataset", zsre_path,
+                        "--num-edits", "2", "--agent-kwargs", '{"null_space_fraction": 2}', "--out", str(tmp_path / "x.json")])
+    assert code == 2
+    assert "hiedit evaluate: error: null_space_fraction must be a finite number in (0, 1]" in capsys.readouterr().err

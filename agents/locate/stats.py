@@ -25,12 +25,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
+from hiedit_env.files import atomic_write
 from torch import nn
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -183,18 +184,6 @@ def text_second_moments(model: PreTrainedModel, modules: Sequence[nn.Module], se
     return moments.means()
 
 
-def _atomic_save(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def load_cached(path: Path, key: StatsKey) -> torch.Tensor | None:
     """The cached ``C`` at ``path`` (``None`` if there is none); refused when it was stored for another key."""
     if not path.is_file():
@@ -235,7 +224,8 @@ def key_second_moments(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
             moments = text_second_moments(model, modules, [s for s in sequences if len(s)], pad)
         for name, mom2 in zip(missing, moments):
-            _atomic_save({"key": asdict(keys[name]), "mom2": mom2.cpu()}, cache / keys[name].file_name())
+            entry = {"key": asdict(keys[name]), "mom2": mom2.cpu()}
+            atomic_write(cache / keys[name].file_name(), lambda tmp, entry=entry: torch.save(entry, tmp))
             result[name] = mom2.cpu()
     return result
 

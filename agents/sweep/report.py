@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from hiedit_env.files import write_text
+from hiedit_env.files import atomic_write, write_text
 
 from .grid import slug
 from .runner import RESULTS_JSONL, read_sweep
@@ -137,12 +137,10 @@ def build_report(folders: Sequence[str | Path], out: str | Path) -> Path:
 def _save(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)  # atomic, as every result file
-    return path
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
 
 
 def _interval_plot(stats: dict[str, dict[str, Any]], path: Path, title: str) -> Path:

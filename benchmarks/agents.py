@@ -29,6 +29,7 @@ from hiedit_agents.base import Agent, read_checkpoint_meta, run_episode
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from hiedit_env.files import atomic_write, write_json, write_text
 
 COLUMNS = ("ES", "GS", "LS", "mean", "LS_answer", "ES_gen", "GS_gen", "efficacy", "ES_first_20pct",
            "layers_per_edit", "seconds_per_edit", "agent_seconds_per_edit")
@@ -63,7 +64,7 @@ def plot_curves(results: dict[str, dict[str, Any]], title: str, path: Path) -> N
     axes[-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))  # beside the curves, not on them
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight"))
     plt.close(fig)
 
 
@@ -136,10 +137,10 @@ def main() -> None:
                                  evaluate_generation=False, **common)
             tuning = agent.learn(train_env, args.tune_edits, seed=args.seed)
         results[name] = {**evaluate_agent(agent, env, args.seed, points), "tuning": tuning, "config": agent.config()}
-        (out / f"{name}.json").write_text(json.dumps(results[name], indent=2))
+        write_json(out / f"{name}.json", results[name])
     results.update(included)
     table = markdown_table(results)
-    (out / "table.md").write_text(table + "\n")
+    write_text(out / "table.md", table + "\n")
     title = f"{args.model}, {Path(args.dataset).name} ({args.eval_split} split), {args.num_edits} edits, seed {args.seed}"
     plot_curves(results, title, out / "curves.png")
     print(table)

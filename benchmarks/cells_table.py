@@ -16,6 +16,7 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+from hiedit_env.files import write_text
 
 
 def cell(folder: Path, agent: str, seed: int, episode: int) -> float:
@@ -72,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     table = cells_table(args.folder, args.agents, args.seeds, args.episodes, args.against)
     if args.out is not None:
-        args.out.write_text(table)
+        write_text(args.out, table)
     print(table, end="")
 
 

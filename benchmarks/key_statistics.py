@@ -14,7 +14,6 @@ the top eigenvector subspaces, and overlap of the subspaces AlphaEdit's null spa
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import warnings
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 import hiedit_env  # noqa: F401  (registers HiEdit-v0)
 from hiedit_agents import agent_class, make_agent
 from hiedit_agents.locate.stats import compare_second_moments, key_second_moments
+from hiedit_env.files import write_json, write_text
 
 
 def main() -> None:
@@ -50,7 +50,7 @@ def main() -> None:
     prompts = [text for r in unwrapped.records[:args.records] for text in (r.prompt, r.rephrase, r.loc_prompt)]
     with tempfile.TemporaryDirectory() as folder, unwrapped.unedited():
         path = Path(folder) / "prompts.txt"
-        path.write_text("\n".join(" ".join(p.split()) for p in prompts) + "\n")
+        write_text(path, "\n".join(" ".join(p.split()) for p in prompts) + "\n")
         sampled = key_second_moments(unwrapped.model, unwrapped.tokenizer, unwrapped.shared.name, names,
                                      hp["stats_source"], hp["stats_samples"], hp["stats_length"], hp["stats_seed"],
                                      hp["stats_dir"])
@@ -63,7 +63,7 @@ def main() -> None:
               "modules": {name: compare_second_moments(sampled[name], from_prompts[name], args.top) for name in names}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_json(out, result)
     for name, figures in result["modules"].items():
         print(name, {k: round(v, 3) for k, v in figures.items()})
 

@@ -13,7 +13,6 @@ sequence itself goes on with the dense update, as the untrained editor makes it.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import warnings
 from pathlib import Path
@@ -27,6 +26,7 @@ from hiedit_agents.cli import DEFAULT_TRAIN_EDITS  # observed episodes as long a
 from hiedit_env.objective import row_losses
 from hiedit_env.score import score_pairs
 from hiedit_env.tokens import encode_record
+from hiedit_env.files import write_json
 
 
 def main() -> None:
@@ -85,7 +85,7 @@ def main() -> None:
               "split": args.split, "seed": args.seed, "unrelated": len(unrelated)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_json(out, result)
     print("| module | edit CE drop | paraphrase CE drop | KL on unrelated prompts | KL per nat of edit CE |")
     print("|---|---|---|---|---|")
     for name, m in zip(unwrapped.candidate_modules, means):

@@ -24,6 +24,7 @@ import hiedit_env  # noqa: F401  (registers HiEdit-v0)
 from hiedit_env import tokens
 from hiedit_env.objective import edit_objective
 from hiedit_env.trace import trace_objective
+from hiedit_env.files import write_json
 
 LAYOUTS = ("packed", "padded")
 
@@ -76,8 +77,7 @@ def main() -> None:
         print(json.dumps(row))
         env.close()
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(figures, f, indent=2)
+        write_json(args.out, figures)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from hiedit_env.files import atomic_write, write_text
 
 TAGS = ("rollout/ep_rew_mean", "episode/mean", "edit/edit_success", "edit/locality", "edit/retention", "edit/sequence_gain",
         "eval/mean_reward")
@@ -78,7 +79,7 @@ def plot(runs: dict[str, Path], out: Path) -> Path:
     fig.legend(handles.values(), handles.keys(), loc="lower right", fontsize="small")
     fig.tight_layout()
     path = out / "learning_curves.png"
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
     return path
 
 
@@ -89,7 +90,7 @@ def table(results: dict[str, Path], out: Path) -> Path:
         cells = [f"{metrics[k]:.3f}" if isinstance(metrics.get(k), float) else str(metrics.get(k, "")) for k in TABLE_KEYS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     path = out / "table.md"
-    path.write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
     return path
 
 

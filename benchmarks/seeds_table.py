@@ -25,6 +25,7 @@ import json
 import statistics
 from pathlib import Path
 from typing import Any
+from hiedit_env.files import write_text
 
 COLUMNS = ("ES", "GS", "LS", "mean", "ES_first_20pct", "efficacy")
 
@@ -96,7 +97,7 @@ def main() -> None:
             raise SystemExit(f"not a folder: {', '.join(missing)}")
         text = seeds_table(args.folders)
     if args.out is not None:
-        args.out.write_text(text + "\n")
+        write_text(args.out, text + "\n")
     print(text)
 
 

@@ -15,9 +15,7 @@ function.
 from __future__ import annotations
 
 import argparse
-import json
 import warnings
-from pathlib import Path
 
 import torch
 
@@ -25,6 +23,7 @@ import hiedit_agents.hypernet as hypernet
 import hiedit_env  # noqa: F401  (registers HiEdit-v0)
 from hiedit_agents import agent_class, run_episode
 from hiedit_agents.base import load_for_acting
+from hiedit_env.files import write_json
 
 
 def main() -> None:
@@ -57,7 +56,7 @@ def main() -> None:
     result = {"checkpoint": args.checkpoint, "seed": args.seed, "cap": args.cap,
               **{k: metrics[k] for k in ("mean", "ES", "GS", "LS", "ES_at_edit", "ES_first_20pct")},
               "ratio_max_per_edit": ratios}
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     print(result)
 
 

@@ -31,6 +31,7 @@ from hiedit_env.records import DEFAULT_DATASET
 
 from .base import DEFAULT_TRAIN_STEPS, Agent, read_checkpoint_meta, run_episode
 from .registry import agent_class, available_agents
+from .speed import add_speed_parser
 
 DEFAULT_TRAIN_EDITS = 20
 DEFAULT_EVAL_EDITS = 100
@@ -198,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", default=None, help="directory written by 'hiedit train'")
     evaluate.add_argument("--out", default="results.json", help="where to write the metrics as JSON")
     evaluate.set_defaults(run=run_evaluate)
+    add_speed_parser(sub)
     return parser
 
 

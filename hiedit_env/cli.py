@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,20 @@ def format_metrics(metrics: dict[str, Any], title: str = "") -> str:
             shown = f"{value:.4f}" if isinstance(value, float) else str(value)
             lines.append(f"  {key:<16} {shown:>10}   {protocols.get(key, '')}")
     return "\n".join(lines)
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, so a reader never sees
+    half a file and an interrupted write leaves the old one."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as f:
+            f.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
@@ -85,8 +101,7 @@ def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> i
         print(f"hiedit {args.command}: error: {message}", file=sys.stderr)
         return 2
     if getattr(args, "out", None):
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+        write_atomic(args.out, json.dumps(result, indent=2))
     return 0
 
 

@@ -214,14 +214,14 @@ def speed_table(folder: Path) -> str:
         editors = {e["preconditioner"]: e for e in run.get("editors", [])}
         cells = [run["label"], run["device_name"], run["dtype"], str(run["threads"]), str(run["candidates"]),
                  f"{run['median_step_s']:.3f}", f"{run['median_floor_s']:.3f}", f"**{run['ratio']:.2f}x**",
-                 f"{run['reset_s']:.2f}", f"{run['peak_rss_gb_steps']:.2f}",
+                 f"{run['reset_s']:.2f} ({run['reset_s'] / run['median_floor_s']:.1f}x)", f"{run['peak_rss_gb_steps']:.2f}",
                  f"{run['peak_cuda_gb']:.2f}" if "peak_cuda_gb" in run else "-"]
         for form in PRECONDITIONERS[::-1]:  # full, then diagonal
             e = editors.get(form)
             cells.append(f"{e['agent']}: {e['median_act_s']:.3f} / {e['ratio']:.2f}x / {e['preconditioner_bytes'] / 1e9:.3f}"
                          if e else "-")
         rows.append("| " + " | ".join(cells) + " |")
-    header = ("| model | device | dtype | threads | candidates | step s | floor s | step / floor | reset s | "
+    header = ("| model | device | dtype | threads | candidates | step s | floor s | step / floor | reset s (x floor) | "
               "peak RSS GB (steps) | peak CUDA GB | editor, full preconditioner: act s / act+step vs floor / "
               "preconditioner GB | editor, diagonal: same |")
     return "\n".join([header, "|" + "---|" * (header.count("|") - 1), *rows]) + "\n"

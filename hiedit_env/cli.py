@@ -40,6 +40,7 @@ def write_atomic(path: str | Path, text: str) -> None:
     path = Path(path)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(handle, 0o644)  # mkstemp's 0600 would keep a results file from other readers
         with os.fdopen(handle, "w") as f:
             f.write(text)
         os.replace(temporary, path)

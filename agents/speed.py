@@ -228,6 +228,7 @@ def speed_table(folder: Path) -> str:
 
 
 def run_speed(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``hiedit speed``: measure one run (its figures go to ``--out``), or with ``--table`` write the table."""
     if args.table:
         folder = Path(args.table)
         if not folder.is_dir():

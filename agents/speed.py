@@ -42,6 +42,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import trange
 
 import hiedit_env  # noqa: F401  (registers HiEdit-v0)
 from hiedit_env import HiEditEnv
@@ -96,13 +97,13 @@ def peak_memory_gb(device: torch.device) -> dict[str, float]:
 
 
 def timed_steps(env: HiEditEnv, act: Callable[[dict, dict], dict], seed: int,
-                act_times: list[float] | None = None) -> dict[str, Any]:
+                act_times: list[float] | None = None, desc: str = "timing") -> dict[str, Any]:
     """Reset, then for every edit but the last (whose step also runs the end-of-sequence evaluation,
     which is not per-edit work) time the floor and ``act`` + ``env.step``; medians and their ratio."""
     device = env.model.device
     observation, info = env.reset(seed=seed)
     steps, floors, applied = [], [], []
-    for t in range(env.num_edits - 1):
+    for t in trange(env.num_edits - 1, desc=desc, unit="edit", leave=False):  # a shaped model's edit takes a while
         floors.append(floor_seconds(env, t))
         started = _clock(device)
         action = act(observation, info)
@@ -144,7 +145,7 @@ def editor_speed(make_env: Callable[..., gym.Env], name: str, preconditioner: st
     agent.act(observation, info)  # the first act inverts the full form's matrices: timed apart
     setup = _clock(device) - started
     acts: list[float] = []
-    figures = timed_steps(env.unwrapped, agent.act, seed, acts)
+    figures = timed_steps(env.unwrapped, agent.act, seed, acts, desc=f"{name} editor, {preconditioner}")
     return {"agent": name, "preconditioner": preconditioner, "first_act_s": setup, "median_act_s": statistics.median(acts),
             **figures, **preconditioner_bytes(agent)}
 
@@ -188,7 +189,7 @@ def measure_speed(args: argparse.Namespace) -> dict[str, Any]:
         "env_kwargs": args.env_kwargs, "candidates": n, "modules": list(unwrapped.candidate_modules),
         "parameters": sum(p.numel() for p in unwrapped.model.parameters()),
         "first_reset_s": resets[0], "reset_s": resets[1],
-        **timed_steps(unwrapped, act, args.seed),
+        **timed_steps(unwrapped, act, args.seed, desc=f"{args.agent or 'constant action'} on {args.model}"),
     }
     figures.update({f"{k}_steps": v for k, v in peak_memory_gb(device).items()})
     figures["editors"] = [editor_speed(make_env, args.editor_agent, form, args.editor_warmup, args.seed)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import gymnasium as gym
-import torch
 from tqdm import tqdm
 
 from hiedit_env import HiEditEnv

@@ -38,6 +38,7 @@ from .base import DEFAULT_TRAIN_STEPS, Agent, TrainingInterrupted, build_agent, 
 from .checkpoint import CheckpointError, progress_folder, remove_progress
 from .registry import agent_class, available_agents
 from .sweep.cli import add_sweep_parsers
+from .speed import add_speed_parser
 
 DEFAULT_TRAIN_EDITS = 20
 DEFAULT_EVAL_EDITS = 100
@@ -258,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default="results.json", help="where to write the metrics as JSON")
     evaluate.set_defaults(run=run_evaluate)
     add_sweep_parsers(sub)
+    add_speed_parser(sub)
     return parser
 
 

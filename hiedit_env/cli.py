@@ -6,7 +6,6 @@ import argparse
 import functools
 import sys
 import warnings
-from pathlib import Path
 from typing import Any, NoReturn
 
 import gymnasium as gym

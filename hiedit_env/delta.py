@@ -35,9 +35,12 @@ class Delta:
     def norm(self) -> torch.Tensor:
         if self.size is not None:
             return self.size
+        # In float32 whatever the trace's dtype: float16 Gram matrices of keys overflow.
+        u = self.u.float()
         if self.v is None:
-            return self.u.norm()
-        return ((self.u @ self.u.T) * (self.v @ self.v.T)).sum().clamp_min(0).sqrt()
+            return u.norm()
+        v = self.v.float()
+        return ((u @ u.T) * (v @ v.T)).sum().clamp_min(0).sqrt()
 
     @classmethod
     def sized(cls, u: torch.Tensor, v: torch.Tensor | None) -> Delta:
@@ -71,13 +74,23 @@ def weight_deltas(parsed: ParsedAction, trace: EditTrace, base_norms: list[float
 
 
 @torch.no_grad()
-def apply_delta(module: nn.Module, delta: Delta) -> None:
-    """``W += dW`` in place, in the module's own orientation (GPT-2's Conv1D stores W transposed)."""
+def apply_delta(module: nn.Module, delta: Delta, measure: bool = False) -> float | None:
+    """``W += dW`` in place, in the module's own orientation (GPT-2's Conv1D stores W transposed).
+
+    ``measure``: return ``||W_after - W_before||_F``, the change the weights really took. In 16-bit
+    weights a step small against a weight's own size rounds away in part or in whole (bfloat16 keeps 8
+    significant bits: a relative change under 2^-9 of an entry is lost), so the request is not what
+    happened. It costs a copy of the weight, so float32 callers take the requested size instead."""
     weight = module.weight
+    before = weight.clone() if measure else None
     conv = isinstance(module, Conv1D)
     if delta.v is None:
-        weight.add_(delta.u.T if conv else delta.u)
+        weight.add_((delta.u.T if conv else delta.u).to(weight.dtype))
     elif conv:
         weight.addmm_(delta.v.T.to(weight.dtype), delta.u.to(weight.dtype))
     else:
         weight.addmm_(delta.u.T.to(weight.dtype), delta.v.to(weight.dtype))
+    if before is None:
+        return None
+    # Close 16-bit numbers subtract exactly (Sterbenz), so the difference is taken in the weights' dtype.
+    return float(torch.linalg.vector_norm(weight - before, dtype=torch.float32))

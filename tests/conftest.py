@@ -8,6 +8,9 @@
 * ``make_env(model, **kwargs)``: a small environment on a tiny test model (ZsRE, 3 edits unless
   overridden), closed afterwards; the ZsRE file's two skipped records are not warned about here
   (the records tests check that warning on purpose).
+* ``--device`` (default ``cpu``): the device of every environment the tests make through
+  ``gym.make`` (it becomes the registered ``HiEdit-v0``'s default), so ``pytest --device cuda`` runs
+  the suite on a GPU; the ``device`` fixture gives it to tests that build models themselves.
 """
 
 from __future__ import annotations
@@ -44,7 +47,21 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("HIEDIT_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--device", default="cpu",
+                     help="device of the test environments: cpu (default), cuda or cuda:N (fails at once without CUDA)")
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    from hiedit_env.models import resolve_device
+
+    device = config.getoption("--device")
+    try:
+        resolve_device(device)
+    except ValueError as err:
+        raise pytest.UsageError(f"--device: {err}") from err
+    # gym.make merges the registered kwargs under the caller's: every test environment lands there.
+    gym.spec("HiEdit-v0").kwargs["device"] = device
     config.addinivalue_line("markers", "smollm2: loads the embedded SmolLM2-135M model (about 20 s on a CPU)")
     # The ZsRE file's two records with an empty `alt`, skipped on purpose by every environment made
     # from it (gymnasium's checker re-creates environments through env.spec). The records tests
@@ -83,6 +100,12 @@ def counterfact_path() -> str:
 def counterfact_train_path() -> str:
     """``../shared/data/counterfact/counterfact_train.json`` (10,000 records, flat CounterFact)."""
     return _data_file("counterfact/counterfact_train.json")
+
+
+@pytest.fixture(scope="session")
+def device(pytestconfig: pytest.Config) -> str:
+    """The test run's ``--device``."""
+    return pytestconfig.getoption("--device")
 
 
 @pytest.fixture

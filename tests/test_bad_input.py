@@ -145,7 +145,7 @@ def test_an_unknown_env_kwargs_key(zsre_path, tmp_path, capsys):
 
 def test_cuda_without_cuda(zsre_path, tmp_path, capsys):
     refused(capsys, tmp_path, evaluate(zsre_path, tmp_path / "results.json", "--env-kwargs", '{"device": "cuda"}'),
-            "device 'cuda' asks for CUDA, which this machine does not have")
+            "device='cuda' but CUDA is not available")
 
 
 @pytest.mark.parametrize("kwargs, expected", [

@@ -29,13 +29,14 @@ import torch
 
 import hiedit_env  # noqa: F401  (registers HiEdit-v0)
 from hiedit_env import HiEditEnv
-from hiedit_env.cli import Parser, add_demo_parser, common_options, format_metrics, non_negative_int, positive_int, run_cli
+from hiedit_env.cli import Parser, common_options, format_metrics, non_negative_int, positive_int, run_cli
 from hiedit_env.files import check_output_dir, write_json
 from hiedit_env.models import EMBEDDED_MODEL
 from hiedit_env.records import DEFAULT_DATASET
 
 from .base import DEFAULT_TRAIN_STEPS, Agent, TrainingInterrupted, build_agent, read_checkpoint_meta, run_episode
 from .checkpoint import CheckpointError, progress_folder, remove_progress
+from .demo import add_demo_parser
 from .registry import agent_class, available_agents
 from .sweep.cli import add_sweep_parsers
 from .speed import add_speed_parser

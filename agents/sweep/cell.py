@@ -79,20 +79,10 @@ def evaluate(cell: Cell, folder: Path, seed: int, num_edits: int, acting: dict[s
         kwargs = {**cell.agent_kwargs, **acting}
         env = commands.make_env(args, cls, kwargs, evaluation=True)
         agent = commands.build_agent(cls, env, kwargs)
-    marks = {round(num_edits * i / cell.curve_points) for i in range(1, cell.curve_points)} if cell.curve_points > 1 else set()
-    curve: list[dict[str, float]] = []
-
-    def on_step(info: dict[str, Any], terminated: bool) -> None:
-        t = env.unwrapped.edit_index
-        if t in marks and not terminated:
-            m = env.unwrapped.evaluate(generation=False)
-            curve.append({"edits": t, "ES": m["ES"], "GS": m["GS"], "LS": m["LS"]})
-
     started = time.perf_counter()
-    metrics = run_episode(agent, env, seed, progress=False, on_step=on_step)
+    metrics = run_episode(agent, env, seed, progress=False, curve_points=cell.curve_points)
     wall = time.perf_counter() - started
-    if cell.curve_points:
-        curve.append({"edits": num_edits, "ES": metrics["ES"], "GS": metrics["GS"], "LS": metrics["LS"]})
+    curve = metrics.pop("curve", [])
     device = str(env.unwrapped.model.device)
     env.close()
     return {"metrics": metrics, "curve": curve, "wall_seconds": wall, "device": device, **commands.peak_memory_mb(), **provenance()}

@@ -128,7 +128,7 @@ def build_report(folders: Sequence[str | Path], out: str | Path) -> Path:
             lines += [f"| {x} over {y} | {probability_of_improvement(stats[x]['scores'], stats[y]['scores']):.2f} |"
                       for x, y in pairs]
         figures = [_interval_plot(stats, out / f"intervals_{key}.png", f"{dataset}, {num_edits} edits")]
-        figures.append(_curve_plot(agents, out / f"curves_{key}.png", f"{dataset}, {num_edits} edits"))
+        figures.append(curve_plot(agents, out / f"curves_{key}.png", f"{dataset}, {num_edits} edits"))
         figures.append(_module_heatmap(agents, out / f"modules_{key}.png", f"{dataset}, {num_edits} edits"))
         lines += [""] + [f"![{f.stem}]({f.name})" for f in figures if f is not None] + [""]
     return write_text(out / "report.md", "\n".join(lines))
@@ -159,7 +159,9 @@ def _interval_plot(stats: dict[str, dict[str, Any]], path: Path, title: str) -> 
     return _save(fig, path)
 
 
-def _curve_plot(agents: dict[str, list[dict[str, Any]]], path: Path, title: str) -> Path | None:
+def curve_plot(agents: dict[str, list[dict[str, Any]]], path: Path, title: str) -> Path | None:
+    """ES/GS/LS of the edits so far against edits applied, per agent (the mean over its rows' ``curve``);
+    ``None`` when no row has a curve."""
     curves = {a: [r["curve"] for r in rows if r.get("curve")] for a, rows in agents.items()}
     curves = {a: c for a, c in curves.items() if c}
     if not curves:

@@ -17,7 +17,6 @@ import torch
 
 from hiedit_agents import agent_class
 from hiedit_agents.checkpoint import CheckpointError
-from hiedit_agents.cli import main
 
 MODEL = "test-tiny-llama"
 # Episodes of 2 edits, a checkpoint at every episode's end, validation every 4 edits.
@@ -51,10 +50,17 @@ def same_state(a: Path, b: Path) -> None:
         assert torch.equal(left[name][key], right[name][key]), f"{name}.{key} differs"
 
 
+def finish(process: subprocess.Popen) -> None:
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err[-2000:]
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory, zsre_path: str) -> Path:
+    """The reference run, in a process of its own as every part of the interrupted run is (as a user
+    runs them): a fresh process's numbers do not depend on what earlier tests did in this one."""
     out = tmp_path_factory.mktemp("uninterrupted") / "run"
-    assert main(train_args(zsre_path, out, 40, "--agent-kwargs", AGENT_KWARGS)) == 0
+    finish(hiedit(*train_args(zsre_path, out, 40, "--agent-kwargs", AGENT_KWARGS)))
     return out
 
 
@@ -73,7 +79,7 @@ def test_resume_after_an_interruption_ends_as_the_uninterrupted_run(stop, uninte
         assert process.returncode == -signal.SIGKILL
     progress = torch.load(out / "training_state" / "training_state.pt", weights_only=True)["progress"]
     assert 0 < progress["step"] < 40
-    assert main(train_args(zsre_path, out, 40, "--resume")) == 0
+    finish(hiedit(*train_args(zsre_path, out, 40, "--resume")))
     stats = json.loads((out / "train_stats.json").read_text())
     assert stats["resumed_at"] == progress["step"] and stats["steps_this_run"] == 40 - progress["step"]
     assert not (out / "training_state").exists()  # removed once the run completed

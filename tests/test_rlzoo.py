@@ -48,7 +48,8 @@ def _zoo(monkeypatch: pytest.MonkeyPatch, algo: str, log_folder, *options: str) 
 
 
 def test_shipped_files_name_only_algorithms_the_zoo_has_besides_maskable_ppo():
-    shipped = sorted(path.stem for path in HYPERPARAMS_DIR.glob("*.yml"))
+    # The files in the zoo's format (an entry per environment id); locate.yml holds other agents' presets.
+    shipped = sorted(path.stem for path in HYPERPARAMS_DIR.glob("*.yml") if "HiEdit-v0" in yaml.safe_load(path.read_text()))
     assert shipped == sorted([*ZOO_ALGOS, "maskable_ppo"]) and "maskable_ppo" not in ALGOS
     assert set(ZOO_ALGOS) <= set(ALGOS)
 

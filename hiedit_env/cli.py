@@ -92,7 +92,7 @@ def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> i
     command = f"hiedit {args.command}"
     out = getattr(args, "out", None)
     with warnings.catch_warnings():
-        warnings.simplefilter("default")
+        warnings.simplefilter("default", UserWarning)  # our reports (skipped records, cut prompts), whatever filters are set
         warnings.showwarning = functools.partial(_warning_line, command)
         try:
             if out:  # before the long run, so a result is never lost to a bad path

@@ -46,7 +46,7 @@ small share of the update, one this edit activates rarely a large share, so the 
 edit's outputs more than those of unrelated prompts, whose keys lie on the common features. ``d``
 bounds how much a rare feature is favoured (at most ``1 / d`` times the average). Untrained, on
 SmolLM2's upper nine blocks and the ZsRE selection episode, d = 0.1 raised the mean from 0.674 to
-0.703 at the same ``init_lr`` (benchmarks/README.md, stop 17).
+0.703 at the same ``init_lr`` (benchmarks/results/zsre_precondition/).
 
 ``preconditioner="full"`` uses the whole matrix: ``k~ (C + d * mean_j C_jj * I)^-1``, the ``C^-1 k``
 of ROME and MEMIT with ``C`` the running mean of ``k k^T`` over the observed tokens. It also discounts
@@ -54,8 +54,8 @@ directions that are combinations of common features, which the diagonal cannot s
 ``d_in^2`` statistics per module (2.4 M floats for a SmolLM2 ``down_proj``, saved with the checkpoint),
 an inversion each time they have grown by a quarter (when acting, as they are then fixed: once)
 and one ``n x d_in x d_in`` product per update. Untrained, on all 18 SmolLM2 modules and three ZsRE
-selection sequences, it scored 0.756 against the diagonal's 0.695 (benchmarks/README.md, stop 20), and
-on three CounterFact sequences 0.501 against 0.430 (stop 21). The learned editors use it by default.
+selection sequences, it scored 0.756 against the diagonal's 0.695 (benchmarks/results/zsre_full_precondition/),
+and on three CounterFact sequences 0.501 against 0.430 (benchmarks/results/counterfact_full_precondition/). The learned editors use it by default.
 
 With the running statistics the update's size follows ``||G|| / mean ||G||`` with no bound but the
 environment's per-module cap, and that ratio feeds on itself: once a sequence has damaged the model its
@@ -68,7 +68,7 @@ broke instead; trained with it, the selection episode showed no gain and one HiE
 (benchmarks/README.md, "Bounding the update size"): the breaks are not the ratio's doing alone.
 With the full preconditioner RLEdit's breaks are the ratio's: on the ZsRE selection sequence it broke,
 one module's ratio reached 60 at edit 96 of 100 and the model lost every edit; set at acting, 3 held
-that sequence (0.715 against 0.027; benchmarks/README.md, stop 21).
+that sequence (0.715 against 0.027; benchmarks/results/full_default/).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ from .selection import gradient_norms
 # scale="running" or "direction"). Without the key preconditioner 6e-3 beat 3e-3 for both agents on the
 # selection episode of the ZsRE training split, and untrained it beat 1.2e-2 too; with it (d = 0.1) the
 # untrained editor on SmolLM2's upper nine blocks did better at 1.2e-2 than at 6e-3 (0.713 against 0.703),
-# and both agents trained from there beat those trained from 6e-3 without it (benchmarks/README.md, stop 17).
+# and both agents trained from there beat those trained from 6e-3 without it (benchmarks/results/zsre_precondition/).
 DEFAULT_INIT_LR = 0.012
 # The damping of the key preconditioner of the learned editors (HyperEditor's own default is off, as
 # preconditioning is only defined for the scales that set the size after it). On the same untrained
@@ -159,7 +159,7 @@ class KeyMoment(nn.Module):
     never acts on costs none), and is computed in place, before the editor builds its graph
     (:meth:`HyperEditor.forward` calls :meth:`refresh` first): inverting between the graph's saved
     tensors left glibc's heap fragmented, and HiEdit's training on SmolLM2's 18 ``down_proj`` peaked
-    at 3.0 GB instead of 2.0 GB (benchmarks/README.md, stop 21)."""
+    at 3.0 GB instead of 2.0 GB (peak RSS of HiEdit's CounterFact training run, train_stats.json)."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()

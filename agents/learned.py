@@ -161,11 +161,11 @@ class LearnedEditorAgent(Agent):
     seeds ``scale="effect"`` moved HiEdit up and RLEdit down by less than the spread between seeds. The
     key preconditioner (``precondition`` 0.1) with ``init_lr`` 1.2e-2 won the same selection over no
     preconditioner at 6e-3, the earlier defaults: 0.714 against 0.684 for HiEdit, 0.676 against 0.581
-    for RLEdit (training seed 0; benchmarks/README.md, stop 17). Its full form (``preconditioner="full"``)
-    replaced the diagonal in stop 21, on three selection sequences of the ZsRE training split: HiEdit
-    0.773 over training seeds 0 and 100 against 0.706. RLEdit with it broke one of the three (0.027)
-    and, with ``max_size_ratio`` 3 set when acting, is level with its diagonal form (0.700 against
-    0.695; benchmarks/README.md, stop 21).
+    for RLEdit (training seed 0; benchmarks/results/zsre_precondition/). Its full form
+    (``preconditioner="full"``) replaced the diagonal on three selection sequences of the ZsRE training
+    split: HiEdit 0.773 over training seeds 0 and 100 against 0.706. RLEdit with it broke one of the
+    three (0.027) and, with ``max_size_ratio`` 3 set when acting, is level with its diagonal form (0.700
+    against 0.695; benchmarks/results/full_default/).
     """
 
     update_mode = "low_rank"

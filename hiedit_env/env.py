@@ -148,6 +148,12 @@ class HiEditEnv(gym.Env):
     * ``evaluate_generation``: compute ``ES_gen``/``GS_gen`` at the end (greedy decoding).
     * ``instance_layer``: block whose hidden state encodes the edit (default: the middle one).
     * ``device`` (``"auto"``), ``dtype`` (``"float32"``), ``render_mode`` (``None`` or ``"ansi"``).
+
+    ## Version History
+    * v0 (hiedit-gym 0.2.0, 2026-12): ``max_prompt_tokens`` / ``max_answer_tokens`` arguments, records
+      they cut reported (:meth:`data_report`); ``reset`` no longer reseeds torch's global generator;
+      16-bit steps measured as applied (``info["applied_ratio"]``).
+    * v0 (hiedit-gym 0.1.0, 2026-11): the first release.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}

@@ -16,7 +16,7 @@ __all__ = [
     "ActionError", "BUILTIN_MODELS", "EMBEDDED_MODEL", "EditRecord", "EditSet", "EditTrace", "HiEditEnv",
     "ModelLoadError", "ObjectiveTerms", "RecordError", "TEST_MODELS", "clear_model_cache", "load_edits",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 if "HiEdit-v0" not in registry:
     register(id="HiEdit-v0", entry_point="hiedit_env.env:HiEditEnv")

@@ -107,6 +107,12 @@ def test_sweep_command_reports_a_bad_spec_in_one_line(tmp_path: Path, capsys: py
     assert err.startswith("hiedit sweep: error: invalid spec") and len(err.strip().splitlines()) == 1
 
 
+def test_sweep_refuses_an_agents_filter_naming_no_entry(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"--agents: nope not an entry of .* \(entries: noop, rledit"):
+        sweep(load_spec(write_spec(tmp_path)), tmp_path / "out", agents=["noop", "nope"])
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
 def test_data_paths_expand_environment_variables_relative_to_the_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = tmp_path / "data" / "edits.json"
     data.parent.mkdir()
@@ -133,7 +139,8 @@ def test_sweep_interrupted_after_one_cell_resumes_without_touching_it(tmp_path: 
     path = write_spec(tmp_path)
     spec = load_spec(write_spec(tmp_path, agents=yaml.safe_load(path.read_text())["agents"] + [broken]))
     out = tmp_path / "sweep"
-    first = sweep(spec, out, max_cells=1)  # stands for a sweep stopped after its first cell
+    # stands for a sweep stopped after its first cell: of the two cells of noop and broken, the first
+    first = sweep(spec, out, max_cells=1, agents=["broken", "noop"])
     assert (first["cells"], first["ran"], first["remaining"], first["failed"]) == (4, 1, 3, {})
     done = out / "cells" / "test-tiny-gpt2__default__noop"
     before = _files(done)

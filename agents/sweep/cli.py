@@ -28,7 +28,8 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
     from .spec import load_spec
 
     spec = load_spec(args.spec)  # the whole spec is checked before Ray starts
-    summary = sweep(spec, args.out_dir, address=args.address, max_concurrent=args.max_concurrent, max_cells=args.max_cells)
+    summary = sweep(spec, args.out_dir, address=args.address, max_concurrent=args.max_concurrent, max_cells=args.max_cells,
+                    agents=args.agents)
     print(format_summary(summary, Path(args.out_dir)))
     if summary["failed"]:
         raise ValueError(f"{len(summary['failed'])} of {summary['cells']} cells failed (listed above, details in "
@@ -70,6 +71,8 @@ def add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
     _add_cluster_options(p)
     p.add_argument("--max-cells", type=_positive_int, default=None,
                    help="run at most this many unfinished cells, then stop (a long sweep in parts)")
+    p.add_argument("--agents", nargs="+", default=None, metavar="ENTRY",
+                   help="run only the cells of these agent entries of the spec (a long sweep in parts)")
     p.set_defaults(run=run_sweep)
 
     p = sub.add_parser("report", help="Markdown report with bootstrap intervals and figures from sweep folders")

@@ -79,13 +79,18 @@ def _check_unchanged(out: Path, cells: list[Cell]) -> None:
 
 
 def sweep(spec: SweepSpec, out: str | Path, address: str | None = None, max_concurrent: int | None = None,
-          max_cells: int | None = None) -> dict[str, Any]:
+          max_cells: int | None = None, agents: list[str] | None = None) -> dict[str, Any]:
     """Run every unfinished cell of ``spec`` under ``out`` on Ray Tune; returns a summary
     (``cells``, ``already_finished``, ``ran``, ``failed`` with each failure's error, ``seconds``).
 
-    ``max_cells`` runs at most that many unfinished cells (a long sweep run in parts). Ray is started
-    here unless it already runs in this process (then it is used as it is, e.g. by tests).
+    ``max_cells`` runs at most that many unfinished cells, and ``agents`` (entry names) only the cells of
+    those entries (a long sweep run in parts). Ray is started here unless it already runs in this process
+    (then it is used as it is, e.g. by tests).
     """
+    unknown = sorted(set(agents or ()) - {e.name for e in spec.agents})
+    if unknown:
+        raise ValueError(f"--agents: {', '.join(unknown)} not an entry of {spec.path} "
+                         f"(entries: {', '.join(e.name for e in spec.agents)})")
     out = Path(out).resolve()
     cells = expand(spec)
     _check_unchanged(out, cells)
@@ -94,6 +99,8 @@ def sweep(spec: SweepSpec, out: str | Path, address: str | None = None, max_conc
                                                "compare": spec.compare, "cells": [c.id for c in cells]}, indent=2))
     pending = [c for c in cells if not is_finished(out, c)]
     finished_before = len(cells) - len(pending)
+    if agents is not None:
+        pending = [c for c in pending if any(name in agents for name, _ in c.variants)]
     if max_cells is not None:
         pending = pending[:max_cells]
     started = time.perf_counter()

@@ -97,7 +97,7 @@ def return_freed_memory() -> bool:
 
     A training step allocates and frees hundreds of megabytes of activations; by default glibc keeps
     them in the heap for reuse, so the resident peak stays high. Measured on SmolLM2 at the authors'
-    HiEdit settings (benchmarks/README.md): peak RSS 1.65 -> 1.44 GB, 2.3 -> 3.6 s per training step. Returns
+    HiEdit settings (docs/findings.md): peak RSS 1.65 -> 1.44 GB, 2.3 -> 3.6 s per training step. Returns
     ``False`` where the C library is not glibc (nothing changes there).
     """
     try:

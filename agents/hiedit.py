@@ -15,7 +15,8 @@ while training (a Plackett-Luce draw of ``k`` modules, :mod:`~hiedit_agents.gate
 ``-gate_reinforce * (reward - baseline) * log p(choice)``, the score-function estimator of the same intrinsic reward against its running mean: unlike the
 straight-through slope, it charges a choice the whole loss it causes, the curvature of the locality
 KL of each module included. On SmolLM2 (ZsRE, three training seeds) it raised the selection
-episode's mean from 0.545 to 0.664 and the test sequences' from 0.525 to 0.705 (benchmarks/README.md).
+episode's mean from 0.545 to 0.664 and the test sequences' from 0.525 to 0.705 (docs/findings.md,
+"Which modules does the editor need?").
 """
 
 from __future__ import annotations

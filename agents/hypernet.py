@@ -65,10 +65,10 @@ is above ``max_size_ratio`` times its running mean has its update shrunk by ``ma
 / ||G||``, so no update is more than that many times the average edit's. Off by default: at 3, set on
 trained editors, it rescued both ZsRE test sequences on which RLEdit broke the model and two others
 broke instead; trained with it, the selection episode showed no gain and one HiEdit editor broke it
-(benchmarks/README.md, "Bounding the update size"): the breaks are not the ratio's doing alone.
+(docs/findings.md, "Does bounding the update size stop sequences from breaking?"): the breaks are not the ratio's doing alone.
 With the full preconditioner RLEdit's breaks are the ratio's: on the ZsRE selection sequence it broke,
 one module's ratio reached 60 at edit 96 of 100 and the model lost every edit; set at acting, 3 held
-that sequence (0.715 against 0.027; benchmarks/results/full_default/).
+that sequence (0.715 against 0.027; benchmarks/results/full_preconditioner_choice/).
 """
 
 from __future__ import annotations

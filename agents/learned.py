@@ -165,7 +165,7 @@ class LearnedEditorAgent(Agent):
     (``preconditioner="full"``) replaced the diagonal on three selection sequences of the ZsRE training
     split: HiEdit 0.773 over training seeds 0 and 100 against 0.706. RLEdit with it broke one of the
     three (0.027) and, with ``max_size_ratio`` 3 set when acting, is level with its diagonal form (0.700
-    against 0.695; benchmarks/results/full_default/).
+    against 0.695; benchmarks/results/full_preconditioner_choice/).
     """
 
     update_mode = "low_rank"
@@ -524,7 +524,7 @@ class LearnedEditorAgent(Agent):
 
         Within a short training episode a larger step edits better, so the step sizes drift upward
         (on SmolLM2 one grew from 3e-3 to 1.1e-2 in 300 edits). Off by default: bounding them at the
-        initial step did not make 100-edit sequences of the training split hold up better (benchmarks/README.md).
+        initial step did not make 100-edit sequences of the training split hold up better (docs/findings.md).
         """
         self.editor.log_lr.clamp_(max=math.log(self.hparams["max_lr"]))
 

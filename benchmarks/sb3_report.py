@@ -2,7 +2,7 @@
 ``hiedit evaluate`` results.
 
     python benchmarks/sb3_report.py \\
-        --runs maskable_ppo=runs/sb3/maskable_ppo sac=runs/sb3/sac \\
+        --runs maskable_ppo=checkpoints/maskable_ppo sac=checkpoints/sac \\
         --results maskable_ppo=benchmarks/results/sb3/maskable_ppo.json random_k=benchmarks/results/sb3/random_k.json \\
         --out benchmarks/results/sb3
 

@@ -4,7 +4,7 @@ One 100-edit episode moves an agent's mean(ES, GS, LS) by several points from se
 comparison between agents should rest on several. Two ways to name the files of a row:
 
 * folders, one sweep per evaluation seed: every ``<agent>.json`` found in all of them (written by
-  ``benchmarks/agents.py`` or ``hiedit evaluate``) becomes a row;
+  ``hiedit evaluate``) becomes a row;
 * ``--rows NAME=GLOB[,GLOB...]``: a row per name, over every file its patterns match, e.g. an
   agent's training seeds x test sequences. These rows also give the number of files, the lowest
   mean (one broken sequence moves a mean of nine by several points) and the modules changed per edit.

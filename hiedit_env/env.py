@@ -132,7 +132,7 @@ class HiEditEnv(gym.Env):
       the absolute ``sum ||dW||_F^2`` (on SmolLM2 a relative step of 3e-3 on all 18 candidates makes it
       5.3, against an edit loss of 1 to 3). The defaults (0 and 0) won the selection on a 100-edit
       episode of the ZsRE training split against ``l2_weight`` 0.1 or 1.0 and ``locality_depth``
-      ``back_depth`` (benchmarks/README.md). ``objective_chunk``: rows of the objective's batch per forward
+      ``back_depth`` (docs/findings.md). ``objective_chunk``: rows of the objective's batch per forward
       pass when gradients flow to the updates (``None``: all at once); each chunk is recomputed in the
       backward pass (activation checkpointing), which lowers the peak memory of gradient-based
       training for one more forward of the objective, with the same loss and gradients.

@@ -11,7 +11,7 @@ the updates and the model's own weights are never written:
 In a sequence the model an update acts on already carries the earlier edits, so the unrelated prompts
 of those edits measure the damage the sequence has done so far; a ``locality_depth`` above 0 pushes
 the current update to repair it. The environment's default is 0: on SmolLM2 the wider window made
-the trained editors no better over 100 edits (benchmarks/README.md).
+the trained editors no better over 100 edits (docs/findings.md).
 
 With ``paraphrases`` (training only: a deployed editor never sees an edit's paraphrase) each edit's
 cross-entropy is the mean of its prompt's and its paraphrase's, the equivalence-neighbourhood loss

@@ -189,7 +189,7 @@ def _answers(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
 
 def batch_for(model: PreTrainedModel, pairs: list[Pair], pad_id: int) -> Batch:
     """One pass's batch: packed when the model supports it (:func:`packs_sequences`), else padded.
-    What it saves on SmolLM2: ``python benchmarks/packing.py`` (figures in benchmarks/README.md)."""
+    What it saves on SmolLM2: docs/findings.md, "How fast is a step against the floor?"."""
     return pack(pairs, model.device) if packs_sequences(model) else collate(pairs, pad_id, model.device)
 
 

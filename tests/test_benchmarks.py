@@ -1,4 +1,4 @@
-"""The benchmark scripts run end to end on a tiny model and write what they promise."""
+"""The benchmark tools run end to end on a tiny model and write what they promise."""
 
 from __future__ import annotations
 
@@ -17,54 +17,6 @@ def run_script(name: str, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> N
     runpy.run_path(str(BENCHMARKS / name), run_name="__main__")
 
 
-def test_speed_script_reports_ratio_against_floor(zsre_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    out = tmp_path / "speed.json"
-    run_script("speed.py", ["--model", "test-tiny-gpt2", "--dataset", zsre_path, "--num-edits", "4", "--out", str(out)],
-               monkeypatch)
-    figures = json.loads(out.read_text())
-    assert figures["edits_timed"] == 3
-    assert figures["median_floor_s"] > 0 and figures["median_step_s"] > 0
-    assert figures["ratio"] == pytest.approx(figures["median_step_s"] / figures["median_floor_s"])
-
-
-def test_packing_script_times_both_layouts_and_leaves_the_check_to_run_again(zsre_path: str, tmp_path: Path,
-                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from hiedit_env import tokens
-    from hiedit_env.models import load_shared_model
-
-    out = tmp_path / "packing.json"
-    run_script("packing.py", ["--model", "test-tiny-llama", "--dataset", zsre_path, "--back-depths", "0", "2",
-                              "--edits", "2", "--out", str(out)], monkeypatch)
-    rows = json.loads(out.read_text())["rows"]
-    assert [r["back_depth"] for r in rows] == [0, 2] and [r["prompts"] for r in rows] == [2, 4]
-    for row in rows:
-        assert row["tokens_padded"] >= row["tokens"] > 0
-        assert row["median_packed_trace_s"] > 0 and row["median_padded_train_s"] > 0
-    assert load_shared_model("test-tiny-llama").model not in tokens._PACKING
-
-
-def test_agent_sweep_writes_table_curves_and_results(zsre_path: str, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    run_script("agents.py", ["--model", "test-tiny-llama", "--dataset", zsre_path, "--agents", "noop,topk_grad",
-                             "--num-edits", "4", "--tune-edits", "5", "--out", str(tmp_path)], monkeypatch)
-    noop = json.loads((tmp_path / "noop.json").read_text())
-    assert noop["layers_per_edit"] == 0.0 and noop["LS"] == 1.0
-    assert [p["edits"] for p in noop["curve"]] == [1, 2, 3, 4]
-    assert noop["agent_seconds_per_edit"] >= 0.0
-    topk = json.loads((tmp_path / "topk_grad.json").read_text())
-    assert topk["tuning"]["step"] in (-1.0, -0.5, 0.0, 0.5, 1.0)
-    assert "| noop |" in (tmp_path / "table.md").read_text()
-    assert (tmp_path / "curves.png").stat().st_size > 0
-    again = tmp_path / "again"
-    run_script("agents.py", ["--model", "test-tiny-llama", "--dataset", zsre_path, "--agents", "noop",
-                             "--num-edits", "4", "--out", str(again),
-                             "--include", f"earlier_topk={tmp_path / 'topk_grad.json'}"], monkeypatch)
-    assert "| earlier_topk |" in (again / "table.md").read_text() and not (again / "earlier_topk.json").exists()
-    with pytest.raises(SystemExit):
-        run_script("agents.py", ["--dataset", zsre_path, "--out", str(again),
-                                 "--include", f"table={tmp_path / 'table.md'}"], monkeypatch)
-
-
 def test_untrained_editor_statistics_come_from_unedited_training_edits(zsre_path: str) -> None:
     import gymnasium as gym
     import torch
@@ -81,8 +33,7 @@ def test_untrained_editor_statistics_come_from_unedited_training_edits(zsre_path
     assert all(torch.equal(a, b) for a, b in zip(before, env.unwrapped.model.parameters()))
 
 
-def test_benchmarks_build_the_environment_a_checkpoint_needs(zsre_path: str, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_evaluate_and_speed_build_the_environment_a_checkpoint_needs(zsre_path: str, tmp_path: Path) -> None:
     """A MaskablePPO selector over a trained RLEdit editor needs a low_rank environment, which only its
     saved configuration says (the class alone would give step_size)."""
     from hiedit_agents.cli import main
@@ -94,13 +45,13 @@ def test_benchmarks_build_the_environment_a_checkpoint_needs(zsre_path: str, tmp
     checkpoints = tmp_path / "checkpoints"
     assert main(["train", "--agent", "maskable_ppo", *common, "--steps", "8", "--agent-kwargs", json.dumps(kwargs),
                  "--out", str(checkpoints / "maskable_ppo")]) == 0
-    out = tmp_path / "sweep"
-    run_script("agents.py", ["--model", "test-tiny-llama", "--dataset", zsre_path, "--agents", "maskable_ppo",
-                             "--checkpoints", str(checkpoints), "--num-edits", "3", "--out", str(out)], monkeypatch)
-    assert json.loads((out / "maskable_ppo.json").read_text())["layers_per_edit"] == 2
+    evaluated = tmp_path / "evaluate.json"
+    assert main(["evaluate", "--agent", "maskable_ppo", "--checkpoint", str(checkpoints / "maskable_ppo"), *common,
+                 "--out", str(evaluated)]) == 0
+    assert json.loads(evaluated.read_text())["layers_per_edit"] == 2
     speed = tmp_path / "speed.json"
-    run_script("speed.py", ["--model", "test-tiny-llama", "--dataset", zsre_path, "--num-edits", "3", "--agent", "maskable_ppo",
-                            "--checkpoint", str(checkpoints / "maskable_ppo"), "--out", str(speed)], monkeypatch)
+    assert main(["speed", "--model", "test-tiny-llama", "--dataset", zsre_path, "--num-edits", "3", "--agent", "maskable_ppo",
+                 "--checkpoint", str(checkpoints / "maskable_ppo"), "--out", str(speed)]) == 0
     assert json.loads(speed.read_text())["agent"] == "maskable_ppo"
 
 
@@ -141,56 +92,6 @@ def test_seeds_table_rows_from_patterns_count_files_and_keep_the_lowest(tmp_path
         run_script("seeds_table.py", ["--rows", "no-equals-sign"], monkeypatch)
 
 
-def test_cells_table_reads_every_training_seed_and_episode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    new, old = tmp_path / "new", tmp_path / "old"
-    new.mkdir()
-    old.mkdir()
-    for seed, means in ((0, (0.5, 0.7)), (100, (0.3, 0.6))):
-        for episode, mean in enumerate(means):
-            (new / f"rledit_train_seed{seed}_episode{episode}.json").write_text(json.dumps({"mean": mean}))
-            # The older name of episode 0 is read too.
-            name = f"rledit_train_seed{seed}.json" if episode == 0 else f"rledit_train_seed{seed}_episode{episode}.json"
-            (old / name).write_text(json.dumps({"mean": 0.4}))
-    out = tmp_path / "cells.md"
-    run_script("cells_table.py", [str(new), "--against", str(old), "--agents", "rledit", "--seeds", "0", "100",
-                                  "--episodes", "0", "1", "--out", str(out)], monkeypatch)
-    assert out.read_text().splitlines() == [
-        "| training seed | rledit, episodes 0 / 1 |", "|---|---|",
-        "| 0 | 0.500 (0.400) / 0.700 (0.400) |", "| 100 | 0.300 (0.400) / 0.600 (0.400) |",
-        "| all 4 | 0.525 (sd 0.171), median 0.550, lowest 0.300; against 0.400, median 0.400, lowest 0.400; "
-        "higher in 3 of 4 |"]
-    with pytest.raises(SystemExit, match="no result for rledit, training seed 200, episode 0"):
-        run_script("cells_table.py", [str(new), "--agents", "rledit", "--seeds", "200"], monkeypatch)
-
-
-def test_update_alignment_of_an_untrained_editor_is_the_gradient_step(zsre_path: str, tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch,
-                                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    import gymnasium as gym
-
-    from hiedit_agents import make_agent
-    from hiedit_agents.hypernet import DEFAULT_INIT_LR
-
-    env = gym.make("HiEdit-v0", model="test-tiny-llama", dataset=zsre_path, num_edits=3, update_mode="low_rank",
-                   evaluate_generation=False, trace="objective")
-    # Zero up-projections and no key preconditioner: the update is -lr * G.
-    make_agent("rledit", env, precondition=0).save(tmp_path / "untrained")
-    out = tmp_path / "alignment.json"
-    run_script("update_alignment.py", ["--checkpoint", str(tmp_path / "untrained"), "--model", "test-tiny-llama",
-                                       "--dataset", zsre_path, "--num-edits", "3", "--out", str(out)], monkeypatch)
-    result = json.loads(out.read_text())
-    assert len(result["cosine_mean_per_edit"]) == len(result["locality_per_edit"]) == len(result["drift_max_per_edit"]) == 3
-    # With no gradient-size statistics every untrained update is init_lr of its module's norm, so after the
-    # first edit every module has drifted exactly that far, and later edits add to it.
-    assert result["drift_max_per_edit"][0] == pytest.approx(DEFAULT_INIT_LR, rel=1e-3)
-    assert result["drift_max_per_edit"][-1] > DEFAULT_INIT_LR
-    monkeypatch.setattr(sys, "argv", ["update_alignment.py", "--table", str(out)])
-    runpy.run_path(str(BENCHMARKS / "update_alignment.py"), run_name="__main__")
-    row = capsys.readouterr().out.splitlines()[-1].split(" | ")
-    assert row[0] == "| alignment" and row[4] == "1.00 / 1.00 / 1.00"
-    assert result["cosine_mean"] == pytest.approx(1.0, abs=1e-4) and result["cosine_min"] == pytest.approx(1.0, abs=1e-4)
-
-
 def test_module_costs_measures_every_candidate_alone(zsre_path: str, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "costs.json"
@@ -219,3 +120,18 @@ def test_key_statistics_script_compares_sampled_text_with_the_data_prompts(zsre_
     for figures in result["modules"].values():
         assert figures["relative_frobenius"] > 0 and 0 < figures["top_subspace_overlap"] <= 1
         assert figures["random_overlap"] == 8 / 128
+
+
+def test_preconditioner_selection_spec_trains_both_forms_and_scores_only_the_training_split(zsre_path: str) -> None:
+    from hiedit_agents.sweep.grid import expand
+    from hiedit_agents.sweep.spec import load_spec
+
+    spec = load_spec(BENCHMARKS / "specs" / "preconditioner-selection.yaml")
+    cells = expand(spec)
+    assert all(c.eval_split == "train" and c.evaluations == [(1000, 100), (1001, 100), (1002, 100)] for c in cells)
+    trained = {c.id for c in cells if c.training_seed is not None}
+    assert {f"smollm2-135m__zsre__{name}__train{seed}" for seed in (0, 100)
+            for name in ("hiedit-full", "hiedit-diagonal", "rledit-full+rledit-full-bounded", "rledit-diagonal")} <= trained
+    bounded = next(c for c in cells if c.id == "smollm2-135m__zsre__rledit-full+rledit-full-bounded__train0")
+    assert bounded.agent_kwargs == {"preconditioner": "full"}
+    assert bounded.variants == [("rledit-full", {}), ("rledit-full-bounded", {"max_size_ratio": 3})]

@@ -25,9 +25,9 @@ python benchmarks/seeds_table.py --rows \
     "untrained all 18, diagonal=$P/untrained/untrained_all18_test_seed*.json,$M/untrained_*.json" \
     "ft_l=$D/ft_l.json,$D/seed*/ft_l.json,$M/ft_l_*.json" --out $O/zsre_test.md
 python benchmarks/seeds_table.py --rows \
-    "hiedit, full (training seeds 0, 100)=$C/trained/hiedit_full_*.json" \
-    "rledit, full, max_size_ratio 3 (seed 0)=$C/trained/rledit_full_ratio3_*.json" \
-    "rledit, full (seed 0)=$C/trained/rledit_full_train_*.json" \
+    "hiedit, full (training seeds 0, 100)=$C/trained/hiedit_full_train_seed0_*.json,$C/trained/hiedit_full_train_seed100_*.json" \
+    "rledit, full, max_size_ratio 3 (seed 0)=$C/trained/rledit_full_ratio3_train_seed0_*.json" \
+    "rledit, full (seed 0)=$C/trained/rledit_full_train_seed0_*.json" \
     "untrained all 18, full=$C/untrained/untrained_all18_full_seed*.json" \
     "hiedit, diagonal (seeds 0, 100, 200)=$CP/hiedit_*.json" \
     "rledit, diagonal (seeds 0, 100, 200)=$CP/rledit_*.json" \

@@ -1,10 +1,11 @@
 #!/bin/bash
-# The selection and test tables of the full key preconditioner, training seed 0 (docs/findings.md), from the committed result files; run from the repository root
+# The selection and test tables of the full key preconditioner, training seed 0 (docs/findings.md), from the committed result files; run from the repository root.
+# RLEdit's row is over the two selection sequences run first; full_preconditioner_choice/zsre_selection.md has all three.
 
 F=benchmarks/results/zsre_full_precondition; Q=benchmarks/results/zsre_selection_sequences; B=benchmarks/results/zsre_selection_baselines
 P=benchmarks/results/zsre_precondition; D=benchmarks/results/zsre_direction; M=benchmarks/results/zsre_more_sequences
 python benchmarks/seeds_table.py --rows \
-    "hiedit, full=$F/selection/hiedit_*.json" "rledit, full=$F/selection/rledit_*.json" \
+    "hiedit, full=$F/selection/hiedit_*.json" "rledit, full=$F/selection/rledit_full_train_seed0_seq100[01].json" \
     "untrained all 18, full=$F/untrained/untrained_all18_full_train_seed*.json" \
     "hiedit, diagonal (seed 0)=benchmarks/results/zsre_precondition/selection/hiedit_pc_train_seed0.json,$Q/hiedit_*.json" \
     "rledit, diagonal (seed 0)=benchmarks/results/zsre_precondition/selection/rledit_pc_train_seed0.json,$Q/rledit_*.json" \

@@ -40,8 +40,9 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
 def run_report(args: argparse.Namespace) -> None:
     from .report import build_report
 
-    path = build_report(args.sweeps, args.out_dir)
-    print(f"report written to {path}")
+    path = build_report(args.sweeps, args.out_dir, readme=args.readme)
+    print(f"report written to {path}, the leaderboard to {path.parent / 'leaderboard.md'}"
+          + (f" and into {args.readme}" if args.readme else ""))
 
 
 def run_tune(args: argparse.Namespace) -> dict[str, Any]:
@@ -77,7 +78,10 @@ def add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("report", help="Markdown report with bootstrap intervals and figures from sweep folders")
     p.add_argument("sweeps", nargs="+", help="folders written by 'hiedit sweep'")
-    p.add_argument("--out", dest="out_dir", required=True, help="folder for report.md and its PNG figures")
+    p.add_argument("--out", dest="out_dir", required=True, help="folder for report.md, its PNG figures and leaderboard.md")
+    p.add_argument("--readme", default=None,
+                   help="also write the leaderboard table into this file, between its lines <!-- leaderboard:start --> "
+                        "and <!-- leaderboard:end --> (a file without them is refused)")
     p.set_defaults(run=run_report)
 
     p = sub.add_parser("tune", help="hyperparameter search (Optuna TPE + ASHA on Ray Tune) on training-data validation")

@@ -313,6 +313,14 @@ def test_leaderboard_renders_unfinished_sweeps_into_the_readme_between_its_marke
     assert not (tmp_path / "report2" / "report.md").exists()
 
 
+def test_leaderboard_of_a_sweep_folder_from_before_sweep_json_listed_its_entries(tmp_path: Path) -> None:
+    folder = write_sweep_folder(tmp_path / "old", "old", "zsre", {"noop": {None: [0.40, 0.42]}}, {"noop": 2})
+    (folder / "sweep.json").write_text(json.dumps({"name": "old", "spec": "/specs/old.yaml", "compare": [], "cells": []}))
+    board = build_report([folder], tmp_path / "report").with_name("leaderboard.md").read_text()
+    assert "| noop | 0.410 [0.400, 0.420] · 2 |" in board.splitlines()  # no planned count to show
+    assert "old: training seeds none, evaluation sequences 0, 1" in board
+
+
 # ---------------------------------------------------------------- tune
 
 
@@ -331,3 +339,15 @@ def test_tune_writes_a_best_configuration_a_spec_can_include(tmp_path: Path, ray
     including = write_spec(tmp_path, agents=[{"name": "tuned", "include": str(best)}], compare=[])
     entry = load_spec(including).agents[0]
     assert (entry.name, entry.agent, entry.agent_kwargs) == ("tuned", "ft_l", summary["best"]["agent-kwargs"])
+
+
+def test_tune_keeps_a_searched_heuristic_step_instead_of_tuning_it_away(tmp_path: Path, ray_local) -> None:
+    path = write_spec(tmp_path, agents=[{"name": "all", "agent": "all"}], compare=[],
+                      search={"agent-kwargs": {"step": {"choice": [0.0, 1.0]}}, "validation": {"seeds": [0], "num_edits": 10}})
+    summary = tune_spec(path, trials=2, out=tmp_path / "tune")
+    trials = list(csv.DictReader((tmp_path / "tune" / "trials.csv").open()))
+    steps = [float(t["config/params/step"]) for t in trials]
+    # the first trial is the entry's own step (the constructor's 0.0), the other the sampler's 1: each edits with
+    # its own step, where a grid search on the training split would have replaced both by one tuned value
+    assert steps == [0.0, 1.0] and summary["errors"] == 0
+    assert trials[0]["score"] != trials[1]["score"]

@@ -147,8 +147,8 @@ def leaderboard(folders: Sequence[str | Path], command: str) -> str:
         lines.append(f"| {entry} | " + " | ".join(cells) + " |")
     all_rows = [r for _, rows in sweeps for r in rows]
     machines = sorted({f"{r['machine']} ({r['device']})" for r in all_rows if r.get("machine")})
-    seeds = "; ".join(f"{meta['name']}: training seeds {_seeds(meta.get('training_seeds'))}, evaluation sequences "
-                      f"{_seeds(meta.get('evaluation_seeds'))}" for meta, _ in sweeps)
+    seeds = "; ".join(f"{meta['name']}: training seeds {_seeds(meta, rows, 'training')}, evaluation sequences "
+                      f"{_seeds(meta, rows, 'evaluation')}" for meta, rows in sweeps)
     lines += ["", (f"mean(ES, GS, LS) [{CONFIDENCE:.0%} stratified bootstrap interval] · finished/planned cells, a cell "
                    f"being one training seed x one held-out evaluation sequence. {PROTOCOL}. Models: "
                    f"{', '.join(sorted(models))}. {seeds}. Machine: {', '.join(machines) or 'no finished cells yet'}. "
@@ -156,8 +156,10 @@ def leaderboard(folders: Sequence[str | Path], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _seeds(seeds: list[int] | None) -> str:
-    return ", ".join(map(str, seeds)) if seeds else "as in the rows"
+def _seeds(meta: dict[str, Any], rows: list[dict[str, Any]], kind: str) -> str:
+    """A sweep's training or evaluation seeds: its spec's, else (an older sweep.json) those its rows name."""
+    seeds = meta.get(f"{kind}_seeds") or sorted({r[f"{kind}_seed"] for r in rows if r.get(f"{kind}_seed") is not None})
+    return ", ".join(map(str, seeds)) or "none"
 
 
 def replace_between_markers(path: str | Path, text: str, start: str = LEADERBOARD_START, end: str = LEADERBOARD_END) -> Path:

@@ -18,6 +18,7 @@ from hiedit_agents.cli import main
 from hiedit_agents.sweep import (SpecError, build_report, expand, load_spec, probability_of_improvement,
                                  stratified_bootstrap_interval, sweep, tune_spec)
 from hiedit_agents.sweep.cell import evaluate, run_cell
+from hiedit_agents.sweep.report import leaderboard
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = {"validation_edits": 4, "validate_every": 4}  # the learned editors' validation on 48 training records
@@ -311,6 +312,17 @@ def test_leaderboard_renders_unfinished_sweeps_into_the_readme_between_its_marke
     assert err.startswith("hiedit report: error: --readme") and "<!-- leaderboard:start -->" in err
     assert len(err.strip().splitlines()) == 1 and plain.read_text() == "# no markers\n"
     assert not (tmp_path / "report2" / "report.md").exists()
+
+
+def test_an_unstarted_sweep_shows_its_planned_entries_on_the_leaderboard(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "planned"
+    assert main(["sweep", str(write_spec(tmp_path)), "--out", str(out), "--max-cells", "0"]) == 0  # runs no cell
+    assert "3 cells: 0 already finished, 0 run now" in capsys.readouterr().out
+    done = write_sweep_folder(tmp_path / "done", "done", "zsre", {"noop": {None: [0.40, 0.42]}}, {"noop": 2})
+    lines = leaderboard([done, out], "cmd").splitlines()
+    # two models: the columns name them
+    assert lines[0] == "| agent | zsre, 100 edits, smollm2-135m | default, 3 edits, test-tiny-gpt2 |"
+    assert "| noop | 0.410 [0.400, 0.420] · 2/2 | — |" in lines and "| rledit-bounded |  | — |" in lines
 
 
 def test_leaderboard_of_a_sweep_folder_from_before_sweep_json_listed_its_entries(tmp_path: Path) -> None:

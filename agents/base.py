@@ -62,6 +62,9 @@ class Agent:
     resumable: ClassVar[bool] = False
     # Constructor arguments that change only how a trained agent acts, so :meth:`load` may override them.
     acting_options: ClassVar[tuple[str, ...]] = ()
+    # Constructor arguments that learn() chooses on the training split for an agent that acts without
+    # training (the heuristics' constant step): `hiedit evaluate` and sweeps tune them unless given.
+    tuned_options: ClassVar[tuple[str, ...]] = ()
     # Edits ``hiedit train`` trains on when ``--steps`` is not given.
     default_train_steps: int = DEFAULT_TRAIN_STEPS
 
@@ -76,6 +79,13 @@ class Agent:
     def env_requirements(cls, config: dict[str, Any]) -> dict[str, Any]:
         """``gym.make`` arguments the agent built with ``config`` needs (default: its ``update_mode``)."""
         return {"update_mode": cls.update_mode}
+
+    @classmethod
+    def learns_before_acting(cls, kwargs: dict[str, Any]) -> bool:
+        """Whether :meth:`learn` runs on the training split before the agent built with ``kwargs`` is
+        evaluated: agents that require training, and agents whose :attr:`tuned_options` ``kwargs`` leaves
+        open (a given constant step is kept as it is)."""
+        return cls.requires_training or bool(set(cls.tuned_options) - set(kwargs))
 
     @classmethod
     def acting_requirements(cls, config: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,12 @@
 ``--agent`` takes a registered name or ``package.module:ClassName``. Both commands draw their edits
 from one seeded split of ``--dataset`` (``train`` by default for training, ``test`` for evaluation,
 disjoint); pass ``--split all`` to use every record of a file kept for one purpose.
+
+An agent that acts without training but tunes a value on the training split (the constant-step
+heuristics ``all``, ``random_k``, ``topk_grad``: their step) is tuned by ``hiedit evaluate`` first, through
+``hiedit train``'s own path and defaults (``--train-dataset``/``--train-split``/``--train-seed``), so
+both commands and a sweep's cells give one value per baseline; ``--checkpoint`` (from ``hiedit train``)
+or the value in ``--agent-kwargs`` skips the tuning, and the results JSON's ``tuning`` says which.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import json
 import resource
 import signal
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -193,23 +200,54 @@ def _as_interrupt(signum: int, frame: Any) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     cls = agent_class(args.agent)
+    tuning: dict[str, Any] | None = None
     if args.checkpoint:
         meta = checkpoint_of(cls, args.checkpoint, "--checkpoint")
         cls.check_overrides(args.agent_kwargs)  # before the model loads
         env = make_env(args, cls, {**meta["config"], **args.agent_kwargs}, evaluation=True)
         agent = cls.load(args.checkpoint, env, **args.agent_kwargs)
+        if cls.tuned_options:
+            tuning = {"tuned": False, "reason": "--checkpoint gives the values ('hiedit train' tuned them)"}
     elif cls.requires_training:
         raise ValueError(f"agent {args.agent!r} must be trained first: pass --checkpoint DIR from 'hiedit train'")
+    elif cls.learns_before_acting(args.agent_kwargs):
+        with tempfile.TemporaryDirectory(prefix="hiedit-tuning-") as folder:
+            tuning = tune_for_evaluation(args, cls, Path(folder))
+            env = make_env(args, cls, checkpoint_of(cls, folder, "the tuned agent")["config"], evaluation=True)
+            agent = cls.load(folder, env)
     else:
         env = make_env(args, cls, args.agent_kwargs, evaluation=True)
         agent = build_agent(cls, env, args.agent_kwargs)
+        if cls.tuned_options:
+            tuning = {"tuned": False, "reason": f"--agent-kwargs gives {', '.join(cls.tuned_options)}"}
     metrics = run_episode(agent, env, args.seed)
     built = env_description(env)
     print(format_metrics(metrics, f"{args.agent} on {built['model']}, {built['num_edits']} sequential edits "
                                   f"({built['dataset']}, split {built['split']}, seed {args.seed})"))
     return {"agent": args.agent, "seed": args.seed, "checkpoint": args.checkpoint, "agent_kwargs": args.agent_kwargs,
-            **{k: built[k] for k in ("model", "dataset", "split", "num_edits")}, "environment": built, **metrics,
-            **peak_memory_mb()}
+            "config": agent.config(), **{k: built[k] for k in ("model", "dataset", "split", "num_edits")},
+            "environment": built, **({"tuning": tuning} if tuning is not None else {}), **metrics, **peak_memory_mb()}
+
+
+def tune_for_evaluation(args: argparse.Namespace, cls: type[Agent], folder: Path) -> dict[str, Any]:
+    """Tune an agent's :attr:`~hiedit_agents.base.Agent.tuned_options` on the training data as ``hiedit train``
+    does (:func:`train_agent`: ``--train-steps`` edits, by default the agent's ``default_train_steps``, in
+    ``DEFAULT_TRAIN_EDITS``-edit episodes, seeded by ``--train-seed``), saving the tuned agent into ``folder``;
+    returns the training statistics with ``tuned`` and the chosen values."""
+    train_dataset = args.train_dataset or args.dataset
+    if train_dataset == args.dataset and {args.split, args.train_split} != {"train", "test"}:
+        warnings.warn(f"tuning on split {args.train_split!r} and evaluating on split {args.split!r} of {args.dataset!r}: "
+                      "they share records (give --train-dataset, or the train and test splits)", stacklevel=2)
+    train_args = argparse.Namespace(**{**vars(args), "dataset": train_dataset, "split": args.train_split,
+                                       "num_edits": DEFAULT_TRAIN_EDITS, "seed": args.train_seed, "out_dir": folder,
+                                       "steps": args.train_steps, "resume": False, "checkpoint_every": None})
+    stats = train_agent(train_args)
+    config = checkpoint_of(cls, folder, "the tuned agent")["config"]
+    chosen = {name: config[name] for name in cls.tuned_options}
+    built = stats["environment"]
+    print(f"tuned {', '.join(f'{k} = {v}' for k, v in chosen.items())} on {stats['steps']} edits of {built['dataset']} "
+          f"(split {built['split']}, {built['num_edits']}-edit episodes, seed {args.train_seed}) in {stats['total_seconds']:.0f} s")
+    return {"tuned": True, "chosen": chosen, **stats}
 
 
 def add_common(parser: argparse.ArgumentParser, num_edits: int, split: str) -> None:
@@ -257,6 +295,17 @@ def build_parser() -> argparse.ArgumentParser:
                               parents=[common_options()])
     add_common(evaluate, DEFAULT_EVAL_EDITS, "test")
     evaluate.add_argument("--checkpoint", default=None, help="directory written by 'hiedit train'")
+    evaluate.add_argument("--train-dataset", default=None,
+                          help="data an agent that tunes before acting (the heuristics' constant step) is tuned on, "
+                               "as 'hiedit train' tunes it, unless --checkpoint or --agent-kwargs gives the step "
+                               "(default: --dataset)")
+    evaluate.add_argument("--train-split", default="train", choices=("train", "test", "all"),
+                          help="split of --train-dataset to tune on (default: train)")
+    evaluate.add_argument("--train-seed", type=non_negative_int, default=0,
+                          help="seed of the tuning, as 'hiedit train --seed' (default: 0)")
+    evaluate.add_argument("--train-steps", type=positive_int, default=None,
+                          help=f"tuning edits in all, as 'hiedit train --steps' (default: the agent's; {DEFAULT_TRAIN_STEPS} "
+                               f"for the heuristics, in {DEFAULT_TRAIN_EDITS}-edit episodes)")
     evaluate.add_argument("--out", default="results.json", help="where to write the metrics as JSON")
     evaluate.set_defaults(run=run_evaluate)
     add_sweep_parsers(sub)

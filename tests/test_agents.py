@@ -693,6 +693,45 @@ def test_cli_train_then_evaluate(zsre_path, tmp_path, capsys):
     assert "fixes ['rank']" in err
 
 
+def test_evaluate_tunes_a_heuristic_as_train_does_unless_its_step_is_given(zsre_path, tmp_path, capsys):
+    """One path, one value per baseline: `hiedit evaluate --agent all` tunes the step with `hiedit train`'s
+    code on the training split, so it picks the step `hiedit train` picks with the same seed and data."""
+    data = ["--model", MODEL, "--dataset", zsre_path, "--threads", "1"]
+    checkpoint, results = tmp_path / "all", tmp_path / "results.json"
+    assert main(["train", "--agent", "all", *data, "--steps", "20", "--seed", "3", "--out", str(checkpoint)]) == 0
+    trained = json.loads((checkpoint / "train_stats.json").read_text())
+    evaluate = ["evaluate", "--agent", "all", *data, "--num-edits", "3", "--seed", "1", "--out", str(results)]
+    assert main([*evaluate, "--train-steps", "20", "--train-seed", "3"]) == 0
+    tuned = json.loads(results.read_text())
+    assert tuned["tuning"]["tuned"] is True and tuned["tuning"]["chosen"] == {"step": trained["step"]}
+    assert tuned["tuning"]["grid_scores"] == trained["grid_scores"] and tuned["config"]["step"] == trained["step"]
+    # at least one 20-edit episode per value of the grid's five: 100 edits
+    assert (tuned["tuning"]["seed"], tuned["tuning"]["steps"]) == (3, 100)
+    assert tuned["tuning"]["environment"]["split"] == "train" and tuned["tuning"]["environment"]["num_edits"] == 20
+    assert tuned["split"] == "test"  # evaluated on the disjoint split
+    assert f"tuned step = {trained['step']} on 100 edits" in capsys.readouterr().out
+    # the checkpoint `hiedit train` wrote evaluates to the same numbers, and is not tuned again
+    assert main([*evaluate, "--checkpoint", str(checkpoint)]) == 0
+    loaded = json.loads(results.read_text())
+    assert loaded["tuning"]["tuned"] is False and "--checkpoint" in loaded["tuning"]["reason"]
+    assert (loaded["ES"], loaded["GS"], loaded["LS"]) == (tuned["ES"], tuned["GS"], tuned["LS"])
+    # a step given in --agent-kwargs is kept as it is
+    assert main([*evaluate, "--agent-kwargs", '{"step": 0.5}']) == 0
+    fixed = json.loads(results.read_text())
+    assert fixed["tuning"] == {"tuned": False, "reason": "--agent-kwargs gives step"} and fixed["config"]["step"] == 0.5
+    assert "tuned step" not in capsys.readouterr().out
+
+
+def test_evaluate_tunes_on_another_file_when_given_one(zsre_path, counterfact_path, tmp_path):
+    results = tmp_path / "results.json"
+    assert main(["evaluate", "--agent", "topk_grad", "--model", MODEL, "--dataset", zsre_path, "--num-edits", "2",
+                 "--threads", "1", "--train-dataset", counterfact_path, "--train-split", "all", "--train-steps", "5",
+                 "--out", str(results)]) == 0
+    tuning = json.loads(results.read_text())["tuning"]
+    assert (tuning["environment"]["dataset"], tuning["environment"]["split"]) == (counterfact_path, "all")
+    assert tuning["chosen"]["step"] in (-1.0, -0.5, 0.0, 0.5, 1.0)
+
+
 def test_low_memory_training_runs_in_its_own_process(zsre_path, tmp_path):
     # A subprocess: the allocator setting would otherwise slow every later test of this process.
     out = tmp_path / "run"

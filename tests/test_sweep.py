@@ -17,7 +17,8 @@ import yaml
 from hiedit_agents.cli import main
 from hiedit_agents.sweep import (SpecError, build_report, expand, load_spec, probability_of_improvement,
                                  stratified_bootstrap_interval, sweep, tune_spec)
-from hiedit_agents.sweep.cell import run_cell
+from hiedit_agents.sweep.cell import evaluate, run_cell
+from hiedit_agents.sweep.report import leaderboard
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = {"validation_edits": 4, "validate_every": 4}  # the learned editors' validation on 48 training records
@@ -73,8 +74,34 @@ def test_smoke_spec_is_valid_and_expands_to_one_training_per_seed() -> None:
 def test_leaderboard_specs_are_valid(spec_name: str) -> None:
     spec = load_spec(REPO_ROOT / "benchmarks" / "specs" / spec_name)
     assert spec.models == ["smollm2-135m"] and spec.training_seeds == [0, 100, 200]
+    assert spec.evaluation_seeds == [0, 1, 2, 3, 4] and spec.evaluation_num_edits == [100]
     steps = {a.name: a.steps for a in spec.agents}
     assert steps["hiedit"] == steps["rledit"] == 300 and steps["sac"] is None
+    assert {"untrained_editor", "maskable_ppo", "rome", "memit", "alphaedit"} <= set(steps)
+    # 3 training seeds for hiedit, rledit (one training for both entries), the 3 tuned heuristics and the 2 SB3
+    # agents; 1 cell for ft_l, untrained_editor, noop and the 3 locate agents
+    assert len(expand(spec)) == 7 * 3 + 6
+
+
+def test_thousand_edit_spec_is_valid_and_draws_from_the_file_no_agent_trains_on() -> None:
+    spec = load_spec(REPO_ROOT / "benchmarks" / "specs" / "cf-1000.yaml")
+    assert spec.evaluation_num_edits == [1000] and spec.training_seeds == [0, 100, 200]
+    assert [a.name for a in spec.agents] == ["hiedit", "rledit-bounded", "untrained_editor", "ft_l", "all", "memit", "alphaedit"]
+    data = spec.datasets[0]
+    assert data.train.source.endswith("counterfact_train.json") and data.evaluate.source.endswith("counterfact_val.json")
+    # the untrained editor observes the training file (a path relative to the spec, made absolute)
+    observe = spec.agents[2].agent_kwargs["observe_dataset"]
+    assert observe == data.train.source
+    assert len(expand(spec)) == 3 * 3 + 4
+
+
+def test_agents_acting_untrained_are_evaluated_only_and_heuristics_are_tuned_unless_given_a_step(tmp_path: Path) -> None:
+    agents = [{"name": "all", "agent": "all"}, {"name": "all-half", "agent": "all", "agent-kwargs": {"step": 0.5}},
+              {"name": "untrained_editor", "agent": "untrained_editor"}, {"name": "ft_l", "agent": "ft_l"}]
+    cells = expand(load_spec(write_spec(tmp_path, agents=agents, compare=[])))
+    assert [c.id for c in cells] == ["test-tiny-gpt2__default__all__train0", "test-tiny-gpt2__default__all__train1",
+                                     "test-tiny-gpt2__default__all-half", "test-tiny-gpt2__default__untrained_editor",
+                                     "test-tiny-gpt2__default__ft_l"]
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -111,6 +138,17 @@ def test_sweep_refuses_an_agents_filter_naming_no_entry(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"--agents: nope not an entry of .* \(entries: noop, rledit"):
         sweep(load_spec(write_spec(tmp_path)), tmp_path / "out", agents=["noop", "nope"])
     assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+def test_agent_keyword_paths_are_relative_to_the_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TEST_SWEEP_DATA", raising=False)
+    agents = [{"name": "u", "agent": "untrained_editor",
+               "agent-kwargs": {"observe_dataset": "${TEST_SWEEP_DATA:-../data}/edits.json", "observe_edits": 4}}]
+    (tmp_path / "spec").mkdir()
+    kwargs = load_spec(write_spec(tmp_path / "spec", agents=agents, compare=[])).agents[0].agent_kwargs
+    assert kwargs == {"observe_dataset": str(tmp_path / "data" / "edits.json"), "observe_edits": 4}
+    monkeypatch.setenv("TEST_SWEEP_DATA", "/elsewhere")
+    assert load_spec(write_spec(tmp_path / "spec", agents=agents, compare=[])).agents[0].agent_kwargs["observe_dataset"] == "/elsewhere/edits.json"
 
 
 def test_data_paths_expand_environment_variables_relative_to_the_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -189,6 +227,16 @@ def test_a_finished_sweep_runs_nothing_and_refuses_changed_settings(tmp_path: Pa
         sweep(load_spec(changed), out)
 
 
+def test_a_cell_names_the_checkpoint_file_it_cannot_read(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path))
+    cell = next(c for c in expand(spec) if c.training_seed is not None)
+    checkpoint = tmp_path / "cell" / "checkpoint"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "agent.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"agent\.json"):
+        evaluate(cell, tmp_path / "cell", seed=0, num_edits=3, acting={})
+
+
 # ---------------------------------------------------------------- report statistics
 
 
@@ -213,6 +261,78 @@ def test_probability_of_improvement_counts_ties_as_half() -> None:
     assert probability_of_improvement([0.5, 0.7], [0.5, 0.6]) == pytest.approx((0.5 + 0 + 1 + 1) / 4)
 
 
+def write_sweep_folder(folder: Path, name: str, dataset: str, scores: dict[str, dict[int | None, list[float]]],
+                       planned: dict[str, int]) -> Path:
+    """A sweep folder as `hiedit sweep` leaves it, from a fixed table: {entry: {training seed: [mean per sequence]}}."""
+    folder.mkdir(parents=True)
+    meta = {"name": name, "spec": f"/specs/{name}.yaml", "compare": [], "cells": [], "models": ["smollm2-135m"],
+            "datasets": [dataset], "entries": list(planned), "planned": planned, "training_seeds": [0, 100],
+            "evaluation_seeds": [0, 1], "evaluation_num_edits": [100]}
+    (folder / "sweep.json").write_text(json.dumps(meta))
+    rows = [{"spec": name, "model": "smollm2-135m", "dataset": dataset, "agent": entry, "training_seed": seed,
+             "evaluation_seed": i, "num_edits": 100, "mean": value, "ES": value, "GS": value, "LS": value,
+             "candidates": 18, "layers_per_edit": 9.0, "seconds_per_edit": 1.0, "agent_seconds_per_edit": 0.1,
+             "machine": "vm x86_64 Linux", "device": "cpu"}
+            for entry, by_seed in scores.items() for seed, values in by_seed.items() for i, value in enumerate(values)]
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_leaderboard_renders_unfinished_sweeps_into_the_readme_between_its_markers(tmp_path: Path,
+                                                                                  capsys: pytest.CaptureFixture) -> None:
+    zsre = write_sweep_folder(tmp_path / "zsre-100", "zsre-100", "zsre",
+                              {"hiedit": {0: [0.80, 0.78], 100: [0.82, 0.79]}, "noop": {None: [0.40, 0.42]}},
+                              {"hiedit": 4, "rledit": 4, "noop": 2})
+    # half of hiedit's cells finished; memit is only in the CounterFact spec
+    cf = write_sweep_folder(tmp_path / "cf-100", "cf-100", "counterfact", {"hiedit": {0: [0.50, 0.46]}},
+                            {"hiedit": 4, "memit": 2})
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n\n<!-- leaderboard:start -->\nold table\n<!-- leaderboard:end -->\n\nafter\n")
+    assert main(["report", str(zsre), str(cf), "--out", str(tmp_path / "report"), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# Title\n\n<!-- leaderboard:start -->\n| agent | zsre, 100 edits | counterfact, 100 edits |")
+    assert text.endswith("<!-- leaderboard:end -->\n\nafter\n") and "old table" not in text
+    low, high = stratified_bootstrap_interval([[0.80, 0.78], [0.82, 0.79]])
+    lines = text.splitlines()
+    assert f"| hiedit | {np.mean([0.80, 0.78, 0.82, 0.79]):.3f} [{low:.3f}, {high:.3f}] · 4/4 | 0.480 [0.460, 0.500] · 2/4 |" in lines
+    assert "| rledit | — |  |" in lines  # planned, no cells yet; not in the CounterFact spec
+    assert "| noop | 0.410 [0.400, 0.420] · 2/2 |  |" in lines
+    assert "| memit |  | — |" in lines
+    caption = next(line for line in lines if line.startswith("mean(ES, GS, LS)"))
+    assert "zsre-100: training seeds 0, 100, evaluation sequences 0, 1" in caption and "vm x86_64 Linux (cpu)" in caption
+    assert f"`hiedit report {zsre} {cf} --out {tmp_path / 'report'} --readme {readme}`" in caption
+    assert (tmp_path / "report" / "leaderboard.md").read_text() in text
+
+    # a README without the markers is refused in one line and left as it was
+    plain = tmp_path / "PLAIN.md"
+    plain.write_text("# no markers\n")
+    capsys.readouterr()
+    assert main(["report", str(zsre), "--out", str(tmp_path / "report2"), "--readme", str(plain)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hiedit report: error: --readme") and "<!-- leaderboard:start -->" in err
+    assert len(err.strip().splitlines()) == 1 and plain.read_text() == "# no markers\n"
+    assert not (tmp_path / "report2" / "report.md").exists()
+
+
+def test_an_unstarted_sweep_shows_its_planned_entries_on_the_leaderboard(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "planned"
+    assert main(["sweep", str(write_spec(tmp_path)), "--out", str(out), "--max-cells", "0"]) == 0  # runs no cell
+    assert "3 cells: 0 already finished, 0 run now" in capsys.readouterr().out
+    done = write_sweep_folder(tmp_path / "done", "done", "zsre", {"noop": {None: [0.40, 0.42]}}, {"noop": 2})
+    lines = leaderboard([done, out], "cmd").splitlines()
+    # two models: the columns name them
+    assert lines[0] == "| agent | zsre, 100 edits, smollm2-135m | default, 3 edits, test-tiny-gpt2 |"
+    assert "| noop | 0.410 [0.400, 0.420] · 2/2 | — |" in lines and "| rledit-bounded |  | — |" in lines
+
+
+def test_leaderboard_of_a_sweep_folder_from_before_sweep_json_listed_its_entries(tmp_path: Path) -> None:
+    folder = write_sweep_folder(tmp_path / "old", "old", "zsre", {"noop": {None: [0.40, 0.42]}}, {"noop": 2})
+    (folder / "sweep.json").write_text(json.dumps({"name": "old", "spec": "/specs/old.yaml", "compare": [], "cells": []}))
+    board = build_report([folder], tmp_path / "report").with_name("leaderboard.md").read_text()
+    assert "| noop | 0.410 [0.400, 0.420] · 2 |" in board.splitlines()  # no planned count to show
+    assert "old: training seeds none, evaluation sequences 0, 1" in board
+
+
 # ---------------------------------------------------------------- tune
 
 
@@ -231,3 +351,15 @@ def test_tune_writes_a_best_configuration_a_spec_can_include(tmp_path: Path, ray
     including = write_spec(tmp_path, agents=[{"name": "tuned", "include": str(best)}], compare=[])
     entry = load_spec(including).agents[0]
     assert (entry.name, entry.agent, entry.agent_kwargs) == ("tuned", "ft_l", summary["best"]["agent-kwargs"])
+
+
+def test_tune_keeps_a_searched_heuristic_step_instead_of_tuning_it_away(tmp_path: Path, ray_local) -> None:
+    path = write_spec(tmp_path, agents=[{"name": "all", "agent": "all"}], compare=[],
+                      search={"agent-kwargs": {"step": {"choice": [0.0, 1.0]}}, "validation": {"seeds": [0], "num_edits": 10}})
+    summary = tune_spec(path, trials=2, out=tmp_path / "tune")
+    trials = list(csv.DictReader((tmp_path / "tune" / "trials.csv").open()))
+    steps = [float(t["config/params/step"]) for t in trials]
+    # the first trial is the entry's own step (the constructor's 0.0), the other the sampler's 1: each edits with
+    # its own step, where a grid search on the training split would have replaced both by one tuned value
+    assert steps == [0.0, 1.0] and summary["errors"] == 0
+    assert trials[0]["score"] != trials[1]["score"]

@@ -26,7 +26,7 @@ from hiedit_env.files import write_text
 
 # a module reference: agents/cli.py imports this package while it loads
 from .. import cli as commands
-from ..base import CONFIG_FILE, Agent, run_episode
+from ..base import Agent, run_episode
 from ..checkpoint import progress_folder
 from ..registry import agent_class
 from .grid import Cell
@@ -72,7 +72,7 @@ def evaluate(cell: Cell, folder: Path, seed: int, num_edits: int, acting: dict[s
     agent: Agent
     if cell.training_seed is not None:
         checkpoint = folder / "checkpoint"
-        config = json.loads((checkpoint / CONFIG_FILE).read_text())["config"]
+        config = commands.checkpoint_of(cls, checkpoint, "the cell's checkpoint")["config"]
         env = commands.make_env(args, cls, {**config, **acting}, evaluation=True)
         agent = cls.load(checkpoint, env, **acting)
     else:

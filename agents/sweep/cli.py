@@ -11,12 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+from hiedit_env.cli import non_negative_int, positive_int
 
 
 # The commands import the sweep modules when they run: agents/cli.py imports this file while it
@@ -40,8 +35,9 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
 def run_report(args: argparse.Namespace) -> None:
     from .report import build_report
 
-    path = build_report(args.sweeps, args.out_dir)
-    print(f"report written to {path}")
+    path = build_report(args.sweeps, args.out_dir, readme=args.readme)
+    print(f"report written to {path}, the leaderboard to {path.parent / 'leaderboard.md'}"
+          + (f" and into {args.readme}" if args.readme else ""))
 
 
 def run_tune(args: argparse.Namespace) -> dict[str, Any]:
@@ -59,7 +55,7 @@ def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None,
                         help="Ray cluster to join ('auto' or host:port; default: $RAY_ADDRESS, else a local Ray on "
                              "this machine). On a cluster --out must be on storage every node shares")
-    parser.add_argument("--max-concurrent", type=_positive_int, default=None,
+    parser.add_argument("--max-concurrent", type=positive_int, default=None,
                         help="trials at once (default: as many as the CPUs allow at the spec's threads per trial)")
 
 
@@ -69,20 +65,24 @@ def add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("spec", help="sweep spec (YAML; see docs/sweeps.md)")
     p.add_argument("--out", dest="out_dir", required=True, help="sweep folder: results.csv, results.jsonl, cells/")
     _add_cluster_options(p)
-    p.add_argument("--max-cells", type=_positive_int, default=None,
-                   help="run at most this many unfinished cells, then stop (a long sweep in parts)")
+    p.add_argument("--max-cells", type=non_negative_int, default=None,
+                   help="run at most this many unfinished cells, then stop (a long sweep in parts; 0 writes the "
+                        "folder's spec and plan, which a report of the unstarted sweep shows, and runs nothing)")
     p.add_argument("--agents", nargs="+", default=None, metavar="ENTRY",
                    help="run only the cells of these agent entries of the spec (a long sweep in parts)")
     p.set_defaults(run=run_sweep)
 
     p = sub.add_parser("report", help="Markdown report with bootstrap intervals and figures from sweep folders")
     p.add_argument("sweeps", nargs="+", help="folders written by 'hiedit sweep'")
-    p.add_argument("--out", dest="out_dir", required=True, help="folder for report.md and its PNG figures")
+    p.add_argument("--out", dest="out_dir", required=True, help="folder for report.md, its PNG figures and leaderboard.md")
+    p.add_argument("--readme", default=None,
+                   help="also write the leaderboard table into this file, between its lines <!-- leaderboard:start --> "
+                        "and <!-- leaderboard:end --> (a file without them is refused)")
     p.set_defaults(run=run_report)
 
     p = sub.add_parser("tune", help="hyperparameter search (Optuna TPE + ASHA on Ray Tune) on training-data validation")
     p.add_argument("spec", help="tune spec (a sweep spec with one model, data set and agent, plus search:)")
-    p.add_argument("--trials", type=_positive_int, required=True, help="configurations to try")
+    p.add_argument("--trials", type=positive_int, required=True, help="configurations to try")
     p.add_argument("--out", dest="out_dir", required=True, help="folder for best.yaml, best.json and trials.csv")
     p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
     _add_cluster_options(p)

@@ -1,4 +1,5 @@
-"""``hiedit report``: one or more sweep folders -> ``report.md`` with intervals, plus PNG figures.
+"""``hiedit report``: one or more sweep folders -> ``report.md`` with intervals, plus PNG figures, and the
+leaderboard table (``leaderboard.md``, and a README's marked section with ``--readme``).
 
 Statistics follow rliable's reporting (Agarwal et al., 2021), written here in a few lines because its
 repository is archived: a cell is one (training seed x evaluation sequence) result; the point estimate
@@ -28,6 +29,11 @@ from .runner import RESULTS_JSONL, read_sweep
 SCORE = "mean"
 CONFIDENCE = 0.95
 RESAMPLES = 10_000
+PROTOCOL = ("ES/GS: teacher-forced token accuracy of the new answer on the edit prompt / paraphrase; LS: agreement "
+            "with the unedited model's argmax on unrelated prompts")
+# The lines of a README between which `hiedit report --readme` writes the leaderboard.
+LEADERBOARD_START = "<!-- leaderboard:start -->"
+LEADERBOARD_END = "<!-- leaderboard:end -->"
 
 
 def stratified_bootstrap_interval(strata: Sequence[Sequence[float]], confidence: float = CONFIDENCE,
@@ -82,24 +88,106 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                                            "candidates", "seconds_per_edit", "agent_seconds_per_edit")}}
 
 
+def load_sweeps(folders: Sequence[str | Path]) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Each sweep folder's ``sweep.json`` and result rows (none yet for a sweep whose cells are all unfinished)."""
+    sweeps = []
+    for folder in folders:
+        meta = read_sweep(Path(folder))
+        file = Path(folder) / RESULTS_JSONL
+        rows = [json.loads(line) for line in file.read_text().splitlines() if line.strip()] if file.is_file() else []
+        sweeps.append((meta, rows))
+    return sweeps
+
+
 def load_rows(folders: Sequence[str | Path]) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     """Every result row of the sweep folders and the union of their ``compare`` pairs."""
     rows, compare = [], []
-    for folder in folders:
-        meta = read_sweep(Path(folder))
+    for meta, sweep_rows in load_sweeps(folders):
         compare += [tuple(p) for p in meta["compare"] if tuple(p) not in compare]
-        file = Path(folder) / RESULTS_JSONL
-        if file.is_file():
-            rows += [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+        rows += sweep_rows
     if not rows:
         raise ValueError(f"no finished cells in {', '.join(map(str, folders))}")
     return rows, compare
 
 
-def build_report(folders: Sequence[str | Path], out: str | Path) -> Path:
-    """Write ``out/report.md`` and its figures for the sweep folders; returns the report's path."""
+def leaderboard(folders: Sequence[str | Path], command: str) -> str:
+    """The leaderboard table of the sweep folders as Markdown: one row per agent entry (in the specs'
+    order), one column per (data set, ``num_edits``) with mean(ES, GS, LS), its 95% stratified bootstrap
+    interval and the finished against the planned evaluations; ``—`` where an entry has none yet, empty
+    where its spec has no such cell. Under it, the protocol, seeds, machine and ``command`` (how to
+    regenerate it). Unfinished sweeps render as far as they go."""
+    sweeps = load_sweeps(folders)
+    entries: list[str] = []
+    columns: dict[tuple[str, str, int], dict[str, Any]] = {}  # (model, dataset, num_edits) -> that sweep's sweep.json
+    for meta, rows in sweeps:
+        # sweep.json from before it listed entries and data sets: what the finished rows name
+        names = meta.get("entries") or list(dict.fromkeys(r["agent"] for r in rows))
+        entries += [e for e in names if e not in entries]
+        keys = ([(m, d, n) for m in meta["models"] for d in meta["datasets"] for n in meta["evaluation_num_edits"]]
+                if "datasets" in meta else list(dict.fromkeys((r["model"], r["dataset"], r["num_edits"]) for r in rows)))
+        columns.update({key: {**meta, "entries": names} for key in keys if key not in columns})
+    groups: dict[tuple, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for _, rows in sweeps:
+        for r in rows:
+            groups[(r["model"], r["dataset"], r["num_edits"])][r["agent"]].append(r)
+    models = {model for model, _, _ in columns}
+    header = [f"{dataset}, {n} edits" + (f", {slug(model)}" if len(models) > 1 else "") for model, dataset, n in columns]
+    lines = ["| agent | " + " | ".join(header) + " |", "|---" * (len(columns) + 1) + "|"]
+    for entry in entries:
+        cells = []
+        for key, meta in columns.items():
+            rows = groups[key].get(entry, [])
+            planned = meta.get("planned", {}).get(entry)
+            of = f"/{planned}" if planned else ""
+            if rows:
+                s = summarize(rows)
+                cells.append(f"{s['mean']:.3f} [{s['low']:.3f}, {s['high']:.3f}] · {s['cells']}{of}")
+            else:
+                cells.append("—" if entry in meta["entries"] else "")
+        lines.append(f"| {entry} | " + " | ".join(cells) + " |")
+    all_rows = [r for _, rows in sweeps for r in rows]
+    machines = sorted({f"{r['machine']} ({r['device']})" for r in all_rows if r.get("machine")})
+    seeds = "; ".join(f"{meta['name']}: training seeds {_seeds(meta, rows, 'training')}, evaluation sequences "
+                      f"{_seeds(meta, rows, 'evaluation')}" for meta, rows in sweeps)
+    lines += ["", (f"mean(ES, GS, LS) [{CONFIDENCE:.0%} stratified bootstrap interval] · finished/planned cells, a cell "
+                   f"being one training seed x one held-out evaluation sequence. {PROTOCOL}. Models: "
+                   f"{', '.join(sorted(models))}. {seeds}. Machine: {', '.join(machines) or 'no finished cells yet'}. "
+                   f"Generated by `{command}`.")]
+    return "\n".join(lines) + "\n"
+
+
+def _seeds(meta: dict[str, Any], rows: list[dict[str, Any]], kind: str) -> str:
+    """A sweep's training or evaluation seeds: its spec's, else (an older sweep.json) those its rows name."""
+    seeds = meta.get(f"{kind}_seeds") or sorted({r[f"{kind}_seed"] for r in rows if r.get(f"{kind}_seed") is not None})
+    return ", ".join(map(str, seeds)) or "none"
+
+
+def replace_between_markers(path: str | Path, text: str, start: str = LEADERBOARD_START, end: str = LEADERBOARD_END) -> Path:
+    """Replace what lies between the lines ``start`` and ``end`` of the file ``path`` with ``text`` (atomically);
+    a file without exactly one such pair, in that order, is refused in one line and left as it is."""
+    path = Path(path)
+    try:
+        content = path.read_text()
+    except OSError as err:
+        raise OSError(f"--readme {str(path)!r}: {err.strerror or err}") from None
+    first, last = content.find(start), content.find(end)
+    if first < 0 or last < first or content.count(start) != 1 or content.count(end) != 1:
+        raise ValueError(f"--readme {str(path)!r} needs one line {start} and, after it, one line {end} "
+                         "around the leaderboard")
+    return write_text(path, content[:first + len(start)] + "\n" + text + content[last:])
+
+
+def build_report(folders: Sequence[str | Path], out: str | Path, readme: str | Path | None = None) -> Path:
+    """Write ``out/report.md`` and its figures, and ``out/leaderboard.md`` (:func:`leaderboard`), for the
+    sweep folders; with ``readme``, the leaderboard also replaces that file's text between its
+    ``<!-- leaderboard:start -->`` and ``<!-- leaderboard:end -->`` lines. Returns the report's path."""
     out = Path(out)
     rows, compare = load_rows(folders)
+    command = f"hiedit report {' '.join(map(str, folders))} --out {out}" + (f" --readme {readme}" if readme else "")
+    board = leaderboard(folders, command)
+    if readme is not None:  # refused before anything is written
+        replace_between_markers(readme, board)
+    write_text(out / "leaderboard.md", board)
     groups: dict[tuple, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         groups[(r["model"], r["dataset"], r["num_edits"])][r["agent"]].append(r)
@@ -107,8 +195,7 @@ def build_report(folders: Sequence[str | Path], out: str | Path) -> Path:
              (f"Sweeps: {', '.join(sorted({r['spec'] for r in rows}))}. A cell is one (training seed x evaluation "
              f"sequence); **mean** is mean(ES, GS, LS) averaged over cells, with a {CONFIDENCE:.0%} stratified "
              f"bootstrap interval ({RESAMPLES} resamples within training seeds) and the interquartile mean (IQM). "
-             "ES/GS: teacher-forced token accuracy of the new answer on the edit prompt / paraphrase; LS: agreement "
-             "with the unedited model's argmax on unrelated prompts; efficacy (CounterFact): NLL(new) < NLL(old); "
+             f"{PROTOCOL}; efficacy (CounterFact): NLL(new) < NLL(old); "
              "first 20%: ES of the sequence's first fifth after the whole sequence (retention)."), ""]
     for (model, dataset, num_edits), agents in groups.items():
         stats = {agent: summarize(agent_rows) for agent, agent_rows in agents.items()}

@@ -78,6 +78,20 @@ def _check_unchanged(out: Path, cells: list[Cell]) -> None:
                                  "sweep into a new --out folder or give the changed entry a new name")
 
 
+def sweep_record(spec: SweepSpec, cells: list[Cell]) -> dict[str, Any]:
+    """What ``OUT/sweep.json`` holds: the spec's name, path and ``compare`` pairs, the cell ids, the agent
+    entries in the spec's order with the evaluations each plans per (model, data set, ``num_edits``):
+    training seeds x evaluation seeds (what a report of an unfinished sweep counts its cells against),
+    and the seeds."""
+    planned = {entry.name: (len(spec.training_seeds) if entry.trains else 1) * len(spec.evaluation_seeds)
+               for entry in spec.agents}
+    return {"name": spec.name, "spec": str(spec.path), "compare": spec.compare, "cells": [c.id for c in cells],
+            "models": spec.models, "datasets": [d.name for d in spec.datasets],
+            "entries": [entry.name for entry in spec.agents], "planned": planned,
+            "training_seeds": spec.training_seeds, "evaluation_seeds": spec.evaluation_seeds,
+            "evaluation_num_edits": spec.evaluation_num_edits}
+
+
 def sweep(spec: SweepSpec, out: str | Path, address: str | None = None, max_concurrent: int | None = None,
           max_cells: int | None = None, agents: list[str] | None = None) -> dict[str, Any]:
     """Run every unfinished cell of ``spec`` under ``out`` on Ray Tune; returns a summary
@@ -95,8 +109,7 @@ def sweep(spec: SweepSpec, out: str | Path, address: str | None = None, max_conc
     cells = expand(spec)
     _check_unchanged(out, cells)
     write_text(out / "spec.yaml", spec.path.read_text())
-    write_text(out / SWEEP_FILE, json.dumps({"name": spec.name, "spec": str(spec.path),
-                                               "compare": spec.compare, "cells": [c.id for c in cells]}, indent=2))
+    write_text(out / SWEEP_FILE, json.dumps(sweep_record(spec, cells), indent=2))
     pending = [c for c in cells if not is_finished(out, c)]
     finished_before = len(cells) - len(pending)
     if agents is not None:

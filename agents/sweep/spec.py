@@ -16,7 +16,8 @@
     compare: [[rledit-bounded, all]]               # pairs the report gives P(improvement) for
 
 File names are relative to the spec's folder; ``${VAR}`` and ``${VAR:-default}`` expand from the
-environment (``${HIEDIT_DATA_DIR:-../../../shared/data}/zsre/zsre_mend_1k.json``). The whole file is
+environment (``${HIEDIT_DATA_DIR:-../../../shared/data}/zsre/zsre_mend_1k.json``), in data sources and in
+text values of ``agent-kwargs``, where a value starting with ``./``, ``../`` or ``~`` is such a file name. The whole file is
 checked before anything runs, and every problem is reported at once with its key path.
 """
 
@@ -30,7 +31,6 @@ from typing import Any
 
 import yaml
 
-from ..base import Agent
 from ..registry import agent_class
 
 SPLITS = ("train", "test", "all")
@@ -69,8 +69,9 @@ class AgentEntry:
 
     @property
     def trains(self) -> bool:
-        """Whether the agent learns (one training per seed) or is evaluated as built."""
-        return agent_class(self.agent).learn is not Agent.learn
+        """Whether the agent learns (one training, or tuning of a heuristic's step, per seed) or is
+        evaluated as built (``hiedit evaluate``'s rule: :meth:`~hiedit_agents.base.Agent.learns_before_acting`)."""
+        return agent_class(self.agent).learns_before_acting(self.agent_kwargs)
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,16 @@ class _Checker:
             cls.check_overrides(kwargs["acting"])
         except ValueError as err:
             self.error(f"{path}.acting", str(err))
-        return AgentEntry(name, agent, kwargs["agent-kwargs"], kwargs["env-kwargs"], kwargs["acting"], steps)
+        agent_kwargs = {key: self.path_value(v) for key, v in kwargs["agent-kwargs"].items()}
+        return AgentEntry(name, agent, agent_kwargs, kwargs["env-kwargs"], kwargs["acting"], steps)
+
+    def path_value(self, value: Any) -> Any:
+        """An agent keyword's value with ``${VAR}`` expanded; a text starting with ``./``, ``../`` or ``~`` is a
+        file relative to the spec's folder, made absolute (sweep workers run in folders of their own)."""
+        if not isinstance(value, str):
+            return value
+        value = self.expand(value)
+        return str((self.base / value).expanduser().resolve()) if value.startswith(("./", "../", "~")) else value
 
     def include(self, value: Any, path: str, allowed: set[str]) -> dict[str, Any]:
         if self.typed(value, path, str) is None:

@@ -81,6 +81,8 @@ def _trial(config: dict[str, Any]) -> None:
     from ray import tune
 
     cell, acting = _configured(config["cell"], config["params"])
+    if not agent_class(cell.agent).learns_before_acting(cell.agent_kwargs):
+        cell = dataclasses.replace(cell, training_seed=None)  # a searched heuristic's step is not tuned away
     folder = Path(config["out"]) / "trials" / tune.get_context().get_trial_id()
     folder.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cell.threads)

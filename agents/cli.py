@@ -12,10 +12,8 @@ disjoint); pass ``--split all`` to use every record of a file kept for one purpo
 from __future__ import annotations
 
 import argparse
-import ctypes
 import inspect
 import json
-import resource
 import signal
 import sys
 import threading
@@ -34,14 +32,15 @@ from hiedit_env.files import check_output_dir, write_json
 from hiedit_env.models import EMBEDDED_MODEL
 from hiedit_env.records import DEFAULT_DATASET
 
-from .base import DEFAULT_TRAIN_STEPS, Agent, TrainingInterrupted, build_agent, read_checkpoint_meta, run_episode
-from .checkpoint import CheckpointError, progress_folder, remove_progress
+from .common.base import DEFAULT_TRAIN_EDITS, DEFAULT_TRAIN_STEPS, Agent, TrainingInterrupted, build_agent
+from .common.checkpoint import CheckpointError, progress_folder, read_checkpoint_meta, remove_progress
+from .common.evaluation import run_episode
+from .common.memory import peak_memory_mb, return_freed_memory
 from .demo import add_demo_parser
 from .registry import agent_class, available_agents
 from .sweep.cli import add_sweep_parsers
 from .speed import add_speed_parser
 
-DEFAULT_TRAIN_EDITS = 20
 DEFAULT_EVAL_EDITS = 100
 
 
@@ -89,32 +88,6 @@ def env_description(env: gym.Env) -> dict[str, Any]:
             "candidate_modules": list(unwrapped.candidate_modules),
             "env_kwargs": {k: v for k, v in kwargs.items() if isinstance(v, (str, int, float, bool, list, tuple, type(None)))},
             "data": unwrapped.data_report()}
-
-
-def return_freed_memory() -> bool:
-    """Make glibc give large freed blocks back to the system at once: allocations above 64 KiB are
-    mapped on their own (``M_MMAP_THRESHOLD``) and the heap keeps no free slack (``M_TRIM_THRESHOLD``).
-
-    A training step allocates and frees hundreds of megabytes of activations; by default glibc keeps
-    them in the heap for reuse, so the resident peak stays high. Measured on SmolLM2 at the authors'
-    HiEdit settings (benchmarks/README.md): peak RSS 1.65 -> 1.44 GB, 2.3 -> 3.6 s per training step. Returns
-    ``False`` where the C library is not glibc (nothing changes there).
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    return bool(mallopt(m_mmap_threshold, 64 * 1024)) and bool(mallopt(m_trim_threshold, 0))
-
-
-def peak_memory_mb() -> dict[str, float]:
-    """Peak resident memory of this process, and of the GPU when one is used."""
-    peak = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if torch.cuda.is_available():
-        peak["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return peak
 
 
 def checkpoint_of(cls: type[Agent], directory: str | Path, option: str) -> dict[str, Any]:

@@ -25,7 +25,9 @@ import torch
 
 import hiedit_env  # noqa: F401  (registers HiEdit-v0)
 from hiedit_agents import agent_class
-from hiedit_agents.base import Agent, read_checkpoint_meta, run_episode
+from hiedit_agents.common.base import Agent
+from hiedit_agents.common.checkpoint import read_checkpoint_meta
+from hiedit_agents.common.evaluation import run_episode
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

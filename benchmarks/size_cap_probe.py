@@ -1,6 +1,6 @@
 """Probe: each edit's update-size ratio ``||G|| / mean ||G||`` on one evaluation sequence, with or without a bound.
 
-The learned editors size each update like the objective's gradient step (``scale="direction"``):
+The learned editors size each update like the objective's gradient step (``update_size="gradient_norm"``):
 ``lr * ||W0|| * ||G|| / mean ||G||``. Once a sequence has damaged the model, its gradients grow, so
 the next steps grow, and the model can break (RLEdit, training seed 0, test episode 1: the ratio
 reached 89 at edit 12 and the sequence ended at mean 0.013). The editors' ``max_size_ratio`` bounds
@@ -19,10 +19,10 @@ import warnings
 
 import torch
 
-import hiedit_agents.hypernet as hypernet
+import hiedit_agents.learned.hypernet as hypernet
 import hiedit_env  # noqa: F401  (registers HiEdit-v0)
 from hiedit_agents import agent_class, run_episode
-from hiedit_agents.base import load_for_acting
+from hiedit_agents.common.env_util import load_for_acting
 from hiedit_env.files import write_json
 
 
@@ -42,8 +42,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     agent, env = load_for_acting(agent_class(args.agent), args.checkpoint, {"max_size_ratio": args.cap}, model="smollm2-135m",
                                  dataset=args.dataset, split=args.split, num_edits=args.num_edits, evaluate_generation=False)
-    if agent.editor.gradient_size is None:
-        raise SystemExit("the ratio needs an editor with gradient-size statistics (scale other than 'edit')")
     unbounded, ratios = hypernet.gradient_norms, []
 
     def recorded(trace):

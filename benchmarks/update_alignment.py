@@ -1,9 +1,9 @@
 """Where a trained editor's updates go: cos(dW, -G) per module and edit, and how far each module drifts.
 
-An untrained editor's update without the key preconditioner (``precondition`` 0) is exactly the
+An untrained editor's update without the key preconditioner (``preconditioner="none"``) is exactly the
 gradient step of the trace it reads (cosine 1), and it has not broken the model on any of our 100-edit
 ZsRE sequences; the trained ones sometimes do, with
-the same sizes (``scale="direction"``: only the direction is the network's). This measures the
+the same sizes (``update_size="gradient_norm"``: only the direction is the network's). This measures the
 direction the network chose: for each edit of one episode, the cosine between each changed module's
 update ``dW`` and ``-G`` (the trace's raw weight gradient), through ``n x n`` products so no
 [d_out, d_in] matrix is formed. Beside it: each module's drift from the unedited weights after every
@@ -28,7 +28,7 @@ import torch
 
 import hiedit_env  # noqa: F401  (registers HiEdit-v0)
 from hiedit_agents import agent_class
-from hiedit_agents.base import load_for_acting
+from hiedit_agents.common.env_util import load_for_acting
 from hiedit_env.objective import update_sq_norm
 
 

@@ -15,12 +15,12 @@ import torch
 from gymnasium import spaces
 
 from .action import parse_action
-from .checks import check_int, check_range
+from .checks import check_int, check_k, check_range
 from .delta import Delta, apply_delta, weight_deltas
 from .models import SharedModel, candidate_modules, load_shared_model, module_dims, weight_as_linear
 from .objective import ObjectiveTerms, Update, edit_objective
 from .records import DEFAULT_DATASET, EditRecord, EditSet, load_edits
-from .score import PROTOCOLS, agreement, generation_exact_match, score_pairs
+from .score import CORE_METRICS, PROTOCOLS, agreement, generation_exact_match, score_pairs
 from .tokens import MAX_ANSWER_TOKENS, MAX_PROMPT_TOKENS, EncodedRecord, Pair, encode_record
 from .trace import EditTrace, trace_edit, trace_edit_and_objective, trace_objective
 
@@ -136,7 +136,7 @@ class HiEditEnv(gym.Env):
       pass when gradients flow to the updates (``None``: all at once); each chunk is recomputed in the
       backward pass (activation checkpointing), which lowers the peak memory of gradient-based
       training for one more forward of the objective, with the same loss and gradients.
-    * ``trace``: what each edit's forward+backward covers. ``"edit"`` (default): the edit alone, the
+    * ``trace_covers``: what each edit's forward+backward covers. ``"edit"`` (default): the edit alone, the
       floor. ``"objective"``: the objective's whole batch (the edit window and the unrelated prompts);
       :attr:`edit_trace` is then that pass's rows of the edit (the same tensors up to float rounding)
       and :meth:`objective_trace` of the unchanged model costs nothing, which saves an agent that reads
@@ -189,7 +189,7 @@ class HiEditEnv(gym.Env):
         kl_weight: float = 1.0,
         l2_weight: float = 0.0,
         objective_chunk: int | None = None,
-        trace: Literal["edit", "objective"] = "edit",
+        trace_covers: Literal["edit", "objective"] = "edit",
         evaluate_generation: bool = True,
         instance_layer: int | None = None,
         device: str = "auto",
@@ -201,8 +201,8 @@ class HiEditEnv(gym.Env):
                                              w_sequence=w_sequence)
         if update_mode not in ("step_size", "low_rank"):
             raise ValueError(f"update_mode must be 'step_size' or 'low_rank', got {update_mode!r}")
-        if trace not in ("edit", "objective"):
-            raise ValueError(f"trace must be 'edit' or 'objective', got {trace!r}")
+        if trace_covers not in ("edit", "objective"):
+            raise ValueError(f"trace_covers must be 'edit' or 'objective', got {trace_covers!r}")
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
         lo, hi = _pair(eta_range, "eta_range")
@@ -232,9 +232,7 @@ class HiEditEnv(gym.Env):
         self.candidate_modules: list[str] = candidate_modules(self.model, modules if modules is None or isinstance(modules, str) else list(modules))
         n = len(self.candidate_modules)
         if layer_budget is not None:
-            check_int("layer_budget", layer_budget, 1)
-            if layer_budget > n:
-                raise ValueError(f"layer_budget={layer_budget} exceeds the {n} candidate modules")
+            layer_budget = check_k(layer_budget, n, "layer_budget")
 
         self.edit_set: EditSet = load_edits(dataset, on_error=on_bad_record)
         self.split = split
@@ -249,7 +247,8 @@ class HiEditEnv(gym.Env):
         self.retention_window, self.back_depth, self.time_decay = retention_window, back_depth, float(time_decay)
         self.locality_depth = back_depth if locality_depth is None else locality_depth
         self.kl_weight, self.l2_weight, self.objective_chunk = float(kl_weight), float(l2_weight), objective_chunk
-        self.evaluate_generation, self.render_mode, self.trace = bool(evaluate_generation), render_mode, trace
+        self.evaluate_generation, self.render_mode = bool(evaluate_generation), render_mode
+        self.trace_covers = trace_covers
         n_layers = self.model.config.num_hidden_layers
         self.instance_layer = n_layers // 2 if instance_layer is None else instance_layer
         if not 0 <= self.instance_layer <= n_layers:
@@ -438,7 +437,7 @@ class HiEditEnv(gym.Env):
         ls = agreement(scores.predictions[2 * n:3 * n], self._loc_reference[:n])
         metrics: dict[str, Any] = {"ES": float(es.mean()), "GS": float(gs.mean()), "LS": float(ls.mean()),
                                    "LS_answer": float(loc_acc.mean())}
-        metrics["mean"] = (metrics["ES"] + metrics["GS"] + metrics["LS"]) / 3
+        metrics["mean"] = sum(metrics[k] for k in CORE_METRICS) / len(CORE_METRICS)
         metrics["ES_first_20pct"] = float(es[: max(1, math.ceil(0.2 * n))].mean())
         if has_old and self.edit_set.format.startswith("counterfact"):
             metrics["efficacy"] = float((scores.nll[:n] < scores.nll[3 * n:]).float().mean())
@@ -487,7 +486,7 @@ class HiEditEnv(gym.Env):
         """Keys and output gradients of :meth:`objective`'s loss under ``updates`` (L2 aside), one row
         per token of its prompts: the edit window and the unrelated prompts, whose KL gradient points
         back toward the unedited model's answers. One forward+backward on the objective's batch; none
-        with ``trace="objective"`` and no update (every entry ``None``): the edit's pass made it."""
+        with ``trace_covers="objective"`` and no update (every entry ``None``): the edit's pass made it."""
         if self._trace is None:
             raise gym.error.ResetNeeded("objective_trace() needs a current edit: call reset() first")
         if self._objective_trace is not None and len(updates) == len(self._modules) and all(u is None for u in updates):
@@ -516,9 +515,9 @@ class HiEditEnv(gym.Env):
         return [self._episode[t].edit for t in edited], [self._episode[t].loc for t in unrelated], references
 
     def _trace_current(self) -> None:
-        """The current edit's trace (and, with ``trace="objective"``, the objective's, same pass)."""
+        """The current edit's trace (and, with ``trace_covers="objective"``, the objective's, same pass)."""
         self._window_accuracy = None
-        if self.trace == "edit":
+        if self.trace_covers == "edit":
             self._trace = trace_edit(self.model, self._modules, self.candidate_modules, self._episode[self._t].edit,
                                      self._pad_id, self.instance_layer)
             return

@@ -169,12 +169,12 @@ def test_update_alignment_of_an_untrained_editor_is_the_gradient_step(zsre_path:
     import gymnasium as gym
 
     from hiedit_agents import make_agent
-    from hiedit_agents.hypernet import DEFAULT_INIT_LR
+    from hiedit_agents.learned.hypernet import DEFAULT_INIT_LR
 
     env = gym.make("HiEdit-v0", model="test-tiny-llama", dataset=zsre_path, num_edits=3, update_mode="low_rank",
-                   evaluate_generation=False, trace="objective")
+                   evaluate_generation=False, trace_covers="objective")
     # Zero up-projections and no key preconditioner: the update is -lr * G.
-    make_agent("rledit", env, precondition=0).save(tmp_path / "untrained")
+    make_agent("rledit", env, preconditioner="none").save(tmp_path / "untrained")
     out = tmp_path / "alignment.json"
     run_script("update_alignment.py", ["--checkpoint", str(tmp_path / "untrained"), "--model", "test-tiny-llama",
                                        "--dataset", zsre_path, "--num-edits", "3", "--out", str(out)], monkeypatch)

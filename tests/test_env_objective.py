@@ -103,7 +103,7 @@ def test_kl_is_zero_without_an_update(make_env, model):
 
 def test_unedited_references_are_scored_in_chunks_and_dropped_behind_the_window(make_env, helpers, monkeypatch):
     monkeypatch.setattr(env_module, "REFERENCE_CHUNK", 3)
-    env = make_env("test-tiny-llama", num_edits=7, trace="objective", locality_depth=1).unwrapped
+    env = make_env("test-tiny-llama", num_edits=7, trace_covers="objective", locality_depth=1).unwrapped
     passes = []
     real = env_module.score_pairs
     monkeypatch.setattr(env_module, "score_pairs", lambda model, pairs, *a, **k: passes.append(

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from hiedit_agents import agent_class
-from hiedit_agents.checkpoint import CheckpointError
+from hiedit_agents.common.checkpoint import CheckpointError
 
 MODEL = "test-tiny-llama"
 # Episodes of 2 edits, a checkpoint at every episode's end, validation every 4 edits.

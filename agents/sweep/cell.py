@@ -26,8 +26,9 @@ from hiedit_env.files import write_text
 
 # a module reference: agents/cli.py imports this package while it loads
 from .. import cli as commands
-from ..base import CONFIG_FILE, Agent, run_episode
-from ..checkpoint import progress_folder
+from ..common.base import Agent
+from ..common.checkpoint import CONFIG_FILE, progress_folder
+from ..common.evaluation import run_episode
 from ..registry import agent_class
 from .grid import Cell
 

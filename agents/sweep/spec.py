@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from ..base import Agent
+from ..common.base import Agent
 from ..registry import agent_class
 
 SPLITS = ("train", "test", "all")

@@ -692,7 +692,8 @@ def test_cli_train_then_evaluate(zsre_path, tmp_path, capsys):
 def test_low_memory_training_runs_in_its_own_process(zsre_path, tmp_path):
     # A subprocess: the allocator setting would otherwise slow every later test of this process.
     out = tmp_path / "run"
-    code = "import sys; from hiedit_agents.cli import main, return_freed_memory; " \
+    code = "import sys; from hiedit_agents.cli import main; " \
+           "from hiedit_agents.common.memory import return_freed_memory; " \
            "assert return_freed_memory(); sys.exit(main(sys.argv[1:]))"
     done = subprocess.run([sys.executable, "-c", code, "train", "--agent", "rledit", "--model", MODEL, "--dataset", zsre_path,
                            "--steps", "2", "--num-edits", "2", "--threads", "1", "--low-memory", "--out", str(out)],

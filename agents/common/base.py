@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 import gymnasium as gym
 
 from hiedit_env import HiEditEnv
-from hiedit_env.env import REWARD_WEIGHTS
+from hiedit_env.env import REWARD_ARGUMENTS
 
 from .checkpoint import (CONFIG_FILE, PROGRESS_DIR, PROGRESS_FILE, STATE_FILE, CheckpointError, CheckpointWriter,
                          load_torch, read_checkpoint_meta, save_swapped, verify_checkpoint)
@@ -79,7 +79,7 @@ class Agent:
         """:meth:`env_requirements` less the reward weights, for evaluation: the reward changes neither
         what the agent sees nor the end-of-sequence metrics, and a costly term (``w_sequence`` scores
         every edit so far at every step) would only slow evaluation down."""
-        return {k: v for k, v in cls.env_requirements(config).items() if k not in REWARD_WEIGHTS}
+        return {k: v for k, v in cls.env_requirements(config).items() if k not in REWARD_ARGUMENTS}
 
     def act(self, observation: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
         """The action for the environment's current edit."""

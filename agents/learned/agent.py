@@ -341,7 +341,8 @@ class LearnedEditorAgent(Agent):
         if saved.seed != loop.state.seed:
             raise ValueError(f"the run in {str(out)!r} was started with seed {saved.seed}, not {loop.state.seed}")
         if saved.step >= loop.steps:
-            raise ValueError(f"the run in {str(out)!r} has trained {saved.step} edits already; --steps {loop.steps} asks for no more")
+            raise ValueError(f"the run in {str(out)!r} has trained {saved.step} edits already; "
+                             f"--steps {loop.steps} asks for no more")
         loop.load_state_dict(extras)
 
     def _hold_out(self, env: HiEditEnv, seed: int) -> tuple[list[int], list[int] | None]:

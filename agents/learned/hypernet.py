@@ -39,13 +39,13 @@ distorted direction that raises the edit loss). ``lr_i`` is learned in log space
 
 ``preconditioner="diagonal"`` with damping d (``preconditioner_damping``) divides the pseudo keys, per
 feature, by the keys' running second moment ``E[k_j^2] + d * mean_j E[k_j^2]`` before the size is set:
-the diagonal of the ``C^-1 k`` of ROME and MEMIT, where ``C`` is the keys' second-moment matrix. A feature that every prompt activates gets a
-small share of the update, one this edit activates rarely a large share, so the update moves the
-edit's outputs more than those of unrelated prompts, whose keys lie on the common features. ``d``
-bounds how much a rare feature is favoured (at most ``1 / d`` times the average). Untrained, on
-SmolLM2's upper nine blocks and the ZsRE selection episode, d = 0.1 raised the mean from 0.674 to
-0.703 at the same ``init_lr`` (benchmarks/results/zsre_precondition/). ``preconditioner="none"`` leaves
-the pseudo keys as they are.
+the diagonal of the ``C^-1 k`` of ROME and MEMIT, where ``C`` is the keys' second-moment matrix. A
+feature that every prompt activates gets a small share of the update, one this edit activates rarely a
+large share, so the update moves the edit's outputs more than those of unrelated prompts, whose keys
+lie on the common features. ``d`` bounds how much a rare feature is favoured (at most ``1 / d`` times
+the average). Untrained, on SmolLM2's upper nine blocks and the ZsRE selection episode, d = 0.1 raised
+the mean from 0.674 to 0.703 at the same ``init_lr`` (benchmarks/results/zsre_precondition/).
+``preconditioner="none"`` leaves the pseudo keys as they are.
 
 ``preconditioner="full"`` uses the whole matrix: ``k~ (C + d * mean_j C_jj * I)^-1``, the ``C^-1 k``
 of ROME and MEMIT with ``C`` the running mean of ``k k^T`` over the observed tokens. It also discounts
@@ -85,10 +85,11 @@ from hiedit_env.objective import update_sq_norm
 
 from ..selection import gradient_norms
 
-# Relative change per module of an untrained editor (for an edit of average gradient size). Without the key preconditioner 6e-3 beat 3e-3 for both agents on the
-# selection episode of the ZsRE training split, and untrained it beat 1.2e-2 too; with it (d = 0.1) the
-# untrained editor on SmolLM2's upper nine blocks did better at 1.2e-2 than at 6e-3 (0.713 against 0.703),
-# and both agents trained from there beat those trained from 6e-3 without it (benchmarks/results/zsre_precondition/).
+# Relative change per module of an untrained editor (for an edit of average gradient size). Without the
+# key preconditioner 6e-3 beat 3e-3 for both agents on the selection episode of the ZsRE training split,
+# and untrained it beat 1.2e-2 too; with it (d = 0.1) the untrained editor on SmolLM2's upper nine blocks
+# did better at 1.2e-2 than at 6e-3 (0.713 against 0.703), and both agents trained from there beat those
+# trained from 6e-3 without it (benchmarks/results/zsre_precondition/).
 DEFAULT_INIT_LR = 0.012
 # The damping of the key preconditioner. On the same untrained editor and episode (diagonal form):
 # 0.689 at 1e-3, 0.697 at 1e-2, 0.703 at 0.1, 0.683 at 1, 0.674 without.

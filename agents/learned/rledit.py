@@ -37,9 +37,9 @@ class UntrainedEditorAgent(RLEditAgent):
     """RLEdit's editor before any training, the learned editors' starting point (does training help?).
 
     Untrained, the editor emits exactly the gradient step of the trace it reads (its up-projections
-    start at zero): with the key preconditioner (``preconditioner`` other than ``"none"``, the default) a ``C^-1 k``-shaped
-    step, the idea ROME and MEMIT solve for in closed form, at the relative step ``init_lr``, once its
-    normalisers and gradient-size statistics have seen some edits. At construction they see
+    start at zero): with the key preconditioner (``preconditioner`` not ``"none"``, the default) a
+    ``C^-1 k``-shaped step, the idea ROME and MEMIT solve for in closed form, at the relative step
+    ``init_lr``, once its normalisers and gradient-size statistics have seen some edits. At construction they see
     ``observe_edits`` edits of training episodes (seeds 0, 1, ...; as long as ``hiedit train``'s) on
     the unedited model: of ``observe_dataset`` (all of it) or, when that is ``None``, of the training
     split of the environment's own data. The observing environment is the evaluated one's ``gym.make``

@@ -24,8 +24,7 @@ import torch
 
 from hiedit_env.files import write_text
 
-# a module reference: agents/cli.py imports this package while it loads
-from .. import cli as commands
+from ..common import commands
 from ..common.base import Agent
 from ..common.checkpoint import CONFIG_FILE, progress_folder
 from ..common.evaluation import run_episode

@@ -22,7 +22,8 @@ from hiedit_env.models import EMBEDDED_MODEL
 from hiedit_env.records import DEFAULT_DATASET
 
 from .common.base import DEFAULT_TRAIN_EDITS, DEFAULT_TRAIN_STEPS, build_agent
-from .common.commands import checkpoint_of, env_description, make_env, train_agent
+from .common.commands import checkpoint_of, train_agent
+from .common.env_util import env_description, make_env
 from .common.evaluation import run_episode
 from .common.memory import peak_memory_mb
 from .demo import add_demo_parser

@@ -1,66 +1,26 @@
 """What ``hiedit train`` and ``hiedit evaluate`` do, as library functions of their parsed options (an
-``argparse.Namespace``): the environment an agent needs, and training as ``hiedit train`` trains. Sweep
-cells call the same functions, so a cell trains and evaluates exactly as the command line does."""
+``argparse.Namespace``): training as ``hiedit train`` trains, and the checkpoint an option names. With
+:func:`~hiedit_agents.common.env_util.make_env` they are what sweep cells call, so a cell trains and
+evaluates exactly as the command line does."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import inspect
 import signal
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import torch
 
-import hiedit_env  # noqa: F401  (registers HiEdit-v0)
-from hiedit_env import HiEditEnv
 from hiedit_env.files import check_output_dir, write_json
 
 from ..registry import agent_class
 from .base import Agent, TrainingInterrupted, build_agent
 from .checkpoint import CheckpointError, progress_folder, read_checkpoint_meta, remove_progress
-from .memory import peak_memory_mb, return_freed_memory
-
-
-def make_env(args: argparse.Namespace, cls: type[Agent], config: dict[str, Any], evaluation: bool) -> gym.Env:
-    """The environment ``cls`` built with ``config`` needs (e.g. its update mode) for the command's
-    model, data and split; ``--env-kwargs`` has the last word. Evaluation adds the generation-based
-    metrics and leaves out the agent's reward weights (:meth:`Agent.acting_requirements`)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.low_memory and not return_freed_memory():
-        warnings.warn("--low-memory needs glibc (Linux); ignored here", stacklevel=2)
-    check_env_kwargs(args.env_kwargs)
-    requirements = cls.acting_requirements(config) if evaluation else cls.env_requirements(config)
-    kwargs = {"model": args.model, "dataset": args.dataset, "num_edits": args.num_edits, "split": args.split,
-              "evaluate_generation": evaluation, **requirements, **args.env_kwargs}
-    return gym.make("HiEdit-v0", **kwargs)
-
-
-def check_env_kwargs(env_kwargs: dict[str, Any]) -> None:
-    """Refuse ``--env-kwargs`` keys that ``HiEdit-v0`` does not take, before any model loads."""
-    known = [name for name in inspect.signature(HiEditEnv.__init__).parameters if name != "self"]
-    unknown = sorted(set(env_kwargs) - set(known))
-    if unknown:
-        raise ValueError(f"unknown --env-kwargs key(s) {unknown}; HiEdit-v0 takes {known}")
-
-
-def env_description(env: gym.Env) -> dict[str, Any]:
-    """The environment actually built (after ``--env-kwargs`` and the agent's requirements had their say),
-    and what its data source gave: what a results file must record."""
-    unwrapped: HiEditEnv = env.unwrapped
-    kwargs = dict(env.spec.kwargs) if env.spec is not None else {}
-    return {"model": unwrapped.shared.name, "dataset": unwrapped.edit_set.source, "split": unwrapped.split,
-            "num_edits": unwrapped.num_edits, "update_mode": unwrapped.update_mode,
-            "candidate_modules": list(unwrapped.candidate_modules),
-            "env_kwargs": {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in kwargs.items()
-                           if dataclasses.is_dataclass(v) or isinstance(v, (str, int, float, bool, list, tuple, dict, type(None)))},
-            "data": unwrapped.data_report()}
+from .env_util import env_description, make_env
+from .memory import peak_memory_mb
 
 
 def checkpoint_of(cls: type[Agent], directory: str | Path, option: str) -> dict[str, Any]:

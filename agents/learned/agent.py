@@ -260,8 +260,11 @@ class LearnedEditorAgent(Agent):
         :func:`~hiedit_agents.common.checkpoint.progress_folder`, continues to the same result as a run that
         was never interrupted. SIGINT (or SIGTERM, which ``hiedit train`` turns
         into it) lets the current episode finish, saves at its end and raises
-        :class:`TrainingInterrupted`; a second one stops at once. ``hiedit train`` removes the
-        progress folder once it has saved the finished agent.
+        :class:`~hiedit_agents.common.base.TrainingInterrupted`; a second one stops at once. ``hiedit train``
+        removes the progress folder once it has saved the finished agent.
+
+        The loop itself is :class:`~hiedit_agents.learned.training.TrainingLoop`; weight averaging,
+        validation and checkpoints are its callbacks (:mod:`~hiedit_agents.learned.callbacks`).
         """
         unwrapped: HiEditEnv = env.unwrapped
         if unwrapped.update_mode != "low_rank" or unwrapped.candidate_modules != self.env.candidate_modules:

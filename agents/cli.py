@@ -18,37 +18,28 @@ or the value in ``--agent-kwargs`` skips the tuning, and the results JSON's ``tu
 from __future__ import annotations
 
 import argparse
-import ctypes
-import inspect
 import json
-import resource
-import signal
 import sys
 import tempfile
-import threading
-import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
-import torch
-
 import hiedit_env  # noqa: F401  (registers HiEdit-v0)
-from hiedit_env import HiEditEnv
 from hiedit_env.cli import Parser, common_options, format_metrics, non_negative_int, positive_int, run_cli
-from hiedit_env.files import check_output_dir, write_json
 from hiedit_env.models import EMBEDDED_MODEL
 from hiedit_env.records import DEFAULT_DATASET
 
-from .base import DEFAULT_TRAIN_STEPS, Agent, TrainingInterrupted, build_agent, read_checkpoint_meta, run_episode
-from .checkpoint import CheckpointError, progress_folder, remove_progress
+from .common.base import DEFAULT_TRAIN_EDITS, DEFAULT_TRAIN_STEPS, Agent, build_agent
+from .common.commands import checkpoint_of, train_agent
+from .common.env_util import env_description, make_env
+from .common.evaluation import run_episode
+from .common.memory import peak_memory_mb
 from .demo import add_demo_parser
 from .registry import agent_class, available_agents
 from .sweep.cli import add_sweep_parsers
 from .speed import add_speed_parser
 
-DEFAULT_TRAIN_EDITS = 20
 DEFAULT_EVAL_EDITS = 100
 
 
@@ -63,121 +54,6 @@ def json_object(text: str) -> dict[str, Any]:
     return value
 
 
-def make_env(args: argparse.Namespace, cls: type[Agent], config: dict[str, Any], evaluation: bool) -> gym.Env:
-    """The environment ``cls`` built with ``config`` needs (e.g. its update mode) for the command's
-    model, data and split; ``--env-kwargs`` has the last word. Evaluation adds the generation-based
-    metrics and leaves out the agent's reward weights (:meth:`Agent.acting_requirements`)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.low_memory and not return_freed_memory():
-        warnings.warn("--low-memory needs glibc (Linux); ignored here", stacklevel=2)
-    check_env_kwargs(args.env_kwargs)
-    requirements = cls.acting_requirements(config) if evaluation else cls.env_requirements(config)
-    kwargs = {"model": args.model, "dataset": args.dataset, "num_edits": args.num_edits, "split": args.split,
-              "evaluate_generation": evaluation, **requirements, **args.env_kwargs}
-    return gym.make("HiEdit-v0", **kwargs)
-
-
-def check_env_kwargs(env_kwargs: dict[str, Any]) -> None:
-    """Refuse ``--env-kwargs`` keys that ``HiEdit-v0`` does not take, before any model loads."""
-    known = [name for name in inspect.signature(HiEditEnv.__init__).parameters if name != "self"]
-    unknown = sorted(set(env_kwargs) - set(known))
-    if unknown:
-        raise ValueError(f"unknown --env-kwargs key(s) {unknown}; HiEdit-v0 takes {known}")
-
-
-def env_description(env: gym.Env) -> dict[str, Any]:
-    """The environment actually built (after ``--env-kwargs`` and the agent's requirements had their say),
-    and what its data source gave: what a results file must record."""
-    unwrapped: HiEditEnv = env.unwrapped
-    kwargs = dict(env.spec.kwargs) if env.spec is not None else {}
-    return {"model": unwrapped.shared.name, "dataset": unwrapped.edit_set.source, "split": unwrapped.split,
-            "num_edits": unwrapped.num_edits, "update_mode": unwrapped.update_mode,
-            "candidate_modules": list(unwrapped.candidate_modules),
-            "env_kwargs": {k: v for k, v in kwargs.items() if isinstance(v, (str, int, float, bool, list, tuple, type(None)))},
-            "data": unwrapped.data_report()}
-
-
-def return_freed_memory() -> bool:
-    """Make glibc give large freed blocks back to the system at once: allocations above 64 KiB are
-    mapped on their own (``M_MMAP_THRESHOLD``) and the heap keeps no free slack (``M_TRIM_THRESHOLD``).
-
-    A training step allocates and frees hundreds of megabytes of activations; by default glibc keeps
-    them in the heap for reuse, so the resident peak stays high. Measured on SmolLM2 at the authors'
-    HiEdit settings (docs/findings.md): peak RSS 1.65 -> 1.44 GB, 2.3 -> 3.6 s per training step. Returns
-    ``False`` where the C library is not glibc (nothing changes there).
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    return bool(mallopt(m_mmap_threshold, 64 * 1024)) and bool(mallopt(m_trim_threshold, 0))
-
-
-def peak_memory_mb() -> dict[str, float]:
-    """Peak resident memory of this process, and of the GPU when one is used."""
-    peak = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if torch.cuda.is_available():
-        peak["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return peak
-
-
-def checkpoint_of(cls: type[Agent], directory: str | Path, option: str) -> dict[str, Any]:
-    """The ``agent.json`` of the checkpoint ``option`` names, refused unless it holds a ``cls`` agent."""
-    meta = read_checkpoint_meta(Path(directory))
-    if meta["class"] != f"{cls.__module__}:{cls.__qualname__}":
-        raise CheckpointError(f"{option} {str(directory)!r} holds a {meta['class']} agent, not {cls.name!r}")
-    return meta
-
-
-def train_agent(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
-    """Train as ``hiedit train`` does (``args``: its options) and save the agent into ``args.out_dir``, with
-    ``train_stats.json`` beside it; returns the statistics. The one training path of the command line
-    and of sweep cells."""
-    cls = agent_class(args.agent)
-    out = check_output_dir(args.out_dir)
-    torch.manual_seed(args.seed)
-    if args.resume:
-        if not cls.resumable:
-            raise ValueError(f"agent {args.agent!r} cannot resume; train it again without --resume")
-        if args.agent_kwargs:
-            raise ValueError("--resume continues the saved configuration; --agent-kwargs cannot change it")
-        folder = progress_folder(out) or out  # an interrupted run's progress, or a finished run to go on with
-        config = checkpoint_of(cls, folder, "--out")["config"]
-        env = make_env(args, cls, config, evaluation=False)
-        agent = cls.load(folder, env)
-    else:
-        env = make_env(args, cls, args.agent_kwargs, evaluation=False)
-        agent = build_agent(cls, env, args.agent_kwargs)
-    steps = args.steps or agent.default_train_steps
-    # Resumable agents save their progress into --out as they go, so an interrupted run loses little.
-    extra: dict[str, Any] = {"checkpoint_dir": out, "resume": args.resume} if cls.resumable else {}
-    if cls.resumable and args.checkpoint_every is not None:
-        extra["checkpoint_every"] = args.checkpoint_every
-    started = time.perf_counter()
-    previous = signal.signal(signal.SIGTERM, _as_interrupt) if threading.current_thread() is threading.main_thread() else None
-    try:
-        stats = agent.learn(env, steps, log_dir=out / "tensorboard", seed=args.seed, progress=progress, **extra)
-    except TrainingInterrupted as stop:
-        where = (f"progress up to the last checkpoint is in {out}; continue with the same command and --resume"
-                 if stop.saved else "nothing was saved")
-        raise KeyboardInterrupt(f"interrupted after {stop.step} of {stop.steps} training edits; {where}") from None
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    seconds = time.perf_counter() - started
-    agent.save(out)
-    remove_progress(out)  # only now: until the finished agent is saved, the progress is what a rerun resumes
-    trained = stats.get("steps_this_run", steps)
-    stats.update(agent=args.agent, seed=args.seed, low_memory=args.low_memory, total_seconds=seconds,
-                 seconds_per_step=seconds / max(trained, 1), environment=env_description(env), **peak_memory_mb())
-    write_json(out / "train_stats.json", stats)
-    env.close()
-    return stats
-
-
 def run_train(args: argparse.Namespace) -> dict[str, Any]:
     stats = train_agent(args)
     trained = stats.get("steps_this_run", stats["steps"])
@@ -187,15 +63,6 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
           f"{stats['total_seconds']:.0f} s, {stats['seconds_per_step']:.2f} s/edit{kept}; checkpoint, TensorBoard logs "
           f"and train_stats.json in {args.out_dir}")
     return stats
-
-
-def _as_interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM handled as SIGINT is at the moment (training turns the first one into a save at the episode's end)."""
-    handler = signal.getsignal(signal.SIGINT)
-    if callable(handler):
-        handler(signal.SIGINT, frame)
-    else:
-        raise KeyboardInterrupt
 
 
 def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:

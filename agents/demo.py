@@ -7,7 +7,7 @@ split, 12 records) on the embedded SmolLM2-135M:
 * ``constant step``: the mid-range step-size action on every candidate (``all`` with ``step`` 0), the
   naive editor: it writes each fact and wrecks the model's other answers;
 * ``untrained editor``: RLEdit's editor before any training, a key-preconditioned gradient step whose
-  statistics come from the set's ``train`` split (:class:`~hiedit_agents.rledit.UntrainedEditorAgent`),
+  statistics come from the set's ``train`` split (:class:`~hiedit_agents.learned.rledit.UntrainedEditorAgent`),
   the strongest zoo agent that needs no training.
 
 It prints one table (ES, GS, LS and their mean, efficacy, seconds per edit) and draws ES/GS/LS of the
@@ -28,7 +28,8 @@ from hiedit_env.files import check_output_file
 from hiedit_env.models import EMBEDDED_MODEL
 from hiedit_env.records import DEFAULT_DATASET
 
-from .base import build_agent, run_episode
+from .common.base import build_agent
+from .common.evaluation import run_episode
 from .registry import agent_class
 from .sweep.report import curve_plot
 

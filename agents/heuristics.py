@@ -24,8 +24,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .base import Agent, run_episode
-from .selection import check_k, gradient_norms, topk_indicator
+from hiedit_env.checks import check_k
+
+from .common.base import Agent
+from .common.evaluation import run_episode
+from .selection import gradient_norms, topk_indicator
 
 STEP_GRID = (-1.0, -0.5, 0.0, 0.5, 1.0)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from .base import Agent
+from .common.base import Agent
 
 _AGENTS: dict[str, type[Agent]] = {}
 

@@ -10,19 +10,6 @@ from hiedit_env import EditTrace
 from hiedit_env.objective import update_sq_norm
 
 
-def default_k(num_candidates: int) -> int:
-    """HiEdit's default budget: half of the candidate modules (at least one)."""
-    return max(1, num_candidates // 2)
-
-
-def check_k(k: int | None, num_candidates: int) -> int:
-    """``k`` (or the default when ``None``), validated against the number of candidates."""
-    k = default_k(num_candidates) if k is None else k
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_candidates:
-        raise ValueError(f"k must be an integer in [1, {num_candidates}], got {k!r}")
-    return k
-
-
 def topk_indicator(scores: torch.Tensor, k: int) -> torch.Tensor:
     """A 0/1 float vector with ones at the ``k`` highest scores (ties: lower index), no gradient."""
     order = torch.sort(scores.detach(), descending=True, stable=True).indices

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import time
 import warnings
@@ -52,8 +51,10 @@ from hiedit_env.records import DEFAULT_DATASET
 from hiedit_env.score import score_pairs
 from hiedit_env.tokens import collate
 
-from .base import Agent, read_checkpoint_meta
-from .hypernet import PRECONDITIONERS
+from .common.base import Agent
+from .common.checkpoint import read_checkpoint_meta
+from .common.memory import peak_memory
+from .learned.hypernet import PRECONDITIONERS
 from .registry import agent_class
 
 TABLE_FILE = "speed.md"
@@ -86,14 +87,6 @@ def floor_seconds(env: HiEditEnv, index: int) -> float:
         m.weight.grad = None
     score_pairs(env.model, [encoded.edit, encoded.rephrase, encoded.loc], env._pad_id)
     return _clock(device) - started
-
-
-def peak_memory_gb(device: torch.device) -> dict[str, float]:
-    """The process's resident high-water mark and, on a GPU, the CUDA allocator's peak, in GB (1e9 bytes)."""
-    peak = {"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9}
-    if device.type == "cuda":
-        peak["peak_cuda_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
-    return peak
 
 
 def timed_steps(env: HiEditEnv, act: Callable[[dict, dict], dict], seed: int,
@@ -191,10 +184,10 @@ def measure_speed(args: argparse.Namespace) -> dict[str, Any]:
         "first_reset_s": resets[0], "reset_s": resets[1],
         **timed_steps(unwrapped, act, args.seed, desc=f"{args.agent or 'constant action'} on {args.model}"),
     }
-    figures.update({f"{k}_steps": v for k, v in peak_memory_gb(device).items()})
+    figures.update({f"{k}_steps": v for k, v in peak_memory("gb", device).items()})
     figures["editors"] = [editor_speed(make_env, args.editor_agent, form, args.editor_warmup, args.seed)
                           for form in args.editors]
-    figures.update(peak_memory_gb(device))
+    figures.update(peak_memory("gb", device))
     figures["options"] = {k: v for k, v in vars(args).items() if k not in ("run", "command", "table", "out")}
     for key, value in figures.items():
         if key not in ("editors", "modules", "env_kwargs"):

@@ -22,7 +22,7 @@ import torch
 
 import hiedit_env  # noqa: F401  (registers HiEdit-v0)
 from hiedit_agents import RLEditAgent
-from hiedit_agents.cli import DEFAULT_TRAIN_EDITS  # observed episodes as long as training's
+from hiedit_agents.common.base import DEFAULT_TRAIN_EDITS  # observed episodes as long as training's
 from hiedit_env.objective import row_losses
 from hiedit_env.score import score_pairs
 from hiedit_env.tokens import encode_record

@@ -9,12 +9,14 @@ from .action import ActionError
 from .env import HiEditEnv
 from .models import BUILTIN_MODELS, EMBEDDED_MODEL, TEST_MODELS, ModelLoadError, clear_model_cache
 from .objective import ObjectiveTerms
+from .options import EditObjective, RewardWeights
 from .records import EditRecord, EditSet, RecordError, load_edits
 from .trace import EditTrace
 
 __all__ = [
-    "ActionError", "BUILTIN_MODELS", "EMBEDDED_MODEL", "EditRecord", "EditSet", "EditTrace", "HiEditEnv",
-    "ModelLoadError", "ObjectiveTerms", "RecordError", "TEST_MODELS", "clear_model_cache", "load_edits",
+    "ActionError", "BUILTIN_MODELS", "EMBEDDED_MODEL", "EditObjective", "EditRecord", "EditSet", "EditTrace",
+    "HiEditEnv", "ModelLoadError", "ObjectiveTerms", "RecordError", "RewardWeights", "TEST_MODELS",
+    "clear_model_cache", "load_edits",
 ]
 __version__ = "0.2.0"
 

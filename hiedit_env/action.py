@@ -42,6 +42,11 @@ def step_size_from_action(value: float, eta_range: tuple[float, float]) -> float
     return float(math.exp(math.log(lo) + fraction * (math.log(hi) - math.log(lo))))
 
 
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` highest ``scores``, highest first (ties: the lower index)."""
+    return np.argsort(-scores, kind="stable")[:k]
+
+
 def parse_action(action: Any, n_modules: int, mode: Literal["step_size", "low_rank"],
                  dims: list[tuple[int, int]], layer_budget: int | None,
                  eta_range: tuple[float, float], device: torch.device, dtype: torch.dtype) -> ParsedAction:
@@ -53,8 +58,7 @@ def parse_action(action: Any, n_modules: int, mode: Literal["step_size", "low_ra
     if layer_budget is None:
         chosen = [i for i in range(n_modules) if layers[i] > 0.5]
     else:
-        order = np.argsort(-layers, kind="stable")
-        chosen = sorted(int(i) for i in order[:layer_budget])
+        chosen = sorted(int(i) for i in top_k(layers, layer_budget))
     if mode == "step_size":
         update = _vector(action["update"], n_modules, "update")
         return ParsedAction(chosen, [step_size_from_action(float(update[i]), eta_range) for i in chosen], None)

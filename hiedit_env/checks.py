@@ -20,3 +20,17 @@ def check_int(name: str, value: int, minimum: int) -> None:
     """Refuse anything but an integer (not a bool) >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def default_k(num_candidates: int) -> int:
+    """HiEdit's default number of modules edited per edit: half of the candidates (at least one)."""
+    return max(1, num_candidates // 2)
+
+
+def check_k(k: int | None, num_candidates: int, name: str = "k") -> int:
+    """The number of modules to edit per edit (``None``: :func:`default_k`) as an ``int``, refused unless it
+    is an integer in ``[1, num_candidates]``."""
+    k = default_k(num_candidates) if k is None else k
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= num_candidates:
+        raise ValueError(f"{name} must be an integer in [1, {num_candidates}], got {k!r}")
+    return int(k)

@@ -15,8 +15,9 @@ from tqdm import tqdm
 from .files import check_output_file, write_json
 from .models import EMBEDDED_MODEL
 from .records import DEFAULT_DATASET
+from .score import CORE_METRICS
 
-TABLE_KEYS = ("ES", "GS", "LS", "LS_answer", "mean", "ES_gen", "GS_gen", "efficacy", "ES_at_edit", "ES_first_20pct",
+TABLE_KEYS = (*CORE_METRICS, "LS_answer", "mean", "ES_gen", "GS_gen", "efficacy", "ES_at_edit", "ES_first_20pct",
               "layers_per_edit", "candidates", "seconds_per_edit", "num_edits")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -15,19 +15,21 @@ import torch
 from gymnasium import spaces
 
 from .action import parse_action
-from .checks import check_int, check_range
+from .checks import check_int, check_k, check_range
 from .delta import Delta, apply_delta, weight_deltas
 from .models import SharedModel, candidate_modules, load_shared_model, module_dims, weight_as_linear
 from .objective import ObjectiveTerms, Update, edit_objective
+from .options import OBJECTIVE_KEYWORDS, REWARD_KEYWORDS, EditObjective, RewardWeights, grouped
 from .records import DEFAULT_DATASET, EditRecord, EditSet, load_edits
-from .score import PROTOCOLS, agreement, generation_exact_match, score_pairs
+from .score import CORE_METRICS, PROTOCOLS, agreement, generation_exact_match, score_pairs
 from .tokens import MAX_ANSWER_TOKENS, MAX_PROMPT_TOKENS, EncodedRecord, Pair, encode_record
 from .trace import EditTrace, trace_edit, trace_edit_and_objective, trace_objective
 
 LAYER_FEATURES = ("key_norm", "grad_norm", "weight_grad_norm", "depth", "changed", "chosen_share")
 REWARD_TERMS = ("edit_success", "generalization", "locality", "sparsity", "retention", "update_norm", "sequence_gain")
-# Reward weights change neither the observations nor the end-of-sequence metrics.
-REWARD_WEIGHTS = ("w_edit", "w_generalization", "w_locality", "w_sparsity", "w_retention", "w_update_norm", "w_sequence")
+# The gym.make arguments that set the reward's weights, which change neither the observations nor the
+# end-of-sequence metrics.
+REWARD_ARGUMENTS = ("reward", *REWARD_KEYWORDS.values())
 _BASE = object()  # owner token meaning "the unedited weights are swapped in"
 # Unrelated prompts whose unedited log-probs one pass of the unedited weights scores (the objective's KL).
 REFERENCE_CHUNK = 16
@@ -124,19 +126,15 @@ class HiEditEnv(gym.Env):
       ZsRE (20 sequential edits, all 18 candidates): the middle, 4e-3 (action 0), edits about 70% of
       the facts at the step they are made; a tenth of that edits few, ten times that breaks the model.
       ``max_update_ratio``: cap on ``||dW|| / ||W0||`` per module and edit (default 0.25).
-    * ``w_edit``, ``w_generalization``, ``w_locality``, ``w_sparsity``, ``w_retention``,
-      ``w_update_norm``, ``w_sequence``: reward weights (finite, >= 0); ``retention_window``.
-    * ``back_depth``, ``locality_depth``, ``time_decay``, ``kl_weight``, ``l2_weight``: the
-      differentiable objective (:meth:`objective`). ``locality_depth``: how many earlier edits' unrelated
-      prompts the KL covers besides the current one (``None``: ``back_depth``). ``l2_weight`` multiplies
-      the absolute ``sum ||dW||_F^2`` (on SmolLM2 a relative step of 3e-3 on all 18 candidates makes it
-      5.3, against an edit loss of 1 to 3). The defaults (0 and 0) won the selection on a 100-edit
-      episode of the ZsRE training split against ``l2_weight`` 0.1 or 1.0 and ``locality_depth``
-      ``back_depth`` (docs/findings.md). ``objective_chunk``: rows of the objective's batch per forward
-      pass when gradients flow to the updates (``None``: all at once); each chunk is recomputed in the
-      backward pass (activation checkpointing), which lowers the peak memory of gradient-based
-      training for one more forward of the objective, with the same loss and gradients.
-    * ``trace``: what each edit's forward+backward covers. ``"edit"`` (default): the edit alone, the
+    * ``reward``: the reward's weights, a :class:`~hiedit_env.options.RewardWeights` (or a mapping of
+      its fields), or flat: ``w_edit``, ``w_generalization``, ``w_locality``, ``w_sparsity``,
+      ``w_retention``, ``w_update_norm``, ``w_sequence`` (finite, >= 0). ``retention_window``: the
+      edits the retention term scores.
+    * ``objective``: the differentiable objective (:meth:`objective`), an
+      :class:`~hiedit_env.options.EditObjective` (or a mapping of its fields), or flat: ``back_depth``,
+      ``locality_depth``, ``time_decay``, ``kl_weight``, ``l2_weight``, ``objective_chunk``.
+      A group and one of its flat keywords at once are refused (:mod:`hiedit_env.options`).
+    * ``trace_covers``: what each edit's forward+backward covers. ``"edit"`` (default): the edit alone, the
       floor. ``"objective"``: the objective's whole batch (the edit window and the unrelated prompts);
       :attr:`edit_trace` is then that pass's rows of the edit (the same tensors up to float rounding)
       and :meth:`objective_trace` of the unchanged model costs nothing, which saves an agent that reads
@@ -175,48 +173,45 @@ class HiEditEnv(gym.Env):
         layer_budget: int | None = None,
         eta_range: tuple[float, float] = (4e-4, 4e-2),
         max_update_ratio: float = 0.25,
-        w_edit: float = 1.0,
-        w_generalization: float = 1.0,
-        w_locality: float = 1.0,
-        w_sparsity: float = 0.1,
-        w_retention: float = 0.0,
-        w_update_norm: float = 0.0,
-        w_sequence: float = 0.0,
+        reward: RewardWeights | Mapping[str, float] | None = None,
+        w_edit: float | None = None,
+        w_generalization: float | None = None,
+        w_locality: float | None = None,
+        w_sparsity: float | None = None,
+        w_retention: float | None = None,
+        w_update_norm: float | None = None,
+        w_sequence: float | None = None,
         retention_window: int = 5,
-        back_depth: int = 3,
-        locality_depth: int | None = 0,
-        time_decay: float = 0.8,
-        kl_weight: float = 1.0,
-        l2_weight: float = 0.0,
+        objective: EditObjective | Mapping[str, Any] | None = None,
+        back_depth: int | None = None,
+        locality_depth: int | Literal["back_depth"] | None = None,
+        time_decay: float | None = None,
+        kl_weight: float | None = None,
+        l2_weight: float | None = None,
         objective_chunk: int | None = None,
-        trace: Literal["edit", "objective"] = "edit",
+        trace_covers: Literal["edit", "objective"] = "edit",
         evaluate_generation: bool = True,
         instance_layer: int | None = None,
         device: str = "auto",
         dtype: str = "float32",
         render_mode: str | None = None,
     ) -> None:
-        self.reward_weights = _check_weights(w_edit=w_edit, w_generalization=w_generalization, w_locality=w_locality,
-                                             w_sparsity=w_sparsity, w_retention=w_retention, w_update_norm=w_update_norm,
-                                             w_sequence=w_sequence)
+        self.reward = grouped(RewardWeights, "reward", reward, REWARD_KEYWORDS, {
+            "w_edit": w_edit, "w_generalization": w_generalization, "w_locality": w_locality, "w_sparsity": w_sparsity,
+            "w_retention": w_retention, "w_update_norm": w_update_norm, "w_sequence": w_sequence})
+        self.edit_objective = grouped(EditObjective, "objective", objective, OBJECTIVE_KEYWORDS, {
+            "back_depth": back_depth, "locality_depth": locality_depth, "time_decay": time_decay,
+            "kl_weight": kl_weight, "l2_weight": l2_weight, "objective_chunk": objective_chunk})
         if update_mode not in ("step_size", "low_rank"):
             raise ValueError(f"update_mode must be 'step_size' or 'low_rank', got {update_mode!r}")
-        if trace not in ("edit", "objective"):
-            raise ValueError(f"trace must be 'edit' or 'objective', got {trace!r}")
+        if trace_covers not in ("edit", "objective"):
+            raise ValueError(f"trace_covers must be 'edit' or 'objective', got {trace_covers!r}")
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
         lo, hi = _pair(eta_range, "eta_range")
         if not 0 < lo <= hi:
             raise ValueError(f"eta_range must satisfy 0 < min <= max, got {eta_range}")
         check_range("max_update_ratio", max_update_ratio, 0, None, low_open=True)
-        check_range("time_decay", time_decay, 0, 1)
-        check_range("kl_weight", kl_weight, 0, None)
-        check_range("l2_weight", l2_weight, 0, None)
-        check_int("back_depth", back_depth, 0)
-        if objective_chunk is not None:
-            check_int("objective_chunk", objective_chunk, 1)
-        if locality_depth is not None:
-            check_int("locality_depth", locality_depth, 0)
         check_int("retention_window", retention_window, 1)
         check_int("rank", rank, 1)
         check_int("max_prompt_tokens", max_prompt_tokens, 1)
@@ -232,9 +227,7 @@ class HiEditEnv(gym.Env):
         self.candidate_modules: list[str] = candidate_modules(self.model, modules if modules is None or isinstance(modules, str) else list(modules))
         n = len(self.candidate_modules)
         if layer_budget is not None:
-            check_int("layer_budget", layer_budget, 1)
-            if layer_budget > n:
-                raise ValueError(f"layer_budget={layer_budget} exceeds the {n} candidate modules")
+            layer_budget = check_k(layer_budget, n, "layer_budget")
 
         self.edit_set: EditSet = load_edits(dataset, on_error=on_bad_record)
         self.split = split
@@ -246,10 +239,13 @@ class HiEditEnv(gym.Env):
 
         self.num_edits, self.update_mode, self.rank, self.layer_budget = num_edits, update_mode, rank, layer_budget
         self.eta_range, self.max_update_ratio = (lo, hi), float(max_update_ratio)
-        self.retention_window, self.back_depth, self.time_decay = retention_window, back_depth, float(time_decay)
-        self.locality_depth = back_depth if locality_depth is None else locality_depth
-        self.kl_weight, self.l2_weight, self.objective_chunk = float(kl_weight), float(l2_weight), objective_chunk
-        self.evaluate_generation, self.render_mode, self.trace = bool(evaluate_generation), render_mode, trace
+        objective_options = self.edit_objective
+        self.retention_window, self.back_depth = retention_window, objective_options.back_depth
+        self.time_decay, self.locality_depth = float(objective_options.time_decay), objective_options.kl_depth
+        self.kl_weight, self.l2_weight = float(objective_options.kl_weight), float(objective_options.l2_weight)
+        self.objective_chunk = objective_options.chunk
+        self.evaluate_generation, self.render_mode = bool(evaluate_generation), render_mode
+        self.trace_covers = trace_covers
         n_layers = self.model.config.num_hidden_layers
         self.instance_layer = n_layers // 2 if instance_layer is None else instance_layer
         if not 0 <= self.instance_layer <= n_layers:
@@ -285,7 +281,7 @@ class HiEditEnv(gym.Env):
         self._episode: list[EncodedRecord] = []
         self._t = 0
         self._trace: EditTrace | None = None
-        self._objective_trace: EditTrace | None = None  # of the unchanged model, with trace="objective"
+        self._objective_trace: EditTrace | None = None  # of the unchanged model, with trace_covers="objective"
         self._window_accuracy: torch.Tensor | None = None  # that pass's token accuracy of the window's edits
         self._last_render = ""
 
@@ -397,11 +393,11 @@ class HiEditEnv(gym.Env):
         else:
             self._trace_current()
         terms = self._step_terms(self._t - 1, parsed.chosen, deltas)
-        w = self.reward_weights
-        reward = (w["w_edit"] * terms["edit_success"] + w["w_generalization"] * terms["generalization"]
-                  + w["w_locality"] * terms["locality"] + w["w_sparsity"] * terms["sparsity"]
-                  + w["w_retention"] * terms["retention"] - w["w_update_norm"] * terms["update_norm"]
-                  + w["w_sequence"] * terms["sequence_gain"])
+        w = self.reward
+        reward = (w.edit * terms["edit_success"] + w.generalization * terms["generalization"]
+                  + w.locality * terms["locality"] + w.sparsity * terms["sparsity"]
+                  + w.retention * terms["retention"] - w.update_norm * terms["update_norm"]
+                  + w.sequence * terms["sequence_gain"])
         for key, value in terms.items():
             self._history[key].append(value)
         self._chosen_per_edit.append(list(parsed.chosen))
@@ -438,7 +434,7 @@ class HiEditEnv(gym.Env):
         ls = agreement(scores.predictions[2 * n:3 * n], self._loc_reference[:n])
         metrics: dict[str, Any] = {"ES": float(es.mean()), "GS": float(gs.mean()), "LS": float(ls.mean()),
                                    "LS_answer": float(loc_acc.mean())}
-        metrics["mean"] = (metrics["ES"] + metrics["GS"] + metrics["LS"]) / 3
+        metrics["mean"] = sum(metrics[k] for k in CORE_METRICS) / len(CORE_METRICS)
         metrics["ES_first_20pct"] = float(es[: max(1, math.ceil(0.2 * n))].mean())
         if has_old and self.edit_set.format.startswith("counterfact"):
             metrics["efficacy"] = float((scores.nll[:n] < scores.nll[3 * n:]).float().mean())
@@ -487,7 +483,7 @@ class HiEditEnv(gym.Env):
         """Keys and output gradients of :meth:`objective`'s loss under ``updates`` (L2 aside), one row
         per token of its prompts: the edit window and the unrelated prompts, whose KL gradient points
         back toward the unedited model's answers. One forward+backward on the objective's batch; none
-        with ``trace="objective"`` and no update (every entry ``None``): the edit's pass made it."""
+        with ``trace_covers="objective"`` and no update (every entry ``None``): the edit's pass made it."""
         if self._trace is None:
             raise gym.error.ResetNeeded("objective_trace() needs a current edit: call reset() first")
         if self._objective_trace is not None and len(updates) == len(self._modules) and all(u is None for u in updates):
@@ -516,9 +512,9 @@ class HiEditEnv(gym.Env):
         return [self._episode[t].edit for t in edited], [self._episode[t].loc for t in unrelated], references
 
     def _trace_current(self) -> None:
-        """The current edit's trace (and, with ``trace="objective"``, the objective's, same pass)."""
+        """The current edit's trace (and, with ``trace_covers="objective"``, the objective's, same pass)."""
         self._window_accuracy = None
-        if self.trace == "edit":
+        if self.trace_covers == "edit":
             self._trace = trace_edit(self.model, self._modules, self.candidate_modules, self._episode[self._t].edit,
                                      self._pad_id, self.instance_layer)
             return
@@ -548,15 +544,15 @@ class HiEditEnv(gym.Env):
 
     def _step_terms(self, t: int, chosen: list[int], deltas: dict[int, Delta]) -> dict[str, float]:
         """The reward's terms for edit ``t``, just made; the next edit, if any, is already traced."""
-        w = self.reward_weights
-        window = range(max(0, t - self.retention_window), t) if w["w_retention"] > 0 else range(0)
+        w = self.reward
+        window = range(max(0, t - self.retention_window), t) if w.retention > 0 else range(0)
         # One batched pass: edit, paraphrase and unrelated prompt of the scored edits, then the
         # retention window's edit prompts (already among them when the whole sequence is scored).
         # The objective's pass of the next edit has just run the edited model on this edit's prompt
         # (its window's second row): that ES is taken from there instead of scoring the prompt again.
-        scored = list(range(t + 1)) if w["w_sequence"] > 0 else [t]
-        extra = [] if w["w_sequence"] > 0 else list(window)
-        reused = self._window_accuracy is not None and len(self._window_accuracy) > 1 and w["w_sequence"] == 0
+        scored = list(range(t + 1)) if w.sequence > 0 else [t]
+        extra = [] if w.sequence > 0 else list(window)
+        reused = self._window_accuracy is not None and len(self._window_accuracy) > 1 and w.sequence == 0
         episode = self._episode
         pairs = ([] if reused else [episode[j].edit for j in scored]) + [episode[j].rephrase for j in scored]
         pairs += [episode[j].loc for j in scored] + [episode[j].edit for j in extra]
@@ -565,9 +561,9 @@ class HiEditEnv(gym.Env):
         es = self._window_accuracy[1:2] if reused else scores.accuracy[:n]
         gs = scores.accuracy[k:k + n]
         ls = agreement(scores.predictions[k + n:k + 2 * n], [self._loc_reference[j] for j in scored])
-        retained = es[list(window)] if w["w_sequence"] > 0 else scores.accuracy[k + 2 * n:]
+        retained = es[list(window)] if w.sequence > 0 else scores.accuracy[k + 2 * n:]
         gain = 0.0
-        if w["w_sequence"] > 0:
+        if w.sequence > 0:
             total = float(((es + gs + ls) / 3).sum())
             gain, self._sequence_total = total - self._sequence_total, total
         norms = [float(d.norm()) / (self.max_update_ratio * self._base_norms[i]) for i, d in deltas.items()]
@@ -603,13 +599,6 @@ class HiEditEnv(gym.Env):
         layers[:, 4] = self._changed
         layers[:, 5] = self._chosen_counts / max(1, self._t)
         return {"instance": instance.cpu().numpy().astype(np.float32), "layers": layers, "progress": progress}
-
-
-def _check_weights(**weights: float) -> dict[str, float]:
-    for name, value in weights.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"reward weight {name} must be a finite number >= 0, got {value!r}")
-    return {k: float(v) for k, v in weights.items()}
 
 
 def _pair(value: Any, name: str) -> tuple[float, float]:

@@ -20,6 +20,11 @@ from transformers import PreTrainedModel
 
 from .tokens import Pair, answer_logits, collate
 
+# The three end-of-sequence scores whose mean is ``mean``: the papers' headline numbers.
+CORE_METRICS = ("ES", "GS", "LS")
+# What a training run keeps of each episode's end-of-sequence metrics (statistics, TensorBoard).
+EPISODE_SUMMARY = (*CORE_METRICS, "mean", "ES_first_20pct", "layers_per_edit")
+
 PROTOCOLS = {
     "ES": "teacher-forced token accuracy of the new answer on the edit prompt",
     "GS": "teacher-forced token accuracy of the new answer on the paraphrase",

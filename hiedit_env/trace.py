@@ -8,7 +8,7 @@ starts at the lowest candidate, so the layers below it cost a forward pass only.
 
 :func:`trace_objective` records the same two tensors for the whole training objective: the edit
 window and the unrelated prompts, whose KL gradient says how the sequence has drifted so far.
-:func:`trace_edit_and_objective` takes both traces from that one pass (``gym.make(..., trace="objective")``).
+:func:`trace_edit_and_objective` takes both traces from that one pass (``gym.make(..., trace_covers="objective")``).
 """
 
 from __future__ import annotations

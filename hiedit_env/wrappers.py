@@ -36,6 +36,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from .action import top_k
+from .checks import check_k
 from .env import HiEditEnv
 
 Observation = dict[str, np.ndarray]
@@ -107,9 +109,7 @@ def _step_size_env(env: HiEditEnv, wrapper: str) -> None:
 
 def _check_k(k: int | None, env: HiEditEnv, n: int) -> int:
     """``k`` for wrappers that enforce a budget: the argument, else the environment's ``layer_budget``, else half."""
-    k = k if k is not None else env.layer_budget if env.layer_budget is not None else max(1, n // 2)
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
-        raise ValueError(f"k must be an integer in [1, {n}], got {k!r}")
+    k = check_k(k if k is not None else env.layer_budget, n)
     if env.layer_budget is not None and env.layer_budget != k:
         raise ValueError(f"k={k} disagrees with the environment's layer_budget={env.layer_budget}")
     return int(k)
@@ -276,7 +276,7 @@ class FlatAction(LevelWrapper, gym.utils.RecordConstructorArgs):
         if not np.all(np.isfinite(flat)):
             raise ValueError("FlatAction got NaN or inf")
         mask = np.zeros(n, np.float32)
-        mask[np.argsort(-flat[:n], kind="stable")[: self.k]] = 1.0
+        mask[top_k(flat[:n], self.k)] = 1.0
         return {"layers": mask, "update": flat[n:]}
 
 

@@ -22,12 +22,13 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import hiedit_agents
 from hiedit_agents import HiEditAgent, agent_class, available_agents, make_agent, run_episode
-from hiedit_agents.base import load_for_acting
-from hiedit_agents.checkpoint import CheckpointError
 from hiedit_agents.cli import main
-from hiedit_agents.gate import plackett_luce_log_prob
-from hiedit_agents.hypernet import REFRESH_GROWTH, KeyMoment, output_change
-from hiedit_agents.learned import _swapped, masked
+from hiedit_agents.common.checkpoint import CheckpointError
+from hiedit_agents.common.env_util import load_for_acting
+from hiedit_agents.learned.agent import masked
+from hiedit_agents.learned.callbacks import swapped
+from hiedit_agents.learned.gate import plackett_luce_log_prob
+from hiedit_agents.learned.hypernet import REFRESH_GROWTH, KeyMoment, output_change
 from hiedit_agents.selection import gradient_norms
 from hiedit_env.objective import update_sq_norm
 
@@ -149,7 +150,7 @@ def test_learn_keeps_the_editor_that_validated_best(env_for, monkeypatch):
         states.append({k: v.clone() for k, v in agent.editor.state_dict().items()})
         return {"ES": 0.0, "GS": 0.0, "LS": 0.0, "mean": next(scores), "ES_first_20pct": 0.0}
 
-    monkeypatch.setattr(agent, "_validate", fake_validate)
+    monkeypatch.setattr(agent, "validate", fake_validate)
     stats = agent.learn(env, steps=8, progress=False)
     assert [v["after_edits"] for v in stats["validations"]] == [2, 4, 6, 8]
     assert stats["kept_after_edits"] == 4 and stats["kept_validation_mean"] == 0.9
@@ -188,7 +189,7 @@ def test_average_decay_validates_and_keeps_the_moving_average(env_for, monkeypat
         seen.append(([p.detach().clone() for p in params], [e.clone() for e in expected], list(live)))
         return {"ES": 0.0, "GS": 0.0, "LS": 0.0, "mean": next(scores), "ES_first_20pct": 0.0}
 
-    monkeypatch.setattr(agent, "_validate", fake_validate)
+    monkeypatch.setattr(agent, "validate", fake_validate)
     with tracking_average(params, 0.5) as (expected, live):
         agent.learn(env, steps=8, progress=False)
     assert len(seen) == 4
@@ -212,7 +213,7 @@ def test_average_decay_without_validation_keeps_the_last_average(env_for):
 def test_swapped_parameters_come_back_even_after_an_error():
     param = torch.nn.Parameter(torch.ones(3))
     with pytest.raises(RuntimeError):
-        with _swapped([param], [torch.zeros(3)]):
+        with swapped([param], [torch.zeros(3)]):
             assert torch.equal(param, torch.zeros(3))
             raise RuntimeError("validation failed")
     assert torch.equal(param, torch.ones(3))
@@ -220,7 +221,7 @@ def test_swapped_parameters_come_back_even_after_an_error():
 
 @pytest.mark.parametrize("name", ["hiedit", "rledit"])
 def test_a_second_edit_step_lowers_the_objective_further(name, env_for):
-    env = env_for(num_edits=3, trace="objective")
+    env = env_for(num_edits=3, trace_covers="objective")
     torch.manual_seed(0)
     one = make_agent(name, env)
     two = make_agent(name, env, edit_steps=2)
@@ -240,7 +241,7 @@ def test_a_second_edit_step_lowers_the_objective_further(name, env_for):
             assert s_[0].shape[0] == 2 * f[0].shape[0] and torch.equal(s_[0][: f[0].shape[0]], f[0])
     assert make_agent(name, env).hparams["edit_steps"] == 1
     with pytest.raises(ValueError, match="edit_steps"):
-        make_agent(name, env, edit_steps=2, trace_of="edit")
+        make_agent(name, env, edit_steps=2, editor_reads="edit")
 
 
 def test_validation_options_are_checked(env_for):
@@ -390,10 +391,10 @@ def test_exploring_training_is_reproducible(env_for):
     assert all(torch.equal(a, b) for a, b in zip(*states))
 
 
-def editor_with_statistics(env: gym.Env, scale: str, precondition: float = 0.0, preconditioner: str = "diagonal"):
+def editor_with_statistics(env: gym.Env, update_size: str, preconditioner: str = "none"):
     """An untrained RLEdit agent whose editor has observed the traces of two unedited edits, and those
-    traces; unpreconditioned unless asked, so that each scale's own rule is what is tested."""
-    agent = make_agent("rledit", env, scale=scale, precondition=precondition, preconditioner=preconditioner)
+    traces; unpreconditioned unless asked, so that each update size's own rule is what is tested."""
+    agent = make_agent("rledit", env, update_size=update_size, preconditioner=preconditioner)
     env.reset(seed=0)
     traces = []
     for _ in range(2):
@@ -403,14 +404,13 @@ def editor_with_statistics(env: gym.Env, scale: str, precondition: float = 0.0, 
     return agent, traces
 
 
-@pytest.mark.parametrize("scale", ["edit", "running", "direction", "effect"])
-def test_untrained_update_size_follows_the_scale(scale, env_for):
-    """``edit``: every update has the relative size ``init_lr``; ``running``: it grows with the edit's
-    own gradient, relative to the mean gradient seen so far; ``direction``: the same as ``running``,
-    and still so once the network's up-projections are no longer zero; ``effect``: the same as
-    ``running`` untrained, and once trained, the same change of the outputs on the trace's tokens."""
+@pytest.mark.parametrize("update_size", ["learned", "gradient_norm", "gradient_effect"])
+def test_untrained_update_size_follows_the_gradient(update_size, env_for):
+    """Untrained, every update's relative size is ``init_lr`` times the edit's own gradient norm over
+    the mean seen so far; ``gradient_norm``: still so once the network's up-projections are no longer
+    zero; ``gradient_effect``: once trained, the same change of the outputs on the trace's tokens."""
     env = env_for(num_edits=2)
-    agent, traces = editor_with_statistics(env, scale)
+    agent, traces = editor_with_statistics(env, update_size)
     base = torch.tensor(env.unwrapped.base_weight_norms())
 
     def relative_sizes(trace):
@@ -423,21 +423,19 @@ def test_untrained_update_size_follows_the_scale(scale, env_for):
         untrained = [relative_sizes(trace) for trace in traces]
         untrained_changes = output_changes(traces[0])
         for trace, sizes in zip(traces, untrained):
-            expected = torch.full_like(sizes, agent.hparams["init_lr"])
-            if scale != "edit":
-                mean = (gradient_norms(traces[0]) + gradient_norms(traces[1])) / 2
-                expected = expected * gradient_norms(trace) / mean
+            mean = (gradient_norms(traces[0]) + gradient_norms(traces[1])) / 2
+            expected = agent.hparams["init_lr"] * gradient_norms(trace) / mean
             torch.testing.assert_close(sizes, expected, rtol=1e-3, atol=0)
         for editor in agent.editor.editors:  # as if trained: the network now reshapes the update
             for block in editor.blocks:
                 block.up.weight.normal_(0, 0.5)
         trained = relative_sizes(traces[0])
         trained_changes = output_changes(traces[0])
-    if scale == "direction":
+    if update_size == "gradient_norm":
         torch.testing.assert_close(trained, untrained[0], rtol=1e-3, atol=0)
     else:
         assert not torch.allclose(trained, untrained[0], rtol=1e-2)
-    if scale == "effect":
+    if update_size == "gradient_effect":
         torch.testing.assert_close(trained_changes, untrained_changes, rtol=1e-3, atol=0)
     else:
         assert not torch.allclose(trained_changes, untrained_changes, rtol=1e-2)
@@ -445,13 +443,13 @@ def test_untrained_update_size_follows_the_scale(scale, env_for):
 
 @pytest.mark.parametrize("preconditioner", ["diagonal", "full"])
 def test_preconditioned_keys_are_divided_by_their_second_moment(preconditioner, env_for):
-    """With ``precondition`` d, an untrained editor's pseudo keys are the trace's keys times the inverse
+    """With damping d, an untrained editor's pseudo keys are the trace's keys times the inverse
     of the keys' second-moment matrix ``C`` over every token observed, damped by ``d * mean_j C_jj``:
     per feature (``C``'s diagonal) or, as ROME and MEMIT precondition, the whole matrix; the output
-    side and, under ``scale="direction"``, the update's size are the unpreconditioned editor's."""
+    side and, under ``update_size="gradient_norm"``, the update's size are the unpreconditioned editor's."""
     env = env_for(num_edits=2)
-    plain, traces = editor_with_statistics(env, "direction")
-    agent, _ = editor_with_statistics(env, "direction", precondition=0.1, preconditioner=preconditioner)
+    plain, traces = editor_with_statistics(env, "gradient_norm")
+    agent, _ = editor_with_statistics(env, "gradient_norm", preconditioner=preconditioner)
     with torch.no_grad():
         preconditioned, reference = agent.editor(traces[1]), plain.editor(traces[1])
     for i, ((u, v), (u0, v0)) in enumerate(zip(preconditioned, reference)):
@@ -465,25 +463,25 @@ def test_preconditioned_keys_are_divided_by_their_second_moment(preconditioner, 
         torch.testing.assert_close(update_sq_norm((u, v)), update_sq_norm((u0, v0)), rtol=1e-3, atol=0)
         assert not torch.allclose(v, v0, rtol=1e-2)
         torch.testing.assert_close(u / u.norm(), u0 / u0.norm(), rtol=1e-4, atol=1e-6)  # rescaled only
-    for bad in (-0.1, float("nan"), float("inf"), True, "0.1"):
-        with pytest.raises(ValueError, match="precondition must be"):
-            make_agent("rledit", env, precondition=bad)
+    for bad in (0, -0.1, float("nan"), float("inf"), True, "0.1"):
+        with pytest.raises(ValueError, match="preconditioner_damping must be"):
+            make_agent("rledit", env, preconditioner_damping=bad)
     with pytest.raises(ValueError, match="preconditioner must be one of"):
         make_agent("rledit", env, preconditioner="diag")
-    for scale in ("edit", "running"):  # they size the update from its factors, so the preconditioner would resize it
-        with pytest.raises(ValueError, match="use scale='direction' or 'effect', or precondition=0"):
-            make_agent("rledit", env, scale=scale)
-        make_agent("rledit", env, scale=scale, precondition=0)
+    # "learned" sizes the update from its factors, so the preconditioner would resize it
+    with pytest.raises(ValueError, match="use update_size='gradient_norm' or 'gradient_effect', or preconditioner='none'"):
+        make_agent("rledit", env, update_size="learned")
+    make_agent("rledit", env, update_size="learned", preconditioner="none")
 
 
-@pytest.mark.parametrize("scale", ["edit", "direction", "effect"])
-def test_the_editor_on_some_modules_gives_their_updates_of_all(scale, env_for):
+@pytest.mark.parametrize("update_size", ["learned", "gradient_norm", "gradient_effect"])
+def test_the_editor_on_some_modules_gives_their_updates_of_all(update_size, env_for):
     """Acting, HiEdit runs its editor on the modules its gate chose only: each update depends on its
     own module's trace, so those updates are the ones the editor on every candidate gives."""
     modules = ["model.layers.2.mlp.up_proj", "model.layers.0.self_attn.q_proj", "model.layers.3.mlp.up_proj",
                "model.layers.1.mlp.down_proj"]  # two shapes, members of one split between the subsets
     env = env_for(num_edits=3, modules=modules)
-    agent, traces = editor_with_statistics(env, scale)
+    agent, traces = editor_with_statistics(env, update_size)
     with torch.no_grad():
         for editor in agent.editor.editors:  # as if trained
             for block in editor.blocks:
@@ -499,12 +497,12 @@ def test_the_editor_on_some_modules_gives_their_updates_of_all(scale, env_for):
                 torch.testing.assert_close(update[1], every[i][1])
 
 
-@pytest.mark.parametrize("scale", ["running", "direction", "effect"])
-def test_max_size_ratio_shrinks_only_the_updates_above_the_bound(scale, env_for):
+@pytest.mark.parametrize("update_size", ["learned", "gradient_norm", "gradient_effect"])
+def test_max_size_ratio_shrinks_only_the_updates_above_the_bound(update_size, env_for):
     """A module whose ``||G||`` is more than ``max_size_ratio`` times its running mean gets its update
     scaled by ``max_size_ratio * mean / ||G||``; the others keep theirs."""
     env = env_for(num_edits=2)
-    agent, traces = editor_with_statistics(env, scale)
+    agent, traces = editor_with_statistics(env, update_size)
     for editor in agent.editor.editors:  # a trained-looking network, so the bound is not just the untrained size
         for block in editor.blocks:
             torch.nn.init.normal_(block.up.weight, 0, 0.5)
@@ -518,7 +516,7 @@ def test_max_size_ratio_shrinks_only_the_updates_above_the_bound(scale, env_for)
         bounded = [u for u, _ in agent.editor(trace)]
     for i, (a, b) in enumerate(zip(free, bounded)):
         torch.testing.assert_close(b, a * min(1.0, bound / float(ratios[i])), rtol=1e-4, atol=0)
-    if scale == "direction":  # relative size init_lr * min(ratio, bound)
+    if update_size == "gradient_norm":  # relative size init_lr * min(ratio, bound)
         base = torch.tensor(env.unwrapped.base_weight_norms())
         sizes = torch.stack([update_sq_norm(u).sqrt() for u in agent.editor(trace)]).detach() / base
         expected = agent.hparams["init_lr"] * ratios.clamp(max=bound)
@@ -527,8 +525,6 @@ def test_max_size_ratio_shrinks_only_the_updates_above_the_bound(scale, env_for)
 
 def test_max_size_ratio_is_checked_and_can_be_set_on_a_checkpoint(env_for, zsre_path, tmp_path):
     env = env_for(num_edits=2)
-    with pytest.raises(ValueError, match="scale='edit'"):
-        make_agent("rledit", env, scale="edit", max_size_ratio=3, precondition=0)
     for bad in (0, -1.0, float("nan"), float("inf"), True, "3"):
         with pytest.raises(ValueError, match="max_size_ratio must be"):
             make_agent("rledit", env, max_size_ratio=bad)
@@ -544,7 +540,7 @@ def test_max_size_ratio_is_checked_and_can_be_set_on_a_checkpoint(env_for, zsre_
     # The same through load_for_acting, which also builds the environment the checkpoint acts in.
     acting, acting_env = load_for_acting(agent_class("hiedit"), tmp_path, {"max_size_ratio": 2}, model=MODEL,
                                          dataset=zsre_path, num_edits=2, evaluate_generation=False)
-    assert acting.editor.max_size_ratio == 2.0 and acting_env.unwrapped.trace == "objective"
+    assert acting.editor.max_size_ratio == 2.0 and acting_env.unwrapped.trace_covers == "objective"
     acting_env.close()
 
 
@@ -688,7 +684,7 @@ def test_cli_train_then_evaluate(zsre_path, tmp_path, capsys):
                  "--out", str(results)]) == 2
     assert main(["evaluate", "--agent", "rledit", *common, "--num-edits", "3", "--out", str(results)]) == 2
     err = capsys.readouterr().err
-    assert "holds a hiedit_agents.hiedit:HiEditAgent agent, not 'rledit'" in err
+    assert "holds a hiedit_agents.learned.hiedit:HiEditAgent agent, not 'rledit'" in err
     assert "must be trained first" in err
     assert "fixes ['rank']" in err
 
@@ -735,7 +731,8 @@ def test_evaluate_tunes_on_another_file_when_given_one(zsre_path, counterfact_pa
 def test_low_memory_training_runs_in_its_own_process(zsre_path, tmp_path):
     # A subprocess: the allocator setting would otherwise slow every later test of this process.
     out = tmp_path / "run"
-    code = "import sys; from hiedit_agents.cli import main, return_freed_memory; " \
+    code = "import sys; from hiedit_agents.cli import main; " \
+           "from hiedit_agents.common.memory import return_freed_memory; " \
            "assert return_freed_memory(); sys.exit(main(sys.argv[1:]))"
     done = subprocess.run([sys.executable, "-c", code, "train", "--agent", "rledit", "--model", MODEL, "--dataset", zsre_path,
                            "--steps", "2", "--num-edits", "2", "--threads", "1", "--low-memory", "--out", str(out)],

@@ -247,7 +247,7 @@ def test_a_diverged_editor_is_named_not_the_action(rledit_checkpoint, zsre_path,
 # ----------------------------------------------------------------------------- resuming
 def test_resume_with_another_algorithm(rledit_checkpoint, zsre_path, tmp_path, capsys):
     refused(capsys, rledit_checkpoint, train(zsre_path, rledit_checkpoint, "hiedit", "--resume"),
-            "holds a hiedit_agents.rledit:RLEditAgent agent, not 'hiedit'")
+            "holds a hiedit_agents.learned.rledit:RLEditAgent agent, not 'hiedit'")
 
 
 def test_resume_of_a_finished_run(rledit_checkpoint, zsre_path, capsys):

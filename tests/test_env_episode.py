@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hiedit_env.action import step_size_from_action
-from hiedit_env.env import REWARD_TERMS, REWARD_WEIGHTS
+from hiedit_env.env import REWARD_ARGUMENTS, REWARD_TERMS
 from hiedit_env.score import score_pairs
 from hiedit_env.tokens import encode_record
 
@@ -64,12 +64,13 @@ def test_full_episode(make_env, helpers, model):
         assert info["edit_index"] == t
         for term in REWARD_TERMS:
             assert 0.0 <= info[term] <= 1.0, term
-        w = env.unwrapped.reward_weights
-        assert set(w) == set(REWARD_WEIGHTS)  # evaluation leaves exactly these out (Agent.acting_requirements)
-        expected = (w["w_edit"] * info["edit_success"] + w["w_generalization"] * info["generalization"]
-                    + w["w_locality"] * info["locality"] + w["w_sparsity"] * info["sparsity"]
-                    + w["w_retention"] * info["retention"] - w["w_update_norm"] * info["update_norm"]
-                    + w["w_sequence"] * info["sequence_gain"])
+        w = env.unwrapped.reward
+        # evaluation leaves exactly these arguments out (Agent.acting_requirements)
+        assert set(REWARD_ARGUMENTS) == {"reward"} | {f"w_{name}" for name in vars(w)}
+        expected = (w.edit * info["edit_success"] + w.generalization * info["generalization"]
+                    + w.locality * info["locality"] + w.sparsity * info["sparsity"]
+                    + w.retention * info["retention"] - w.update_norm * info["update_norm"]
+                    + w.sequence * info["sequence_gain"])
         assert reward == pytest.approx(expected)
         assert ("episode_metrics" in info) is (t == 4)
         rewards.append(reward)

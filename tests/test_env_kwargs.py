@@ -6,17 +6,51 @@ import math
 
 import pytest
 
+from hiedit_env import EditObjective, RewardWeights
+
 # gym.make warns about an unknown render mode itself before the environment refuses it.
 pytestmark = pytest.mark.filterwarnings("ignore:.*possible render_modes")
 
 
 @pytest.mark.parametrize("name,value", [
     ("w_edit", -1.0), ("w_generalization", math.nan), ("w_locality", "1.0"), ("w_sparsity", math.inf),
-    ("w_retention", -0.1), ("w_update_norm", None), ("w_edit", True),
+    ("w_retention", -0.1), ("w_update_norm", "0"), ("w_edit", True),
 ])
 def test_bad_reward_weight(make_env, name, value):
     with pytest.raises(ValueError, match=name):
         make_env("test-tiny-gpt2", **{name: value})
+
+
+def test_grouped_and_flat_arguments_build_the_same_environment(make_env, helpers):
+    flat = make_env("test-tiny-gpt2", w_edit=0.5, w_sequence=1.0, back_depth=2, locality_depth="back_depth",
+                    kl_weight=0.5).unwrapped
+    grouped = make_env("test-tiny-gpt2", reward=RewardWeights(edit=0.5, sequence=1.0),
+                       objective={"back_depth": 2, "locality_depth": "back_depth", "kl_weight": 0.5}).unwrapped
+    assert flat.reward == grouped.reward == RewardWeights(edit=0.5, sequence=1.0)
+    assert flat.edit_objective == grouped.edit_objective == EditObjective(back_depth=2, locality_depth="back_depth",
+                                                                          kl_weight=0.5)
+    assert (flat.back_depth, flat.locality_depth, flat.kl_weight) == (grouped.back_depth, grouped.locality_depth,
+                                                                      grouped.kl_weight) == (2, 2, 0.5)
+    steps = []
+    for env in (flat, grouped):
+        env.reset(seed=0)
+        steps.append(env.step(helpers.full_action(env, 1.0, 0.5)))
+    assert steps[0][1] == steps[1][1]
+    assert {k: v for k, v in steps[0][4].items() if k != "episode_metrics"} == \
+        {k: v for k, v in steps[1][4].items() if k != "episode_metrics"}
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"reward": RewardWeights(), "w_edit": 1.0}, "reward= and w_edit both set reward: pass one of them"),
+    ({"objective": {"chunk": 2}, "objective_chunk": 2, "back_depth": 1},
+     "objective= and back_depth, objective_chunk both set objective: pass one of them"),
+    ({"reward": {"w_edit": 1.0}}, r"reward has unknown field\(s\) \['w_edit'\]"),
+    ({"objective": 3}, r"objective must be EditObjective\(...\) or a mapping of its fields, got int"),
+    ({"reward": {"edit": -1.0}}, "reward weight w_edit must be a finite number >= 0"),
+])
+def test_a_group_given_twice_or_wrongly_is_one_clear_error(make_env, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_env("test-tiny-gpt2", **kwargs)
 
 
 @pytest.mark.parametrize("kwargs,argument", [

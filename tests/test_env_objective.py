@@ -103,7 +103,7 @@ def test_kl_is_zero_without_an_update(make_env, model):
 
 def test_unedited_references_are_scored_in_chunks_and_dropped_behind_the_window(make_env, helpers, monkeypatch):
     monkeypatch.setattr(env_module, "REFERENCE_CHUNK", 3)
-    env = make_env("test-tiny-llama", num_edits=7, trace="objective", locality_depth=1).unwrapped
+    env = make_env("test-tiny-llama", num_edits=7, trace_covers="objective", locality_depth=1).unwrapped
     passes = []
     real = env_module.score_pairs
     monkeypatch.setattr(env_module, "score_pairs", lambda model, pairs, *a, **k: passes.append(
@@ -217,8 +217,8 @@ def test_locality_covers_the_unrelated_prompts_of_the_window(make_env, helpers):
     assert env.objective([None] * 4).locality.item() == pytest.approx(per_prompt[3], rel=1e-3)
 
 
-def test_locality_depth_follows_back_depth_when_none(make_env):
-    env = make_env("test-tiny-gpt2", back_depth=4, locality_depth=None).unwrapped
+def test_locality_depth_can_follow_back_depth(make_env):
+    env = make_env("test-tiny-gpt2", back_depth=4, locality_depth="back_depth").unwrapped
     assert env.locality_depth == 4
     with pytest.raises(ValueError, match="locality_depth"):
         make_env("test-tiny-gpt2", locality_depth=-1)

@@ -204,8 +204,8 @@ def test_batched_scores_match_one_pair_at_a_time(make_env, model, slicing):
 
 @pytest.mark.parametrize("model", ["test-tiny-gpt2", "test-tiny-llama"])
 def test_objective_pass_gives_the_edit_trace_and_the_objective_trace(make_env, helpers, model):
-    """``trace="objective"``: one pass per edit yields both traces, equal to the two separate passes."""
-    fused = make_env(model, update_mode="low_rank", num_edits=4, back_depth=2, trace="objective").unwrapped
+    """``trace_covers="objective"``: one pass per edit yields both traces, equal to the two separate passes."""
+    fused = make_env(model, update_mode="low_rank", num_edits=4, back_depth=2, trace_covers="objective").unwrapped
     plain = make_env(model, update_mode="low_rank", num_edits=4, back_depth=2).unwrapped
     n = len(fused.candidate_modules)
     observations = [fused.reset(seed=3)[0], plain.reset(seed=3)[0]]
@@ -257,7 +257,7 @@ def test_edit_success_is_reused_only_when_the_next_pass_ran_the_edit(make_env, h
     """Without the edit in the next edit's window (``back_depth`` 0), or with the whole sequence
     rescored (``w_sequence``), the scoring pass scores the edit itself, as after the last edit."""
     kwargs = {"num_edits": 3, "back_depth": back_depth, "w_sequence": w_sequence}
-    fused = make_env("test-tiny-llama", trace="objective", **kwargs).unwrapped
+    fused = make_env("test-tiny-llama", trace_covers="objective", **kwargs).unwrapped
     plain = make_env("test-tiny-llama", **kwargs).unwrapped
     fused.reset(seed=4), plain.reset(seed=4)
     action = helpers.full_action(fused, 1.0, 0.5)
@@ -276,7 +276,7 @@ def test_edit_success_is_reused_only_when_the_next_pass_ran_the_edit(make_env, h
 
 
 def test_objective_trace_under_an_update_is_still_computed(make_env):
-    env = make_env("test-tiny-llama", update_mode="low_rank", trace="objective").unwrapped
+    env = make_env("test-tiny-llama", update_mode="low_rank", trace_covers="objective").unwrapped
     env.reset(seed=0)
     n = len(env.candidate_modules)
     plain = env.objective_trace([None] * n)
@@ -288,5 +288,5 @@ def test_objective_trace_under_an_update_is_still_computed(make_env):
 
 
 def test_trace_argument_is_checked(make_env):
-    with pytest.raises(ValueError, match="trace must be 'edit' or 'objective'"):
-        make_env(trace="window")
+    with pytest.raises(ValueError, match="trace_covers must be 'edit' or 'objective'"):
+        make_env(trace_covers="window")

@@ -1,4 +1,4 @@
-"""Atomic files, output-path checks and sealed checkpoint folders (hiedit_env.files, hiedit_agents.checkpoint)."""
+"""Atomic files, output-path checks and sealed checkpoint folders (hiedit_env.files, hiedit_agents.common.checkpoint)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from hiedit_agents.checkpoint import (CheckpointError, CheckpointWriter, progress_folder, save_swapped,
+from hiedit_agents.common.checkpoint import (CheckpointError, CheckpointWriter, progress_folder, save_swapped,
                                       verify_checkpoint)
 from hiedit_env.files import atomic_write, check_output_dir, check_output_file, write_json
 

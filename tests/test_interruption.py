@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from hiedit_agents import agent_class
-from hiedit_agents.checkpoint import CheckpointError
+from hiedit_agents.common.checkpoint import CheckpointError
 
 MODEL = "test-tiny-llama"
 # Episodes of 2 edits, a checkpoint at every episode's end, validation every 4 edits.
@@ -96,7 +96,7 @@ def test_a_save_killed_part_way_never_loads(zsre_path, tmp_path, make_env):
         import os, signal, gymnasium as gym, torch
         import hiedit_agents
         from hiedit_agents import make_agent
-        from hiedit_agents import checkpoint
+        from hiedit_agents.common import checkpoint
         env = gym.make("HiEdit-v0", model={MODEL!r}, dataset={zsre_path!r}, num_edits=2, update_mode="low_rank")
         agent = make_agent("rledit", env)
         agent.save({str(out)!r})

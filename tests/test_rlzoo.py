@@ -58,7 +58,7 @@ def test_shipped_files_name_only_algorithms_the_zoo_has_besides_maskable_ppo():
 def test_zoo_trains_each_shipped_file(algo, monkeypatch, tmp_path):
     # Our reward-term callback through the zoo's own `callback` key, into the zoo's TensorBoard log.
     _zoo(monkeypatch, algo, tmp_path, "-n", "16", "--eval-freq", "8", "--eval-episodes", "1", "--log-interval", "1",
-         "-tb", str(tmp_path / "tb"), "--hyperparams", *ZOO_ALGOS[algo], "callback:'hiedit_agents.sb3.RewardTermsCallback'")
+         "-tb", str(tmp_path / "tb"), "--hyperparams", *ZOO_ALGOS[algo], "callback:'hiedit_agents.sb3.callbacks.RewardTermsCallback'")
     run = tmp_path / algo / "HiEdit-v0_1"
     model = ALGOS[algo].load(run / "HiEdit-v0.zip", device="cpu")
     assert model.num_timesteps >= 16

@@ -26,7 +26,7 @@ import yaml
 from hiedit_env.checks import check_int, check_range
 from hiedit_env.models import MLP_OUT_PRESETS
 
-from ..base import Agent
+from ..common.base import Agent
 from .solve import alphaedit_directions, factors, memit_directions, null_space_projector
 from .stats import key_second_moments
 from .values import edit_inputs, generate_prefixes, keys_and_hidden, optimise_value

@@ -24,10 +24,10 @@ import torch
 
 from hiedit_env.files import write_text
 
-# a module reference: agents/cli.py imports this package while it loads
-from .. import cli as commands
-from ..base import Agent, run_episode
-from ..checkpoint import progress_folder
+from ..common import commands
+from ..common.base import Agent
+from ..common.checkpoint import progress_folder
+from ..common.evaluation import run_episode
 from ..registry import agent_class
 from .grid import Cell
 

@@ -29,7 +29,7 @@ from torch import nn
 from hiedit_env import EditTrace
 from hiedit_env.env import LAYER_FEATURES
 
-from .selection import gradient_norms, topk_indicator
+from ..selection import gradient_norms, topk_indicator
 
 NUM_TRACE_STATS = 5
 NUM_FEATURES = 2 * NUM_TRACE_STATS + 2

@@ -1,7 +1,7 @@
 """The low-level editor shared by HiEdit and RLEdit: an MEND/RLEdit-style hypernetwork.
 
 For candidate module ``i`` the trace it reads (the edit's, or the whole objective's: the agents'
-``trace_of``) gives per-token keys ``k`` [n, d_in] and output gradients
+``editor_reads``) gives per-token keys ``k`` [n, d_in] and output gradients
 ``delta`` [n, d_out]; the raw weight gradient is ``G = delta^T k``. The editor
 
 1. standardises keys and gradients per module with running mean/variance statistics (updated while
@@ -9,44 +9,43 @@ For candidate module ``i`` the trace it reads (the edit's, or the whole objectiv
 2. runs each token's ``concat(k, delta)`` through a few residual low-rank blocks, shared by all modules
    of one shape, with a learned per-module scale and shift in every block,
 3. maps the result back through the same statistics into pseudo keys ``k~`` [n, d_in] and pseudo
-   gradients ``delta~`` [n, d_out], and returns ``dW = -lr_i * ||W0_i|| / ||G|| * delta~^T k~`` as
-   low-rank factors ``U = -lr_i * ||W0_i|| / ||G|| * delta~``, ``V = k~``.
+   gradients ``delta~`` [n, d_out], and returns ``dW = -lr_i * ||W0_i|| / mean ||G|| * delta~^T k~`` as
+   low-rank factors ``U = -lr_i * ||W0_i|| / mean ||G|| * delta~``, ``V = k~``, where ``mean ||G||`` is
+   the running mean of module ``i``'s ``||G||`` over the observed edits (this edit's own until
+   :meth:`HyperEditor.observe` has seen one).
 
 The up-projections start at zero, so an untrained editor reproduces the edit's own gradient (with
-the key preconditioner below, the preconditioned gradient) and
-``lr_i`` is then exactly the relative change ``||dW|| / ||W0||``: training starts from the step-size
-baseline rather than from noise (standardised outputs used directly would start from a distorted
-direction that raises the edit loss). Dividing by the raw ``||G||`` (a constant) keeps the scale
-free to learn per edit: the network makes ``delta~^T k~`` larger or smaller than ``G``. ``lr_i`` is
-learned in log space.
+the key preconditioner below, the preconditioned gradient): a gradient step, proportional to ``G``,
+so an edit the model nearly makes already (small ``||G||``) gets a small update, and ``lr_i`` is the
+relative change ``||dW|| / ||W0||`` of an edit of average gradient size. Training starts from the
+step-size baseline rather than from noise (standardised outputs used directly would start from a
+distorted direction that raises the edit loss). ``lr_i`` is learned in log space.
 
-``scale="running"`` divides by the running mean of module ``i``'s ``||G||`` over the training edits
-(this edit's own until :meth:`HyperEditor.observe` has seen one) instead of this edit's own: the
-untrained update is then a gradient step, proportional to ``G``, so an edit the model nearly makes
-already (small ``||G||``) gets a small update. With ``scale="edit"`` every untrained update has the
-same size whatever the edit needs.
+``update_size`` says what sets each update's size:
 
-``scale="direction"`` keeps the running scale's size and lets the network choose the direction only:
-``dW = -lr_i * ||W0_i|| * ||G|| / mean ||G|| * delta~^T k~ / ||delta~^T k~||``. The untrained update is
-the running scale's; after training, an edit still gets the gradient step's size. Trained through the
-one-step objective, the other scales learned to push the current edit harder than its gradient
-(higher success at the edit, less of it kept after 100 edits); here that size is not the network's
-to choose, and the learned ``lr_i`` moves it only per module, for every edit alike.
+* ``"learned"``: the formula above; the network makes ``delta~^T k~`` larger or smaller than ``G``,
+  so it learns the size per edit as well as the direction.
+* ``"gradient_norm"``: the network chooses the direction only; the size is the gradient step's,
+  ``dW = -lr_i * ||W0_i|| * ||G|| / mean ||G|| * delta~^T k~ / ||delta~^T k~||``. Untrained, it is the
+  same update; after training, an edit still gets the gradient step's size. Trained through the
+  one-step objective, ``"learned"`` learned to push the current edit harder than its gradient
+  (higher success at the edit, less of it kept after 100 edits); here that size is not the network's
+  to choose, and the learned ``lr_i`` moves it only per module, for every edit alike.
+* ``"gradient_effect"``: as ``"gradient_norm"``, with the size measured where it acts, on the
+  module's outputs for the trace's own tokens ``K``: the update is scaled so that ``||dW K^T||``
+  equals the gradient step's ``||lr_i * ||W0_i|| / mean ||G|| * G K^T||``. A direction that moves every
+  token's output alike (a bias-like update, cheap in Frobenius norm and costly to every unrelated
+  prompt) gets a smaller step. Untrained, it is the same update again.
 
-``scale="effect"`` measures that size where it acts, on the module's outputs for the trace's own
-tokens ``K``: the update is scaled so that ``||dW K^T||`` equals the gradient step's
-``||lr_i * ||W0_i|| / mean ||G|| * G K^T||``. A direction that moves every token's output alike (a
-bias-like update, cheap in Frobenius norm and costly to every unrelated prompt) gets a smaller step.
-Untrained, it is the same update as ``running`` and ``direction``.
-
-``precondition`` d > 0 divides the pseudo keys, per feature, by the keys' running second moment
-``E[k_j^2] + d * mean_j E[k_j^2]`` before the size is set: the diagonal of the ``C^-1 k`` of ROME and
-MEMIT, where ``C`` is the keys' second-moment matrix. A feature that every prompt activates gets a
-small share of the update, one this edit activates rarely a large share, so the update moves the
-edit's outputs more than those of unrelated prompts, whose keys lie on the common features. ``d``
-bounds how much a rare feature is favoured (at most ``1 / d`` times the average). Untrained, on
-SmolLM2's upper nine blocks and the ZsRE selection episode, d = 0.1 raised the mean from 0.674 to
-0.703 at the same ``init_lr`` (benchmarks/results/zsre_precondition/).
+``preconditioner="diagonal"`` with damping d (``preconditioner_damping``) divides the pseudo keys, per
+feature, by the keys' running second moment ``E[k_j^2] + d * mean_j E[k_j^2]`` before the size is set:
+the diagonal of the ``C^-1 k`` of ROME and MEMIT, where ``C`` is the keys' second-moment matrix. A
+feature that every prompt activates gets a small share of the update, one this edit activates rarely a
+large share, so the update moves the edit's outputs more than those of unrelated prompts, whose keys
+lie on the common features. ``d`` bounds how much a rare feature is favoured (at most ``1 / d`` times
+the average). Untrained, on SmolLM2's upper nine blocks and the ZsRE selection episode, d = 0.1 raised
+the mean from 0.674 to 0.703 at the same ``init_lr`` (benchmarks/results/zsre_precondition/).
+``preconditioner="none"`` leaves the pseudo keys as they are.
 
 ``preconditioner="full"`` uses the whole matrix: ``k~ (C + d * mean_j C_jj * I)^-1``, the ``C^-1 k``
 of ROME and MEMIT with ``C`` the running mean of ``k k^T`` over the observed tokens. It also discounts
@@ -84,21 +83,20 @@ from hiedit_env import EditTrace
 from hiedit_env.checks import check_int, check_range
 from hiedit_env.objective import update_sq_norm
 
-from .selection import gradient_norms
+from ..selection import gradient_norms
 
-# Relative change per module of an untrained editor (for an edit of average gradient size with
-# scale="running" or "direction"). Without the key preconditioner 6e-3 beat 3e-3 for both agents on the
-# selection episode of the ZsRE training split, and untrained it beat 1.2e-2 too; with it (d = 0.1) the
-# untrained editor on SmolLM2's upper nine blocks did better at 1.2e-2 than at 6e-3 (0.713 against 0.703),
-# and both agents trained from there beat those trained from 6e-3 without it (benchmarks/results/zsre_precondition/).
+# Relative change per module of an untrained editor (for an edit of average gradient size). Without the
+# key preconditioner 6e-3 beat 3e-3 for both agents on the selection episode of the ZsRE training split,
+# and untrained it beat 1.2e-2 too; with it (d = 0.1) the untrained editor on SmolLM2's upper nine blocks
+# did better at 1.2e-2 than at 6e-3 (0.713 against 0.703), and both agents trained from there beat those
+# trained from 6e-3 without it (benchmarks/results/zsre_precondition/).
 DEFAULT_INIT_LR = 0.012
-# The damping of the key preconditioner of the learned editors (HyperEditor's own default is off, as
-# preconditioning is only defined for the scales that set the size after it). On the same untrained
-# editor and episode: 0.689 at 1e-3, 0.697 at 1e-2, 0.703 at 0.1, 0.683 at 1, 0.674 without.
-DEFAULT_PRECONDITION = 0.1
-Scale = Literal["edit", "running", "direction", "effect"]
-SCALES = get_args(Scale)
-Preconditioner = Literal["diagonal", "full"]
+# The damping of the key preconditioner. On the same untrained editor and episode (diagonal form):
+# 0.689 at 1e-3, 0.697 at 1e-2, 0.703 at 0.1, 0.683 at 1, 0.674 without.
+DEFAULT_PRECONDITIONER_DAMPING = 0.1
+UpdateSize = Literal["learned", "gradient_norm", "gradient_effect"]
+UPDATE_SIZES = get_args(UpdateSize)
+Preconditioner = Literal["none", "diagonal", "full"]
 PRECONDITIONERS = get_args(Preconditioner)
 # How much the full preconditioner's token count may grow before its matrix is inverted again: an
 # inversion of a SmolLM2 down_proj's (1536 x 1536, float64, through Cholesky) takes about 0.3 s on one
@@ -269,25 +267,24 @@ class HyperEditor(nn.Module):
     """Traces in, one low-rank update ``(U [n, d_out], V [n, d_in])`` per candidate module out."""
 
     def __init__(self, dims: list[tuple[int, int]], base_norms: list[float], rank: int = 32, num_blocks: int = 2,
-                 init_lr: float = DEFAULT_INIT_LR, scale: Scale = "edit", max_size_ratio: float | None = None,
-                 precondition: float = 0.0, preconditioner: Preconditioner = "diagonal") -> None:
+                 init_lr: float = DEFAULT_INIT_LR, update_size: UpdateSize = "gradient_norm",
+                 max_size_ratio: float | None = None, preconditioner: Preconditioner = "full",
+                 preconditioner_damping: float = DEFAULT_PRECONDITIONER_DAMPING) -> None:
         super().__init__()
         check_int("rank", rank, 1)
         check_int("num_blocks", num_blocks, 1)
         check_range("init_lr", init_lr, 0, None, low_open=True)
-        if scale not in SCALES:
-            raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
-        check_range("precondition", precondition, 0, None)
-        if precondition > 0 and scale in ("edit", "running"):
-            raise ValueError(f"precondition reshapes the update's direction; scale={scale!r} would take its size "
-                             "from the reshaped factors: use scale='direction' or 'effect', or precondition=0")
+        if update_size not in UPDATE_SIZES:
+            raise ValueError(f"update_size must be one of {UPDATE_SIZES}, got {update_size!r}")
         if preconditioner not in PRECONDITIONERS:
             raise ValueError(f"preconditioner must be one of {PRECONDITIONERS}, got {preconditioner!r}")
-        self.precondition = float(precondition)
+        check_range("preconditioner_damping", preconditioner_damping, 0, None, low_open=True)
+        if preconditioner != "none" and update_size == "learned":
+            raise ValueError("the key preconditioner reshapes the update's direction; update_size='learned' would take "
+                             "its size from the reshaped factors: use update_size='gradient_norm' or 'gradient_effect', "
+                             "or preconditioner='none'")
+        self.preconditioner, self.damping = preconditioner, float(preconditioner_damping)
         if max_size_ratio is not None:
-            if scale == "edit":
-                raise ValueError("max_size_ratio bounds ||G|| / mean ||G||, which scale='edit' does not keep; "
-                                 "use another scale or max_size_ratio=None")
             check_range("max_size_ratio", max_size_ratio, 0, None, low_open=True)
         self.max_size_ratio = None if max_size_ratio is None else float(max_size_ratio)
         self.dims = [tuple(d) for d in dims]
@@ -299,14 +296,13 @@ class HyperEditor(nn.Module):
                                      for d_in, d_out in shapes)
         self.key_norms = nn.ModuleList(RunningNorm(d_in) for d_in, _ in self.dims)
         self.grad_norms = nn.ModuleList(RunningNorm(d_out) for _, d_out in self.dims)
-        # Only the full preconditioner keeps the matrices, so diagonal checkpoints stay small and keep loading.
-        self.key_moments = nn.ModuleList(KeyMoment(d_in) for d_in, _ in self.dims) \
-            if preconditioner == "full" and self.precondition > 0 else None
+        # Only the full preconditioner keeps the matrices (d_in^2 floats per module), so other checkpoints stay small.
+        self.key_moments = nn.ModuleList(KeyMoment(d_in) for d_in, _ in self.dims) if preconditioner == "full" else None
         self.log_lr = nn.Parameter(torch.full((len(dims),), math.log(init_lr)))
         self.register_buffer("base_norms", torch.tensor(base_norms, dtype=torch.float32))
-        self.scale = scale
-        # Only the scales that use these statistics have them, so checkpoints of "edit" keep loading.
-        self.gradient_size = RunningNorm(len(dims)) if scale != "edit" else None
+        self.update_size = update_size
+        # The running mean of each module's ||G||, the size of an average edit's gradient.
+        self.gradient_size = RunningNorm(len(dims))
 
     def solver_caches(self) -> list[dict[str, Any] | None]:
         """Each full preconditioner's cached inverse (:meth:`KeyMoment.cache_state`); empty without one."""
@@ -324,8 +320,7 @@ class HyperEditor(nn.Module):
             self.grad_norms[i].update(g)
             if self.key_moments is not None:
                 self.key_moments[i].update(k)
-        if self.gradient_size is not None:
-            self.gradient_size.update(gradient_norms(trace)[None])
+        self.gradient_size.update(gradient_norms(trace)[None])
 
     def forward(self, trace: EditTrace,
                 modules: Sequence[int] | None = None) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
@@ -334,15 +329,15 @@ class HyperEditor(nn.Module):
         wanted = set(range(len(self.dims)) if modules is None else modules)
         if self.key_moments is not None:
             for i in wanted:
-                self.key_moments[i].refresh(self.precondition)
+                self.key_moments[i].refresh(self.damping)
         moments = {i: (self.key_norms[i].moments(trace.keys[i].float()), self.grad_norms[i].moments(trace.grads[i].float()))
                    for i in wanted}
         inputs = {i: torch.cat([(trace.keys[i].float() - mk) / sk, (trace.grads[i].float() - mg) / sg], dim=-1)
                   for i, ((mk, sk), (mg, sg)) in moments.items()}
-        running = self.gradient_size is not None and self.gradient_size.count > 0
+        running = self.gradient_size.count > 0
         bounded = running and self.max_size_ratio is not None
         # The edit's own ||G|| needs the trace's Gram matrices: only computed when used.
-        own = gradient_norms(trace, wanted) if self.scale == "direction" or not running or bounded else None
+        own = gradient_norms(trace, wanted) if self.update_size == "gradient_norm" or not running or bounded else None
         divisors = (self.gradient_size.mean.float() if running else own).clamp_min(1e-12)
         # A constant per module (the trace does not depend on the editor): it scales an update and its gradient alike.
         shrink = (self.max_size_ratio * divisors / own.clamp_min(1e-30)).clamp(max=1) if bounded else None
@@ -357,14 +352,14 @@ class HyperEditor(nn.Module):
                 (mk, sk), (mg, sg) = moments[i]
                 pseudo_grads, pseudo_keys = grads[j] * sg + mg, keys[j] * sk + mk
                 if self.key_moments is not None:
-                    pseudo_keys = self.key_moments[i].solve(pseudo_keys, self.precondition, trace.keys[i].float())
-                elif self.precondition > 0:
-                    pseudo_keys = pseudo_keys / self.key_norms[i].second_moment(trace.keys[i].float(), self.precondition)
+                    pseudo_keys = self.key_moments[i].solve(pseudo_keys, self.damping, trace.keys[i].float())
+                elif self.preconditioner == "diagonal":
+                    pseudo_keys = pseudo_keys / self.key_norms[i].second_moment(trace.keys[i].float(), self.damping)
                 step = self.log_lr[i].exp() * self.base_norms[i] / divisors[i]
-                if self.scale == "direction":
+                if self.update_size == "gradient_norm":
                     size = update_sq_norm((pseudo_grads, pseudo_keys)).clamp_min(1e-30).sqrt()
                     step = step * own[i] / size
-                elif self.scale == "effect":
+                elif self.update_size == "gradient_effect":
                     k, g = trace.keys[i].float(), trace.grads[i].float()
                     step = step * output_change(g, k, k) / output_change(pseudo_grads, pseudo_keys, k).clamp_min(1e-30)
                 if shrink is not None:

@@ -11,9 +11,9 @@ import torch
 from hiedit_env import EditTrace, HiEditEnv
 from hiedit_env.checks import check_int
 
-from .cli import DEFAULT_TRAIN_EDITS
+from ..common.base import DEFAULT_TRAIN_EDITS
+from .agent import LearnedEditorAgent, LowRank
 from .gate import Selection
-from .learned import LearnedEditorAgent, LowRank
 
 
 class RLEditAgent(LearnedEditorAgent):
@@ -37,14 +37,14 @@ class UntrainedEditorAgent(RLEditAgent):
     """RLEdit's editor before any training, the learned editors' starting point (does training help?).
 
     Untrained, the editor emits exactly the gradient step of the trace it reads (its up-projections
-    start at zero): with the key preconditioner (``precondition`` > 0, the default) a ``C^-1 k``-shaped
-    step, the idea ROME and MEMIT solve for in closed form, at the relative step ``init_lr``, once its
-    normalisers and gradient-size statistics have seen some edits. At construction they see
+    start at zero): with the key preconditioner (``preconditioner`` not ``"none"``, the default) a
+    ``C^-1 k``-shaped step, the idea ROME and MEMIT solve for in closed form, at the relative step
+    ``init_lr``, once its normalisers and gradient-size statistics have seen some edits. At construction they see
     ``observe_edits`` edits of training episodes (seeds 0, 1, ...; as long as ``hiedit train``'s) on
     the unedited model: of ``observe_dataset`` (all of it) or, when that is ``None``, of the training
     split of the environment's own data. The observing environment is the evaluated one's ``gym.make``
     arguments with that data, so the edits' traces are read the same way. Every other keyword is the
-    editor's (:class:`~hiedit_agents.learned.LearnedEditorAgent`).
+    editor's (:class:`~hiedit_agents.learned.agent.LearnedEditorAgent`).
     """
 
     name = "untrained_editor"

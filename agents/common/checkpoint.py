@@ -25,6 +25,11 @@ import torch
 from hiedit_env.files import atomic_write, write_json
 
 MANIFEST_FILE = "manifest.json"
+# An agent's files (:meth:`~hiedit_agents.common.base.Agent.save`): its class and configuration, its
+# learned state, and what else a training run carries (in the progress folder only).
+CONFIG_FILE = "agent.json"
+STATE_FILE = "agent_state.pt"
+PROGRESS_FILE = "training_state.pt"
 # The folder inside a training run's output that holds what ``hiedit train --resume`` continues from.
 PROGRESS_DIR = "training_state"
 # Version 1: the first format with a manifest (hiedit-gym 0.2).
@@ -119,6 +124,20 @@ def read_json(path: Path, what: str) -> Any:
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{what} {str(path)!r} is not valid JSON: {err.msg} at line {err.lineno} "
                               f"column {err.colno}") from None
+
+
+def read_checkpoint_meta(directory: str | Path) -> dict[str, Any]:
+    """The ``agent.json`` of a checkpoint directory, with one line naming the file when it is missing,
+    not JSON, or lacks a field."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"no agent checkpoint in {str(directory)!r} (missing {CONFIG_FILE})")
+    meta = read_json(path, "agent checkpoint file")
+    missing = [key for key in ("agent", "class", "config", "candidate_modules")
+               if not isinstance(meta, dict) or key not in meta]
+    if missing or not isinstance(meta["config"], dict):
+        raise CheckpointError(f"agent checkpoint file {str(path)!r} lacks {missing or ['a config object']}")
+    return meta
 
 
 def load_torch(path: Path, map_location: Any) -> Any:

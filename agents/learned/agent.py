@@ -1,12 +1,6 @@
-"""What HiEdit and RLEdit share: a :class:`~hiedit_agents.hypernet.HyperEditor` as low level, and the
-training loop that streams edits through environment episodes.
-
-Per training edit: read the edit's trace (or the objective's, ``trace_of``), let the editor emit
-updates (with gradient), take the agent's loss through ``env.objective`` (which adds the updates with
-forward hooks and never writes the weights, so the graph stays intact), backpropagate, take an optimiser step every
-``update_every`` edits, then ``env.step`` with the *detached* updates so the following edits act on
-the edited model, as in deployment. Nothing is written to disk per step; TensorBoard gets the loss
-terms per edit and ES/GS/LS per episode.
+"""What HiEdit and RLEdit share: a :class:`~hiedit_agents.learned.hypernet.HyperEditor` as low level,
+acting, checkpoints, and training through the plain loop of :mod:`~hiedit_agents.learned.training`
+with the callbacks of :mod:`~hiedit_agents.learned.callbacks`.
 
 Training holds out ``validation_edits`` records of its own data and, between episodes (after the
 first, then every ``validate_every`` edits, and after the last edit), edits them as one sequence and
@@ -19,13 +13,9 @@ from __future__ import annotations
 
 import copy
 import math
-import signal
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,64 +23,21 @@ import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import trange
 
 from hiedit_env import EditTrace, HiEditEnv, ObjectiveTerms
 from hiedit_env.checks import check_int, check_range
+from hiedit_env.score import EPISODE_SUMMARY
 
-from .base import PROGRESS_FILE, Agent, TrainingInterrupted
-from .checkpoint import PROGRESS_DIR, CheckpointError, load_torch, progress_folder, remove_progress, verify_checkpoint
+from ..common.base import Agent
+from ..common.checkpoint import (PROGRESS_DIR, PROGRESS_FILE, CheckpointError, load_torch, progress_folder,
+                                 remove_progress, verify_checkpoint)
 from .gate import Selection
-from .hypernet import DEFAULT_INIT_LR, DEFAULT_PRECONDITION, HyperEditor, Preconditioner, Scale
+from .callbacks import Checkpointing, Validation, WeightAveraging
+from .hypernet import DEFAULT_INIT_LR, DEFAULT_PRECONDITIONER_DAMPING, HyperEditor, Preconditioner, UpdateSize
+from .training import EditorDivergedError, ScalarLog, TrainingCallback, TrainingLoop, TrainingState
 
 LowRank = tuple[torch.Tensor, torch.Tensor]
-# What the training statistics and TensorBoard keep of an episode's end-of-sequence metrics.
-EPISODE_KEYS = ("ES", "GS", "LS", "mean", "ES_first_20pct")
-
-
-class EditorDivergedError(ValueError):
-    """The editor's updates or training loss stopped being finite numbers."""
-
-
-@dataclass
-class _Progress:
-    """What a training run carries from one episode to the next, besides tensors (saved with them)."""
-
-    seed: int
-    step: int = 0
-    optimizer_steps: int = 0
-    next_validation: int = 1
-    next_checkpoint: int = 0
-    episodes: list[dict[str, float]] = field(default_factory=list)
-    validations: list[dict[str, float]] = field(default_factory=list)
-    running: dict[str, float] = field(default_factory=dict)
-    best: tuple[float, int, dict[str, Any]] | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-@contextmanager
-def _deferred_interrupt() -> Iterator[Callable[[], bool]]:
-    """Within the block the first SIGINT only sets a flag (the caller polls it and stops at a point
-    where it can save); a second one interrupts at once. Outside the main thread, nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
-        return
-    hits: list[int] = []
-
-    def handler(signum: int, frame: Any) -> None:
-        hits.append(signum)
-        if len(hits) > 1:
-            raise KeyboardInterrupt
-        print("\ninterrupt: finishing the current episode to save; interrupt again to stop at once", file=sys.stderr)
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield lambda: bool(hits)
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def masked(updates: list[LowRank], mask: torch.Tensor) -> list[LowRank]:
@@ -102,37 +49,17 @@ def detached(updates: list[LowRank]) -> list[LowRank]:
     return [(u.detach(), v.detach()) for u, v in updates]
 
 
-@contextmanager
-def _swapped(params: list[nn.Parameter], average: list[torch.Tensor] | None) -> Iterator[None]:
-    """Within the block the parameters hold ``average`` (if any), then their own values again. The
-    editor's input statistics are buffers, not parameters: the live ones serve both."""
-    if average is None:
-        yield
-        return
-    live = [p.detach().clone() for p in params]
-    _assign(params, average)
-    try:
-        yield
-    finally:
-        _assign(params, live)
-
-
-@torch.no_grad()
-def _assign(params: list[nn.Parameter], values: list[torch.Tensor]) -> None:
-    for p, value in zip(params, values):
-        p.copy_(value)
-
-
 class LearnedEditorAgent(Agent):
     """A hypernetwork editor trained through the environment's differentiable objective.
 
     Subclasses choose the modules (:meth:`select`) and the loss (:meth:`training_loss`) and may add
     trainable modules (:meth:`trainable_modules`) with their own learning rate. ``init_lr`` is the
     per-module relative step an untrained editor takes; ``max_lr`` (``None``: unbounded) caps the
-    learned steps after every optimiser step. ``scale`` is the editor's update scale and
-    ``precondition`` the damping of its key preconditioner (0: off), ``preconditioner`` its form
-    (``"diagonal"``: per feature; ``"full"``: the whole second-moment matrix), all in
-    :mod:`~hiedit_agents.hypernet`. ``trace_of`` is what the editor reads: ``"edit"``, the edit's own
+    learned steps after every optimiser step. ``update_size`` is what sets the size of the editor's
+    updates (``"learned"``, ``"gradient_norm"``, ``"gradient_effect"``), ``preconditioner`` the form of its
+    key preconditioner (``"none"``; ``"diagonal"``: per feature; ``"full"``: the whole second-moment
+    matrix) and ``preconditioner_damping`` its damping, all in :mod:`~hiedit_agents.learned.hypernet`.
+    ``editor_reads`` is the trace the editor reads: ``"edit"``, the edit's own
     trace (free: the environment has taken it), or ``"objective"``, the trace of the whole training
     objective (:meth:`HiEditEnv.objective_trace`), whose KL rows show the editor how the unrelated
     prompt has drifted, for one forward+backward on the objective's prompts per edit.
@@ -149,17 +76,17 @@ class LearnedEditorAgent(Agent):
     (:meth:`loss_objective`), the generalisation loss of MEND and RLEdit.
 
     ``max_size_ratio`` (``None``: unbounded) bounds each update's size at that many times the
-    average training edit's (:mod:`~hiedit_agents.hypernet`); it is an acting option: ``load`` and
+    average training edit's (:mod:`~hiedit_agents.learned.hypernet`); it is an acting option: ``load`` and
     ``hiedit evaluate --agent-kwargs`` may set it on a checkpoint. So is ``edit_steps``: the editor's
     passes per edit when acting (validation included; training takes one). Each pass after the first
     reads the objective's trace under the updates so far, one more forward+backward per edit, and
     adds its update to theirs, as a few steps of an optimiser do.
 
-    The defaults (objective trace, ``scale="direction"``, ``meta_lr`` 1e-4, ``lr_lr`` 1e-3) won the
-    selection on a 100-edit episode of the ZsRE training split against the edit trace, the running
-    scale, ten times the learning rates and a loss over the whole training episode; over three training
-    seeds ``scale="effect"`` moved HiEdit up and RLEdit down by less than the spread between seeds. The
-    key preconditioner (``precondition`` 0.1) with ``init_lr`` 1.2e-2 won the same selection over no
+    The defaults (objective trace, ``update_size="gradient_norm"``, ``meta_lr`` 1e-4, ``lr_lr`` 1e-3) won
+    the selection on a 100-edit episode of the ZsRE training split against the edit trace, the learned
+    size, ten times the learning rates and a loss over the whole training episode; over three training
+    seeds ``update_size="gradient_effect"`` moved HiEdit up and RLEdit down by less than the spread
+    between seeds. The diagonal key preconditioner (damping 0.1) with ``init_lr`` 1.2e-2 won the same selection over no
     preconditioner at 6e-3, the earlier defaults: 0.714 against 0.684 for HiEdit, 0.676 against 0.581
     for RLEdit (training seed 0; benchmarks/results/zsre_precondition/). Its full form
     (``preconditioner="full"``) replaced the diagonal on three selection sequences of the ZsRE training
@@ -175,15 +102,15 @@ class LearnedEditorAgent(Agent):
 
     def __init__(self, env: gym.Env, rank: int = 32, num_blocks: int = 2, init_lr: float = DEFAULT_INIT_LR,
                  max_lr: float | None = None, meta_lr: float = 1e-4, lr_lr: float = 1e-3, update_every: int = 1,
-                 grad_clip: float = 1.0, scale: Scale = "direction",
-                 trace_of: Literal["edit", "objective"] = "objective", loss_back_depth: int | None = None,
+                 grad_clip: float = 1.0, update_size: UpdateSize = "gradient_norm",
+                 editor_reads: Literal["edit", "objective"] = "objective", loss_back_depth: int | None = None,
                  loss_time_decay: float | None = None, validation_edits: int = 50, validate_every: int = 75,
                  average_decay: float = 0.0, max_size_ratio: float | None = None, edit_steps: int = 1,
-                 precondition: float = DEFAULT_PRECONDITION, preconditioner: Preconditioner = "full",
-                 paraphrase_loss: bool = False) -> None:
+                 preconditioner: Preconditioner = "full",
+                 preconditioner_damping: float = DEFAULT_PRECONDITIONER_DAMPING, paraphrase_loss: bool = False) -> None:
         super().__init__(env)
-        if trace_of not in ("edit", "objective"):
-            raise ValueError(f"trace_of must be 'edit' or 'objective', got {trace_of!r}")
+        if editor_reads not in ("edit", "objective"):
+            raise ValueError(f"editor_reads must be 'edit' or 'objective', got {editor_reads!r}")
         check_int("update_every", update_every, 1)
         for name, value in (("meta_lr", meta_lr), ("lr_lr", lr_lr), ("grad_clip", grad_clip)):
             check_range(name, value, 0, None, low_open=True)
@@ -194,8 +121,9 @@ class LearnedEditorAgent(Agent):
         check_int("validation_edits", validation_edits, 0)
         check_int("validate_every", validate_every, 1)
         check_int("edit_steps", edit_steps, 1)
-        if edit_steps > 1 and trace_of != "objective":
-            raise ValueError("edit_steps > 1 reads the objective's trace under the updates so far: it needs trace_of='objective'")
+        if edit_steps > 1 and editor_reads != "objective":
+            raise ValueError("edit_steps > 1 reads the objective's trace under the updates so far: "
+                             "it needs editor_reads='objective'")
         if not isinstance(paraphrase_loss, bool):
             raise ValueError(f"paraphrase_loss must be true or false, got {paraphrase_loss!r}")
         check_range("average_decay", average_decay, 0, 1)
@@ -207,22 +135,23 @@ class LearnedEditorAgent(Agent):
             raise ValueError(f"max_lr must be >= init_lr, got {max_lr} < {init_lr}")
         self.hparams = {"rank": rank, "num_blocks": num_blocks, "init_lr": init_lr, "max_lr": max_lr,
                         "meta_lr": meta_lr, "lr_lr": lr_lr, "update_every": update_every, "grad_clip": grad_clip,
-                        "scale": scale, "trace_of": trace_of, "loss_back_depth": loss_back_depth,
+                        "update_size": update_size, "editor_reads": editor_reads, "loss_back_depth": loss_back_depth,
                         "loss_time_decay": loss_time_decay, "validation_edits": int(validation_edits),
                         "validate_every": int(validate_every), "average_decay": float(average_decay),
                         "max_size_ratio": max_size_ratio, "edit_steps": int(edit_steps),
-                        "precondition": precondition, "preconditioner": preconditioner,
+                        "preconditioner": preconditioner, "preconditioner_damping": preconditioner_damping,
                         "paraphrase_loss": paraphrase_loss}
         self.editor = HyperEditor(self.env.module_dims(), self.env.base_weight_norms(), rank, num_blocks, init_lr,
-                                  scale, max_size_ratio, precondition, preconditioner).to(self.env.model.device)
+                                  update_size, max_size_ratio, preconditioner,
+                                  preconditioner_damping).to(self.env.model.device)
         self.optimizer_steps = 0
 
     @classmethod
     def env_requirements(cls, config: dict[str, Any]) -> dict[str, Any]:
         """A low-rank environment whose per-edit pass, when the editor reads the objective's trace (the
         default), covers the objective's batch, so that reading it costs no second pass per edit."""
-        trace = "objective" if config.get("trace_of", "objective") == "objective" else "edit"
-        return {**super().env_requirements(config), "trace": trace}
+        covers = "objective" if config.get("editor_reads", "objective") == "objective" else "edit"
+        return {**super().env_requirements(config), "trace_covers": covers}
 
     # ------------------------------------------------------------------ what subclasses decide
     def select(self, observation: dict[str, Any], trace: EditTrace,
@@ -257,8 +186,8 @@ class LearnedEditorAgent(Agent):
                              time_decay=self.hparams["loss_time_decay"], paraphrases=self.hparams["paraphrase_loss"])
 
     def read_trace(self, env: HiEditEnv) -> EditTrace:
-        """What the editor reads (``trace_of``) for the current edit."""
-        if self.hparams["trace_of"] == "edit":
+        """What the editor reads (``editor_reads``) for the current edit."""
+        if self.hparams["editor_reads"] == "edit":
             return env.edit_trace
         return env.objective_trace([None] * self.num_candidates)
 
@@ -272,16 +201,18 @@ class LearnedEditorAgent(Agent):
         chosen = hard.nonzero().squeeze(1).tolist()  # the editor runs on these modules only
         updates = self.editor(self.read_trace(env), chosen)
         for _ in range(self.hparams["edit_steps"] - 1):
-            more = self.editor(env.objective_trace(self._action(updates, hard)["update"]), chosen)
+            more = self.editor(env.objective_trace(self.action_for(updates, hard)["update"]), chosen)
             updates = [None if u is None else (torch.cat([u[0], du[0]]), torch.cat([u[1], du[1]]))
                        for u, du in zip(updates, more)]
-        return self._action(updates, hard)
+        return self.action_for(updates, hard)
 
     def proposed_update(self, observation: dict[str, Any], info: dict[str, Any]) -> list[LowRank]:
         with torch.no_grad():
             return detached(self.editor(self.read_trace(self.env)))
 
-    def _action(self, updates: list[LowRank | None], hard: torch.Tensor) -> dict[str, Any]:
+    def action_for(self, updates: list[LowRank | None], hard: torch.Tensor) -> dict[str, Any]:
+        """The environment's action: the chosen modules (``hard``) and their detached updates, refused
+        when one is not finite."""
         chosen = hard.detach().cpu().numpy().astype(np.float32)
         for i, update in enumerate(updates):
             if chosen[i] > 0.5 and not all(bool(torch.isfinite(f).all()) for f in update):
@@ -324,13 +255,16 @@ class LearnedEditorAgent(Agent):
         With ``checkpoint_dir``, at the first episode end after every ``checkpoint_every`` edits
         everything training carries (the current editor, the optimiser, the moving average, the random
         streams, the statistics) is saved into ``checkpoint_dir/training_state``
-        (:meth:`~hiedit_agents.base.Agent.save_progress`) and the agent as it would be kept (its best
+        (:meth:`~hiedit_agents.common.base.Agent.save_progress`) and the agent as it would be kept (its best
         validated editor so far) into ``checkpoint_dir``; ``resume=True``, on the agent loaded from
-        :func:`~hiedit_agents.checkpoint.progress_folder`, continues to the same result as a run that
+        :func:`~hiedit_agents.common.checkpoint.progress_folder`, continues to the same result as a run that
         was never interrupted. SIGINT (or SIGTERM, which ``hiedit train`` turns
         into it) lets the current episode finish, saves at its end and raises
-        :class:`TrainingInterrupted`; a second one stops at once. ``hiedit train`` removes the
-        progress folder once it has saved the finished agent.
+        :class:`~hiedit_agents.common.base.TrainingInterrupted`; a second one stops at once. ``hiedit train``
+        removes the progress folder once it has saved the finished agent.
+
+        The loop itself is :class:`~hiedit_agents.learned.training.TrainingLoop`; weight averaging,
+        validation and checkpoints are its callbacks (:mod:`~hiedit_agents.learned.callbacks`).
         """
         unwrapped: HiEditEnv = env.unwrapped
         if unwrapped.update_mode != "low_rank" or unwrapped.candidate_modules != self.env.candidate_modules:
@@ -339,144 +273,65 @@ class LearnedEditorAgent(Agent):
         check_int("checkpoint_every", checkpoint_every, 1)
         held_out, pool = self._hold_out(unwrapped, seed)
         params = [p for m in self.trainable_modules().values() for p in m.parameters()]
-        optimizer = torch.optim.Adam(self.parameter_groups())
         decay = self.hparams["average_decay"]
-        average = [p.detach().clone() for p in params] if decay > 0 else None
-        explore = torch.Generator().manual_seed(seed)
-        run = _Progress(seed=seed, next_checkpoint=checkpoint_every)
+        averaging = WeightAveraging(params, decay) if decay > 0 else None
+        weights = averaging.swapped if averaging is not None else nullcontext
+        callbacks: list[TrainingCallback] = [averaging] if averaging is not None else []
+        if held_out:
+            callbacks.append(Validation(held_out, seed, self.hparams["validate_every"], progress, weights))
+        checkpointing = None
+        if checkpoint_dir is not None:
+            out = Path(checkpoint_dir)
+            checkpointing = Checkpointing(checkpoint_every, lambda loop: self._save_training(out, loop, weights))
+            callbacks.append(checkpointing)
+        state = TrainingState(seed=seed, next_checkpoint=checkpoint_every)
+        loop = TrainingLoop(self, env, steps, state, torch.optim.Adam(self.parameter_groups()), params,
+                            torch.Generator().manual_seed(seed), pool, callbacks, progress)
         if resume:
             if checkpoint_dir is None:
                 raise ValueError("resume=True needs the checkpoint_dir of the interrupted run")
-            run = self._restore_training(Path(checkpoint_dir), seed, steps, optimizer, params, average, explore)
+            self._restore_training(Path(checkpoint_dir), loop)
         elif checkpoint_dir is not None:  # an older run's progress must never be resumed into this one
             remove_progress(checkpoint_dir)
-        writer = SummaryWriter(str(log_dir), purge_step=run.step if resume else None) if log_dir is not None else None
-        update_every = self.hparams["update_every"]
+        start_step = loop.state.step
+        loop.log = ScalarLog(log_dir, purge_step=start_step if resume else None)
         started = time.perf_counter()
-        start_step = run.step
-        checkpoint_seconds = 0.0
-
-        def validate(after: int) -> None:
-            with _swapped(params, average):
-                metrics = self._validate(unwrapped, held_out, seed, progress)
-                if run.best is None or metrics["mean"] > run.best[0]:
-                    run.best = (metrics["mean"], after, copy.deepcopy(self.state_dict()))
-            run.validations.append({"after_edits": after, **metrics})
-            if writer is not None:
-                for key, value in metrics.items():
-                    writer.add_scalar(f"validation/{key}", value, after)
-
-        def next_episode() -> dict[str, Any]:
-            options = None if pool is None else {
-                "records": np.random.default_rng(seed + len(run.episodes)).choice(pool, unwrapped.num_edits, replace=False).tolist()}
-            return env.reset(seed=seed + len(run.episodes), options=options)[0]
-
-        def save_checkpoint() -> None:
-            nonlocal checkpoint_seconds
-            began = time.perf_counter()
-            self._save_training(Path(checkpoint_dir), run, optimizer, params, average, explore)
-            checkpoint_seconds += time.perf_counter() - began
-            run.next_checkpoint = run.step // checkpoint_every * checkpoint_every + checkpoint_every
-
-        observation = next_episode()
-        every = self.hparams["validate_every"]
-        optimizer.zero_grad()
-        bar = trange(run.step, steps, initial=run.step, total=steps, desc=f"training {self.name}", unit="edit",
-                     disable=not progress)
-        with _deferred_interrupt() as interrupted:
-            for step in bar:
-                trace = self.read_trace(unwrapped)
-                self.editor.observe(trace)
-                updates = self.editor(trace)
-                selection = self.select(observation, unwrapped.edit_trace, explore)
-                loss, scalars = self.training_loss(unwrapped, updates, selection)
-                if not torch.isfinite(loss):
-                    raise EditorDivergedError(f"{self.name}: the training loss is {float(loss)} at training edit {step}: "
-                                              "the editor diverged; lower meta_lr or lr_lr, or set max_lr")
-                (loss / update_every).backward()
-                if (step + 1) % update_every == 0 or step + 1 == steps:
-                    nn.utils.clip_grad_norm_(params, self.hparams["grad_clip"])
-                    optimizer.step()
-                    optimizer.zero_grad()
-                    if self.hparams["max_lr"] is not None:
-                        self._bound_step_size()
-                    if average is not None:
-                        with torch.no_grad():
-                            for a, p in zip(average, params):
-                                a.lerp_(p, 1 - decay)
-                    self.optimizer_steps += 1
-                    run.optimizer_steps += 1
-                observation, _, terminated, _, info = env.step(self._action(updates, selection.hard))
-                scalars.update(edit_success=info["edit_success"], locality=info["locality"],
-                               lr_mean=float(self.editor.log_lr.detach().exp().mean()))
-                run.running = {k: 0.9 * run.running.get(k, v) + 0.1 * v for k, v in scalars.items()}
-                run.step = step + 1
-                if writer is not None:
-                    for key, value in scalars.items():
-                        writer.add_scalar(f"train/{key}", value, step)
-                if terminated:
-                    metrics = {k: info["episode_metrics"][k] for k in EPISODE_KEYS}
-                    run.episodes.append(metrics)
-                    if writer is not None:
-                        for key, value in metrics.items():
-                            writer.add_scalar(f"episode/{key}", value, len(run.episodes))
-                    if held_out and run.step >= run.next_validation and run.step < steps:
-                        validate(run.step)
-                        run.next_validation = run.step // every * every + every
-                    if run.step < steps:
-                        if checkpoint_dir is not None and (run.step >= run.next_checkpoint or interrupted()):
-                            save_checkpoint()
-                        if interrupted():
-                            bar.close()
-                            if writer is not None:
-                                writer.close()
-                            raise TrainingInterrupted(run.step, steps, checkpoint_dir is not None)
-                    observation = next_episode()
-                postfix = {"loss": f"{run.running['loss']:.3f}", "ES": f"{run.running['edit_success']:.2f}",
-                           "LS": f"{run.running['locality']:.2f}"}
-                if run.validations:
-                    postfix["val"] = f"{run.validations[-1]['mean']:.3f}"
-                bar.set_postfix(postfix)
-            if held_out:
-                validate(steps)
-                self.load_state_dict(run.best[2])
-            elif average is not None:
-                _assign(params, average)
+        try:
+            loop.run()
+        finally:
+            loop.log.close()
         seconds = time.perf_counter() - started
-        if writer is not None:
-            writer.close()
-        trained = steps - start_step
+        state, trained = loop.state, steps - start_step
         return {"steps": steps, "steps_this_run": trained, "resumed_at": start_step if resume else None,
-                "optimizer_steps": run.optimizer_steps, "seconds": seconds, "seconds_per_step": seconds / max(trained, 1),
-                "checkpoint_seconds": checkpoint_seconds, "episodes": run.episodes, "final_running": run.running,
-                "validations": run.validations, "kept_after_edits": run.best[1] if run.best else steps,
-                "kept_validation_mean": run.best[0] if run.best else None}
+                "optimizer_steps": state.optimizer_steps, "seconds": seconds, "seconds_per_step": seconds / max(trained, 1),
+                "checkpoint_seconds": checkpointing.seconds if checkpointing is not None else 0.0,
+                "episodes": state.episodes, "final_running": state.running, "validations": state.validations,
+                "kept_after_edits": state.best[1] if state.best else steps,
+                "kept_validation_mean": state.best[0] if state.best else None}
 
-    def _save_training(self, out: Path, run: _Progress, optimizer: torch.optim.Optimizer,
-                       params: list[nn.Parameter], average: list[torch.Tensor] | None, explore: torch.Generator) -> None:
-        """Save the run's progress (:meth:`save_progress`: the current editor and all else training carries)
-        and, into ``out`` itself, the agent as it would be kept now (its best validated editor, or the
-        current one, or its moving average), for evaluation while the run goes on."""
-        self.save_progress(out, {"progress": run.as_dict(), "optimizer": optimizer.state_dict(), "average": average,
-                                 "grads": [p.grad for p in params], "explore": explore.get_state(),
-                                 "solver_caches": self.editor.solver_caches()})
-        if run.best is None:
-            with _swapped(params, average):
+    def _save_training(self, out: Path, loop: TrainingLoop,
+                       weights: Callable[[], AbstractContextManager[None]]) -> None:
+        """Save the run's progress (:meth:`save_progress`: the current editor and all else training carries,
+        :meth:`TrainingLoop.state_dict`) and, into ``out`` itself, the agent as it would be kept now (its best
+        validated editor, or the current one, or its moving average: what ``weights`` puts in place),
+        for evaluation while the run goes on."""
+        self.save_progress(out, loop.state_dict())
+        best = loop.state.best
+        if best is None:
+            with weights():
                 self.save(out)
             return
         current, caches = copy.deepcopy(self.state_dict()), self.editor.solver_caches()
-        self.load_state_dict(run.best[2])
+        self.load_state_dict(best[2])
         try:
             self.save(out)
         finally:
             self.load_state_dict(current)
             self.editor.load_solver_caches(caches)
 
-    def _restore_training(self, out: Path, seed: int, steps: int, optimizer: torch.optim.Optimizer,
-                          params: list[nn.Parameter], average: list[torch.Tensor] | None,
-                          explore: torch.Generator) -> _Progress:
-        """Load the extras :meth:`_save_training` wrote beside the editor this agent was loaded with
-        (``hiedit train --resume`` loads it from :func:`progress_folder`); the progress they hold."""
+    def _restore_training(self, out: Path, loop: TrainingLoop) -> None:
+        """Load into ``loop`` what :meth:`_save_training` wrote beside the editor this agent was loaded with
+        (``hiedit train --resume`` loads it from :func:`progress_folder`)."""
         folder = progress_folder(out)
         if folder is None:
             raise CheckpointError(f"nothing to resume in {str(out)!r}: it has no {PROGRESS_DIR} "
@@ -484,21 +339,14 @@ class LearnedEditorAgent(Agent):
         files = verify_checkpoint(folder)["files"]
         if PROGRESS_FILE not in files:
             raise CheckpointError(f"{str(folder)!r} lacks {PROGRESS_FILE}: it is not a learned editor's training run")
-        state = load_torch(folder / PROGRESS_FILE, self.env.model.device)
-        run = _Progress(**state["progress"])
-        if run.seed != seed:
-            raise ValueError(f"the run in {str(out)!r} was started with seed {run.seed}, not {seed}")
-        if run.step >= steps:
-            raise ValueError(f"the run in {str(out)!r} has trained {run.step} edits already; --steps {steps} asks for no more")
-        self.editor.load_solver_caches(state["solver_caches"])
-        optimizer.load_state_dict(state["optimizer"])
-        with torch.no_grad():
-            for p, grad in zip(params, state["grads"]):
-                p.grad = None if grad is None else grad.clone()
-            for a, saved in zip(average or [], state["average"] or []):
-                a.copy_(saved)
-        explore.set_state(state["explore"])
-        return run
+        extras = load_torch(folder / PROGRESS_FILE, self.env.model.device)
+        saved = TrainingState(**extras["progress"])
+        if saved.seed != loop.state.seed:
+            raise ValueError(f"the run in {str(out)!r} was started with seed {saved.seed}, not {loop.state.seed}")
+        if saved.step >= loop.steps:
+            raise ValueError(f"the run in {str(out)!r} has trained {saved.step} edits already; "
+                             f"--steps {loop.steps} asks for no more")
+        loop.load_state_dict(extras)
 
     def _hold_out(self, env: HiEditEnv, seed: int) -> tuple[list[int], list[int] | None]:
         """The records held out for validation and the pool training episodes draw from (``None``: all)."""
@@ -511,15 +359,16 @@ class LearnedEditorAgent(Agent):
         order = np.random.default_rng(seed).permutation(len(env.records)).tolist()
         return order[:n_val], order[n_val:]
 
-    def _validate(self, env: HiEditEnv, records: list[int], seed: int, progress: bool = False) -> dict[str, float]:
-        """Edit ``records`` as one sequence with the current editor; the end-of-sequence ES/GS/LS/mean."""
+    def validate(self, env: HiEditEnv, records: list[int], seed: int, progress: bool = False) -> dict[str, float]:
+        """Edit ``records`` as one sequence with the current editor; the end-of-sequence metrics a training
+        run keeps (:data:`~hiedit_env.score.EPISODE_SUMMARY`)."""
         observation, _ = env.reset(seed=seed, options={"records": records})
         for _ in trange(len(records), desc="validating", unit="edit", leave=False, disable=not progress):
             observation, _, terminated, _, info = env.step(self._act_on(env, observation))
-        return {k: info["episode_metrics"][k] for k in EPISODE_KEYS}
+        return {k: info["episode_metrics"][k] for k in EPISODE_SUMMARY}
 
     @torch.no_grad()
-    def _bound_step_size(self) -> None:
+    def bound_step_size(self) -> None:
         """Project the learned per-module step sizes back under ``max_lr``.
 
         Within a short training episode a larger step edits better, so the step sizes drift upward

@@ -1,39 +1,36 @@
-"""The plug-in contract every agent of the zoo follows, and the loop that runs one evaluation episode.
+"""The plug-in contract every agent of the zoo follows.
 
 An agent is built against an environment (it keeps the *unwrapped* one in ``self.env`` so it can read
 the current edit's trace), declares which ``update_mode`` it needs, and maps an observation to an
 action. Agents that learn override :meth:`Agent.learn`; agents with state override
 :meth:`Agent.state_dict` / :meth:`Agent.load_state_dict` and :meth:`Agent.config`. Saving writes a
 JSON config and, if there is state, a ``torch.save`` file, sealed by a manifest
-(:mod:`~hiedit_agents.checkpoint`), so ``Agent.load(dir, env)`` rebuilds the same agent with no code
+(:mod:`~hiedit_agents.common.checkpoint`), so ``Agent.load(dir, env)`` rebuilds the same agent with no code
 of ours knowing its class in advance, and refuses a folder that an interrupted save left behind.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import gymnasium as gym
-from tqdm import tqdm
 
 from hiedit_env import HiEditEnv
-from hiedit_env.env import REWARD_WEIGHTS
+from hiedit_env.env import REWARD_ARGUMENTS
 
-from .checkpoint import PROGRESS_DIR, CheckpointError, CheckpointWriter, load_torch, read_json, save_swapped, verify_checkpoint
+from .checkpoint import (CONFIG_FILE, PROGRESS_DIR, PROGRESS_FILE, STATE_FILE, CheckpointError, CheckpointWriter,
+                         load_torch, read_checkpoint_meta, save_swapped, verify_checkpoint)
 
 UpdateMode = Literal["step_size", "low_rank"]
-CONFIG_FILE = "agent.json"
-STATE_FILE = "agent_state.pt"
-PROGRESS_FILE = "training_state.pt"
 # Sized for SmolLM2-135M on 2 CPU cores: a HiEdit training edit there (env step + objective
 # forward/backward + dense objective forward) took about 3 s with one torch thread on a machine
 # shared with other jobs (load ~4), so 300 edits (15 episodes of 20) take about 15 minutes, and the
 # learned editors' five validation sequences of 50 edits about 5 more (18 to 20 minutes in all with
 # two or three runs sharing the two cores).
 DEFAULT_TRAIN_STEPS = 300
+# Edits per training episode of ``hiedit train`` (``--num-edits``).
+DEFAULT_TRAIN_EDITS = 20
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -92,7 +89,7 @@ class Agent:
         """:meth:`env_requirements` less the reward weights, for evaluation: the reward changes neither
         what the agent sees nor the end-of-sequence metrics, and a costly term (``w_sequence`` scores
         every edit so far at every step) would only slow evaluation down."""
-        return {k: v for k, v in cls.env_requirements(config).items() if k not in REWARD_WEIGHTS}
+        return {k: v for k, v in cls.env_requirements(config).items() if k not in REWARD_ARGUMENTS}
 
     def act(self, observation: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
         """The action for the environment's current edit."""
@@ -122,7 +119,7 @@ class Agent:
     def save(self, directory: str | Path) -> Path:
         """Write the checkpoint into ``directory``: ``agent.json`` (class and config), ``agent_state.pt``
         for stateful agents, what :meth:`save_files` adds, and last the manifest that seals them
-        (:mod:`~hiedit_agents.checkpoint`: each file atomically, so an interrupted save never loads)."""
+        (:mod:`~hiedit_agents.common.checkpoint`: each file atomically, so an interrupted save never loads)."""
         with CheckpointWriter(directory) as writer:
             self.write_checkpoint(writer)
         return Path(directory)
@@ -141,7 +138,7 @@ class Agent:
     def save_progress(self, out: str | Path, extras: dict[str, Any] | None = None) -> Path:
         """Save the agent as it is now, with ``extras`` (what else training carries, as ``training_state.pt``),
         into ``out/training_state``, which holds a complete checkpoint at every moment
-        (:func:`~hiedit_agents.checkpoint.save_swapped`): what ``hiedit train --resume`` continues from."""
+        (:func:`~hiedit_agents.common.checkpoint.save_swapped`): what ``hiedit train --resume`` continues from."""
         def write(writer: CheckpointWriter) -> None:
             self.write_checkpoint(writer)
             if extras is not None:
@@ -199,65 +196,3 @@ def build_agent(cls: type[Agent], env: gym.Env, kwargs: dict[str, Any]) -> Agent
         return cls(env, **kwargs)
     except TypeError as err:  # an unknown --agent-kwargs key: one line, not a traceback
         raise ValueError(f"bad arguments for agent {cls.name!r}: {err}") from err
-
-
-def read_checkpoint_meta(directory: Path) -> dict[str, Any]:
-    """The ``agent.json`` of a checkpoint directory, with one line naming the file when it is missing,
-    not JSON, or lacks a field."""
-    path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(f"no agent checkpoint in {str(directory)!r} (missing {CONFIG_FILE})")
-    meta = read_json(path, "agent checkpoint file")
-    missing = [key for key in ("agent", "class", "config", "candidate_modules")
-               if not isinstance(meta, dict) or key not in meta]
-    if missing or not isinstance(meta["config"], dict):
-        raise CheckpointError(f"agent checkpoint file {str(path)!r} lacks {missing or ['a config object']}")
-    return meta
-
-
-def load_for_acting(cls: type[Agent], checkpoint: str | Path, overrides: dict[str, Any] | None = None,
-                    **env_kwargs: Any) -> tuple[Agent, gym.Env]:
-    """``checkpoint`` loaded into a new ``HiEdit-v0`` built from what the checkpoint's configuration needs to
-    act (:meth:`Agent.acting_requirements`) and ``env_kwargs`` (which have the last word, as ``--env-kwargs``
-    in ``hiedit evaluate``); ``overrides`` set acting options (:meth:`Agent.load`)."""
-    overrides = overrides or {}
-    cls.check_overrides(overrides)
-    config = {**read_checkpoint_meta(Path(checkpoint))["config"], **overrides}
-    env = gym.make("HiEdit-v0", **{**cls.acting_requirements(config), **env_kwargs})
-    return cls.load(checkpoint, env, **overrides), env
-
-
-def run_episode(agent: Agent, env: gym.Env, seed: int, progress: bool = True,
-                on_step: Callable[[dict[str, Any], bool], None] | None = None, curve_points: int = 0) -> dict[str, Any]:
-    """Run one full episode with ``agent`` and return the environment's ``episode_metrics``, plus
-    ``agent_seconds_per_edit`` (the agent's own ``act`` time, which ``seconds_per_edit`` leaves out).
-
-    ``on_step(info, terminated)`` is called after every step (e.g. to score the model mid-sequence).
-    With ``curve_points`` > 0 the result also holds ``curve``: ES/GS/LS of the edits so far after every
-    ``num_edits / curve_points`` edits (one scoring pass each, outside the timed step), the last point
-    being the end-of-sequence evaluation.
-    """
-    observation, info = env.reset(seed=seed)
-    unwrapped: HiEditEnv = env.unwrapped
-    total = unwrapped.num_edits
-    marks = {round(total * i / curve_points) for i in range(1, curve_points)} if curve_points > 1 else set()
-    curve: list[dict[str, float]] = []
-    act_seconds: list[float] = []
-    with tqdm(total=total, desc=f"evaluating {agent.name}", unit="edit", disable=not progress) as bar:
-        terminated = False
-        while not terminated:
-            started = time.perf_counter()
-            action = agent.act(observation, info)
-            act_seconds.append(time.perf_counter() - started)
-            observation, _, terminated, _, info = env.step(action)
-            if unwrapped.edit_index in marks and not terminated:
-                scores = unwrapped.evaluate(generation=False)
-                curve.append({"edits": unwrapped.edit_index, **{k: scores[k] for k in ("ES", "GS", "LS")}})
-            if on_step is not None:
-                on_step(info, terminated)
-            bar.set_postfix(ES=f"{info['edit_success']:.2f}", LS=f"{info['locality']:.2f}")
-            bar.update()
-    metrics = {**info["episode_metrics"], "agent_seconds_per_edit": sum(act_seconds) / len(act_seconds)}
-    if curve_points > 0:
-        metrics["curve"] = [*curve, {"edits": total, **{k: metrics[k] for k in ("ES", "GS", "LS")}}]
-    return metrics

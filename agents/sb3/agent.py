@@ -1,194 +1,40 @@
-"""Stable-Baselines3 learners as zoo agents: ``ppo``, ``a2c``, ``sac``, ``td3`` and ``maskable_ppo``.
-
-Each algorithm controls one level of the hierarchy through a wrapper of :mod:`hiedit_env.wrappers`
-(SB3 takes no ``Dict`` actions). Hyperparameters come from ``hyperparams/<algorithm>.yml`` in the
-format of the RL Baselines3 Zoo, or from a user's file (``hyperparams="my.yml"``); any key can be
-overridden from the command line with ``--agent-kwargs '{"learning_rate": 0.001}'``. A file holds:
-
-* the ``HiEdit-v0`` entry, which the zoo reads too (``python -m rl_zoo3.train --conf-file``, see
-  docs/rl-zoo.md): ``n_timesteps``, ``policy``, ``n_envs``, ``normalize``, ``env_wrapper``,
-  ``env_kwargs``, ``policy_kwargs``, ``noise_type``/``noise_std`` (action noise for the off-policy
-  algorithms: ``normal`` or ``ornstein-uhlenbeck``), plus the algorithm's own arguments.
-  ``env_wrapper`` is the zoo's list ``[{"hiedit_env.wrappers.ChooseLayersInTurn": {...}}, ...]``
-  (``module:Class`` is read too): exactly one level wrapper, then optional Gymnasium observation
-  wrappers (``gymnasium.wrappers.FlattenObservation``). A level wrapper's ``editor`` or ``layers``
-  may name a zoo agent, ``{"agent": "rledit", "checkpoint": "runs/rledit"}`` or ``{"agent": "topk_grad"}``;
-* the ``hiedit_train`` section, keys of ours that the zoo never reads (it would pass them to the
-  algorithm), merged over the entry:
-
-  * ``level``: ``high``, ``low`` or ``flat``, the level the algorithm controls (documentation; the
-    wrapper decides);
-  * ``vec_env``: ``dummy`` (copies in this process: they share one model, so memory barely grows) or
-    ``subproc`` (one process and one model per copy);
-  * ``eval_freq``/``eval_episodes``/``eval_split``/``eval_dataset``: an evaluation episode on held-out
-    edits (the ``eval_split`` of the training data, or of ``eval_dataset`` when training uses a whole
-    file) every ``eval_freq`` agent steps, logged to TensorBoard only (the saved model is the last one,
-    never the best on those edits, so they select nothing);
-  * ``checkpoint_freq``: save the agent (model, ``VecNormalize`` statistics, replay buffer) every that
-    many agent steps, so ``hiedit train --resume`` continues an interrupted run.
-
-``--steps`` counts edits (environment steps). ``ChooseLayersInTurn`` takes ``k`` agent decisions per
-edit, so SB3's ``total_timesteps`` is ``k`` times larger there.
-"""
+"""The SB3 agent: an SB3 algorithm acting through one level wrapper, its training (vector environments,
+``VecNormalize``, action noise, evaluation and checkpoint callbacks) and its checkpoint files, and
+the five registered algorithms."""
 
 from __future__ import annotations
 
 import copy
-import functools
-import importlib
 import json
 import pickle
 import warnings
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
-import torch
-import yaml
 from sb3_contrib import MaskablePPO
 from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback
 from stable_baselines3 import A2C, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback, EveryNTimesteps
-from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.noise import NormalActionNoise, OrnsteinUhlenbeckActionNoise
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 from tqdm import TqdmExperimentalWarning
 
+from hiedit_env import HiEditEnv
 from hiedit_env.checks import check_int
-from hiedit_env.env import REWARD_TERMS, HiEditEnv
-from hiedit_env.wrappers import ChooseLayersInTurn, LevelWrapper
+from hiedit_env.wrappers import ChooseLayersInTurn
 
-from .base import Agent, TrainingInterrupted, UpdateMode
-from .checkpoint import CheckpointError, CheckpointWriter
-from .registry import agent_class
+from ..common.base import Agent, TrainingInterrupted
+from ..common.checkpoint import CheckpointError, CheckpointWriter
+from .callbacks import RewardTermsCallback, SaveAgentCallback
+from .hyperparams import OWN_KEYS, load_hyperparams
+from .vec_env import vector_env
+from .wrappers import editor_update_mode, wrap_levels
 
-ENV_ID = "HiEdit-v0"
-HYPERPARAMS_DIR = Path(__file__).parent / "hyperparams"
 MODEL_FILE, VECNORM_FILE, BUFFER_FILE = "model.zip", "vecnormalize.pkl", "replay_buffer.pkl"
-# The section of a hyperparameter file that RL Baselines3 Zoo never reads (it reads the environment
-# id's entry alone), and the keys it may hold.
-TRAIN_SECTION = "hiedit_train"
-TRAIN_KEYS = frozenset({"level", "vec_env", "eval_freq", "eval_episodes", "eval_split", "eval_dataset", "checkpoint_freq"})
-# Keys read here; every other key is passed to the algorithm's constructor.
-OWN_KEYS = TRAIN_KEYS | {"env_wrapper", "env_kwargs", "n_timesteps", "policy", "n_envs", "normalize", "noise_type",
-                         "noise_std"}
-EPISODE_METRICS = ("ES", "GS", "LS", "mean", "ES_first_20pct", "layers_per_edit")
-
-
-def load_hyperparams(algorithm: str, path: str | Path | None = None,
-                     overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The ``HiEdit-v0`` entry of ``path`` (default: the shipped ``hyperparams/<algorithm>.yml``) with
-    the file's ``hiedit_train`` section merged in and ``overrides`` replacing whole keys."""
-    path = Path(path) if path is not None else HYPERPARAMS_DIR / f"{algorithm}.yml"
-    if not path.is_file():
-        raise FileNotFoundError(f"no hyperparameter file {str(path)!r}")
-    table = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(table, dict) or not isinstance(table.get(ENV_ID), dict):
-        raise ValueError(f"{str(path)!r} has no {ENV_ID!r} entry (RL Zoo format: one entry per environment id)")
-    extra = table.get(TRAIN_SECTION) or {}
-    if not isinstance(extra, dict) or not set(extra) <= TRAIN_KEYS:
-        raise ValueError(f"{str(path)!r}: the {TRAIN_SECTION!r} section may only hold {sorted(TRAIN_KEYS)}, got "
-                         f"{sorted(extra) if isinstance(extra, dict) else extra!r}")
-    twice = sorted(set(extra) & set(table[ENV_ID]))
-    if twice:
-        raise ValueError(f"{str(path)!r} sets {twice} both in {ENV_ID!r} and in {TRAIN_SECTION!r}")
-    return {**table[ENV_ID], **extra, **(overrides or {})}
-
-
-def _import(path: str) -> Any:
-    """The object named ``package.module.Name`` (RL Zoo's spelling) or ``package.module:Name``."""
-    module, _, attr = path.partition(":") if ":" in path else path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ValueError(f"cannot import {path!r} (expected 'package.module.Name' or 'package.module:Name'): {err}") from err
-
-
-def _wrapper_specs(hp: dict[str, Any]) -> list[tuple[type, dict[str, Any]]]:
-    """``env_wrapper`` as (class, kwargs) pairs, checked: one level wrapper first, then observation wrappers."""
-    specs = hp.get("env_wrapper")
-    if not isinstance(specs, list) or not specs:
-        raise ValueError("hyperparameter 'env_wrapper' must be a non-empty list such as "
-                         "[{'hiedit_env.wrappers.ChooseLayersInTurn': {'k': 9}}]")
-    pairs: list[tuple[type, dict[str, Any]]] = []
-    for spec in specs:
-        if isinstance(spec, str):
-            name, kwargs = spec, {}
-        elif isinstance(spec, dict) and len(spec) == 1:
-            (name, kwargs), = spec.items()
-        else:
-            raise ValueError(f"each env_wrapper entry must be 'module.Class' or {{'module.Class': kwargs}}, got {spec!r}")
-        cls = _import(name)
-        if not isinstance(cls, type):
-            raise ValueError(f"env_wrapper entry {name!r} is not a class")
-        pairs.append((cls, dict(kwargs or {})))
-    if not issubclass(pairs[0][0], LevelWrapper) or any(issubclass(c, LevelWrapper) for c, _ in pairs[1:]):
-        raise ValueError("env_wrapper must start with exactly one level wrapper from hiedit_env.wrappers")
-    if any(not issubclass(c, gym.ObservationWrapper) for c, _ in pairs[1:]):
-        raise ValueError("after the level wrapper, env_wrapper may only hold Gymnasium observation wrappers")
-    return pairs
-
-
-def editor_update_mode(hp: dict[str, Any]) -> UpdateMode:
-    """The environment's ``update_mode`` the configured wrapper needs (a zoo-agent editor decides it)."""
-    editor = _wrapper_specs(hp)[0][1].get("editor")
-    return agent_class(editor["agent"]).update_mode if isinstance(editor, dict) else "step_size"
-
-
-def wrap_levels(hp: dict[str, Any], env: gym.Env) -> tuple[LevelWrapper, list[gym.ObservationWrapper]]:
-    """``env`` wrapped as ``hp["env_wrapper"]`` says: the level wrapper and the observation wrappers around it."""
-    (level_cls, level_kwargs), *rest = _wrapper_specs(hp)
-    level = level_cls(env, **level_kwargs)
-    wrappers: list[gym.ObservationWrapper] = []
-    outer: gym.Env = level
-    for cls, kwargs in rest:
-        outer = cls(outer, **kwargs)
-        wrappers.append(outer)
-    return level, wrappers
-
-
-def outermost(hp: dict[str, Any], env: gym.Env) -> gym.Env:
-    """The fully wrapped ``env`` (a module-level function, so subprocess copies can be built from it)."""
-    level, wrappers = wrap_levels(hp, env)
-    return (wrappers or [level])[-1]
-
-
-def _make_copy(spec: gym.envs.registration.EnvSpec, kwargs: dict[str, Any], threads: int) -> gym.Env:
-    """A copy of the environment; a subprocess copy also takes the parent's torch thread count
-    (torch's default there oversubscribes the cores the parent was told to use)."""
-    torch.set_num_threads(threads)
-    return gym.make(spec, **kwargs)
-
-
-class RewardTermsCallback(BaseCallback):
-    """Logs every reward term of :class:`~hiedit_env.HiEditEnv` (mean over the logging interval,
-    under ``edit/``) and the end-of-sequence evaluation of each finished episode (under ``episode/``)."""
-
-    def _on_step(self) -> bool:
-        for info in self.locals["infos"]:
-            for term in REWARD_TERMS:
-                if term in info:
-                    self.logger.record_mean(f"edit/{term}", info[term])
-            if "episode_metrics" in info:
-                for key in EPISODE_METRICS:
-                    self.logger.record_mean(f"episode/{key}", info["episode_metrics"][key])
-        return True
-
-
-class SaveAgentCallback(BaseCallback):
-    """Saves the run's progress (:meth:`SB3Agent.save_progress`) when triggered (by ``EveryNTimesteps``)."""
-
-    def __init__(self, agent: SB3Agent, directory: Path) -> None:
-        super().__init__()
-        self.agent, self.directory = agent, directory
-
-    def _on_step(self) -> bool:
-        self.agent.save_progress(self.directory)
-        return True
 
 
 class SB3Agent(Agent):
@@ -246,21 +92,6 @@ class SB3Agent(Agent):
         return self.level.env_action(action, observation, info)
 
     # ------------------------------------------------------------------ learning
-    def _vec_env(self, env: gym.Env, n_envs: int, seed: int, changes: dict[str, Any] | None = None) -> VecEnv:
-        """``n_envs`` wrapped copies of ``env`` (re-made from its spec with ``changes``; in-process copies
-        share the model)."""
-        if env.spec is None:
-            if n_envs != 1 or changes:
-                raise ValueError("n_envs > 1 needs an environment made with gym.make (it has a spec)")
-            factory: Callable[[], gym.Env] = lambda: env
-        else:
-            factory = functools.partial(_make_copy, env.spec, changes or {}, torch.get_num_threads())
-        vec_name = self.hp.get("vec_env", "dummy")
-        if vec_name not in ("dummy", "subproc"):
-            raise ValueError(f"vec_env must be 'dummy' or 'subproc', got {vec_name!r}")
-        return make_vec_env(factory, n_envs=n_envs, seed=seed, wrapper_class=functools.partial(outermost, self.hp),
-                            vec_env_cls=SubprocVecEnv if vec_name == "subproc" else DummyVecEnv)
-
     def _normalized(self, venv: VecEnv, training: bool) -> VecEnv:
         normalize = self.hp.get("normalize", False)
         if not normalize:
@@ -299,12 +130,12 @@ class SB3Agent(Agent):
 
         With ``checkpoint_dir`` the agent is saved there every ``checkpoint_every`` edits (default: the
         ``checkpoint_freq`` hyperparameter, in agent steps) and when SIGINT interrupts training, which
-        then raises :class:`~hiedit_agents.base.TrainingInterrupted`. ``resume`` continues the model
+        then raises :class:`~hiedit_agents.common.base.TrainingInterrupted`. ``resume`` continues the model
         this agent was loaded with (:meth:`load`), from a run's progress folder or its finished checkpoint."""
         check_int("steps", steps, 1)
         if resume and self.model is None:
             raise ValueError(f"nothing to resume: this {self.name} agent has no model (load the checkpoint first)")
-        venv = self._normalized(self._vec_env(env, int(self.hp.get("n_envs", 1)), seed), training=True)
+        venv = self._normalized(vector_env(self.hp, env, int(self.hp.get("n_envs", 1)), seed), training=True)
         total = steps * self.decisions_per_edit
         if self.model is None:
             policy = self.hp.get("policy", "MultiInputPolicy")
@@ -327,7 +158,7 @@ class SB3Agent(Agent):
         eval_freq = int(self.hp.get("eval_freq", 0))
         eval_changes = self._held_out(env) if eval_freq > 0 and log_dir is not None else None
         if eval_changes is not None:
-            eval_env = self._normalized(self._vec_env(env, 1, seed + 10_000, eval_changes), training=False)
+            eval_env = self._normalized(vector_env(self.hp, env, 1, seed + 10_000, eval_changes), training=False)
             eval_cls = MaskableEvalCallback if isinstance(self.model, MaskablePPO) else EvalCallback
             callbacks.append(eval_cls(eval_env, n_eval_episodes=int(self.hp.get("eval_episodes", 1)),
                                       eval_freq=max(1, eval_freq // venv.num_envs), deterministic=True, verbose=0))

@@ -1,6 +1,6 @@
 """HiEdit (lifelong model editing with hierarchical RL, 2026): a layer gate over the RLEdit editor.
 
-The high level (:class:`~hiedit_agents.gate.LayerGate`) keeps the top ``k`` candidates per edit
+The high level (:class:`~hiedit_agents.learned.gate.LayerGate`) keeps the top ``k`` candidates per edit
 (default half); the low level is the same hypernetwork as RLEdit's. Both train on one loss,
 
     objective(sparse update) - objective(dense update).detach(),
@@ -11,7 +11,7 @@ sparse edit's loss; for the high level the difference is the (negated) intrinsic
 worse editing the chosen ``k`` modules is than editing all of them.
 
 With ``gate_reinforce`` > 0 (default 1; 0 leaves the straight-through gate alone) the gate explores
-while training (a Plackett-Luce draw of ``k`` modules, :mod:`~hiedit_agents.gate`) and the loss adds
+while training (a Plackett-Luce draw of ``k`` modules, :mod:`~hiedit_agents.learned.gate`) and the loss adds
 ``-gate_reinforce * (reward - baseline) * log p(choice)``, the score-function estimator of the same intrinsic reward against its running mean: unlike the
 straight-through slope, it charges a choice the whole loss it causes, the curvature of the locality
 KL of each module included. On SmolLM2 (ZsRE, three training seeds) it raised the selection
@@ -28,11 +28,10 @@ import torch
 from torch import nn
 
 from hiedit_env import EditTrace, HiEditEnv
-from hiedit_env.checks import check_range
+from hiedit_env.checks import check_k, check_range
 
+from .agent import LearnedEditorAgent, LowRank, detached, masked
 from .gate import LayerGate, Selection, changed_from_observation, trace_features
-from .learned import LearnedEditorAgent, LowRank, detached, masked
-from .selection import check_k
 
 # The score-function term's baseline: an exponential mean of the intrinsic reward over about ten edits.
 REWARD_BASELINE_DECAY = 0.9

@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import os
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -363,3 +365,10 @@ def test_tune_keeps_a_searched_heuristic_step_instead_of_tuning_it_away(tmp_path
     # its own step, where a grid search on the training split would have replaced both by one tuned value
     assert steps == [0.0, 1.0] and summary["errors"] == 0
     assert trials[0]["score"] != trials[1]["score"]
+
+
+def test_the_machine_is_described_by_its_cpu_cores_and_system() -> None:
+    from hiedit_agents.sweep.cell import machine_description
+
+    text = machine_description()
+    assert f", {os.cpu_count()} cores, " in text and text.endswith(f"{platform.system()} {platform.machine()}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import platform
 import subprocess
 import time
@@ -113,7 +114,24 @@ def provenance() -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return {"versions": " ".join(f"{k}=={v}" for k, v in versions.items() if v), "git_commit": commit,
-            "machine": f"{platform.node()} {platform.machine()} {platform.processor() or platform.system()}"}
+            "machine": machine_description()}
+
+
+def machine_description() -> str:
+    """What a reader needs to compare seconds across machines: the CPU model, its cores, memory and system,
+    e.g. ``Intel(R) Xeon(R) Processor @ 2.10GHz, 2 cores, 24 GiB, Linux x86_64``."""
+    cpu = platform.processor() or platform.machine()
+    try:  # Linux names the model in /proc/cpuinfo; platform.processor() there is only the architecture
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    parts = [cpu, f"{os.cpu_count()} cores"]
+    try:
+        parts.append(f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB")
+    except (AttributeError, ValueError, OSError):  # sysconf names are POSIX only
+        pass
+    return ", ".join(parts + [f"{platform.system()} {platform.machine()}"])
 
 
 def run_cell(cell: Cell, out: Path) -> dict[str, Any]:

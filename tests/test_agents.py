@@ -12,7 +12,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import warnings
 
 import gymnasium as gym
 import numpy as np
@@ -44,15 +43,13 @@ def one_thread():
 
 
 @pytest.fixture
-def env_for(zsre_path):
+def env_for():
     """``env_for(update_mode, **kwargs)``: a training-split environment on the tiny Llama."""
     made: list[gym.Env] = []
 
     def factory(update_mode: str = "low_rank", **kwargs) -> gym.Env:
-        kwargs = {"dataset": zsre_path, "num_edits": 4, "split": "train", "evaluate_generation": False, **kwargs}
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*skipped \d+ of \d+ records")
-            env = gym.make("HiEdit-v0", model=MODEL, update_mode=update_mode, **kwargs)
+        kwargs = {"dataset": "default", "num_edits": 4, "split": "train", "evaluate_generation": False, **kwargs}
+        env = gym.make("HiEdit-v0", model=MODEL, update_mode=update_mode, **kwargs)
         made.append(env)
         return env
 
@@ -525,7 +522,7 @@ def test_max_size_ratio_shrinks_only_the_updates_above_the_bound(scale, env_for)
         torch.testing.assert_close(sizes, expected, rtol=1e-3, atol=0)
 
 
-def test_max_size_ratio_is_checked_and_can_be_set_on_a_checkpoint(env_for, zsre_path, tmp_path):
+def test_max_size_ratio_is_checked_and_can_be_set_on_a_checkpoint(env_for, tmp_path):
     env = env_for(num_edits=2)
     with pytest.raises(ValueError, match="scale='edit'"):
         make_agent("rledit", env, scale="edit", max_size_ratio=3, precondition=0)
@@ -543,7 +540,7 @@ def test_max_size_ratio_is_checked_and_can_be_set_on_a_checkpoint(env_for, zsre_
     assert agent_class("hiedit").load(tmp_path, env, edit_steps=2).hparams["edit_steps"] == 2
     # The same through load_for_acting, which also builds the environment the checkpoint acts in.
     acting, acting_env = load_for_acting(agent_class("hiedit"), tmp_path, {"max_size_ratio": 2}, model=MODEL,
-                                         dataset=zsre_path, num_edits=2, evaluate_generation=False)
+                                         dataset="default", num_edits=2, evaluate_generation=False)
     assert acting.editor.max_size_ratio == 2.0 and acting_env.unwrapped.trace == "objective"
     acting_env.close()
 
@@ -662,9 +659,9 @@ def test_ft_l_descends_the_loss_it_is_given(loss, env_for):
         make_agent("ft_l", env, loss="kl")
 
 
-def test_cli_train_then_evaluate(zsre_path, tmp_path, capsys):
+def test_cli_train_then_evaluate(tmp_path, capsys):
     out = tmp_path / "run"
-    common = ["--model", MODEL, "--dataset", zsre_path, "--seed", "1", "--threads", "1"]
+    common = ["--model", MODEL, "--dataset", "default", "--seed", "1", "--threads", "1"]
     assert main(["train", "--agent", "hiedit", *common, "--steps", "4", "--num-edits", "2", "--out", str(out)]) == 0
     stats = json.loads((out / "train_stats.json").read_text())
     assert stats["optimizer_steps"] == 4 and stats["seconds_per_step"] > 0 and stats["peak_rss_mb"] > 0
@@ -693,19 +690,19 @@ def test_cli_train_then_evaluate(zsre_path, tmp_path, capsys):
     assert "fixes ['rank']" in err
 
 
-def test_low_memory_training_runs_in_its_own_process(zsre_path, tmp_path):
+def test_low_memory_training_runs_in_its_own_process(tmp_path):
     # A subprocess: the allocator setting would otherwise slow every later test of this process.
     out = tmp_path / "run"
     code = "import sys; from hiedit_agents.cli import main, return_freed_memory; " \
            "assert return_freed_memory(); sys.exit(main(sys.argv[1:]))"
-    done = subprocess.run([sys.executable, "-c", code, "train", "--agent", "rledit", "--model", MODEL, "--dataset", zsre_path,
+    done = subprocess.run([sys.executable, "-c", code, "train", "--agent", "rledit", "--model", MODEL, "--dataset", "default",
                            "--steps", "2", "--num-edits", "2", "--threads", "1", "--low-memory", "--out", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((out / "train_stats.json").read_text())["low_memory"] is True
 
 
-def test_user_agent_as_module_path_runs_in_evaluate(zsre_path, tmp_path, monkeypatch):
+def test_user_agent_as_module_path_runs_in_evaluate(tmp_path, monkeypatch):
     (tmp_path / "my_user_agents.py").write_text(textwrap.dedent("""
         import numpy as np
         from hiedit_agents import Agent
@@ -720,7 +717,7 @@ def test_user_agent_as_module_path_runs_in_evaluate(zsre_path, tmp_path, monkeyp
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
     results = tmp_path / "results.json"
-    assert main(["evaluate", "--agent", "my_user_agents:FirstLayer", "--model", MODEL, "--dataset", zsre_path,
+    assert main(["evaluate", "--agent", "my_user_agents:FirstLayer", "--model", MODEL, "--dataset", "default",
                  "--num-edits", "3", "--seed", "2", "--threads", "1", "--out", str(results)]) == 0
     written = json.loads(results.read_text())
     assert written["agent"] == "my_user_agents:FirstLayer"
@@ -728,9 +725,9 @@ def test_user_agent_as_module_path_runs_in_evaluate(zsre_path, tmp_path, monkeyp
     assert hiedit_agents.Agent in agent_class("my_user_agents:FirstLayer").__mro__
 
 
-def test_untrained_editor_observes_training_edits_then_evaluates(zsre_path, tmp_path):
+def test_untrained_editor_observes_training_edits_then_evaluates(tmp_path):
     out = tmp_path / "untrained.json"
-    assert main(["evaluate", "--agent", "untrained_editor", "--model", MODEL, "--dataset", zsre_path, "--num-edits", "3",
+    assert main(["evaluate", "--agent", "untrained_editor", "--model", MODEL, "--dataset", "default", "--num-edits", "3",
                  "--agent-kwargs", '{"observe_edits": 25, "init_lr": 0.01}', "--env-kwargs", '{"back_depth": 0}',
                  "--threads", "1", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
@@ -738,16 +735,16 @@ def test_untrained_editor_observes_training_edits_then_evaluates(zsre_path, tmp_
     assert result["layers_per_edit"] == 4.0 and 0.0 <= result["mean"] <= 1.0
 
 
-def test_untrained_editor_observes_the_training_split_or_the_given_data(zsre_path, counterfact_path):
-    env = gym.make("HiEdit-v0", model=MODEL, dataset=zsre_path, num_edits=3, evaluate_generation=False,
+def test_untrained_editor_observes_the_training_split_or_the_given_data(zsre_format_path):
+    env = gym.make("HiEdit-v0", model=MODEL, dataset="default", num_edits=3, evaluate_generation=False,
                    **agent_class("untrained_editor").acting_requirements({}))
     env.reset(seed=0)  # the model is shared between environments: this one's weights are in it after a reset
     before = [p.detach().clone() for p in env.unwrapped.model.parameters()]
     agent = make_agent("untrained_editor", env, observe_edits=25)  # one training episode of 20 and 5 of the next
     assert int(agent.editor.gradient_size.count) == 25 and not agent.requires_training
     assert all(torch.equal(a, b) for a, b in zip(before, env.unwrapped.model.parameters()))
-    other = make_agent("untrained_editor", env, observe_edits=3, observe_dataset=counterfact_path)
-    assert int(other.editor.gradient_size.count) == 3 and other.config()["observe_dataset"] == counterfact_path
+    other = make_agent("untrained_editor", env, observe_edits=3, observe_dataset=zsre_format_path)
+    assert int(other.editor.gradient_size.count) == 3 and other.config()["observe_dataset"] == zsre_format_path
     assert int(make_agent("untrained_editor", env, observe_edits=0).editor.gradient_size.count) == 0
     with pytest.raises(ValueError, match="observe_edits must be an integer >= 0"):
         make_agent("untrained_editor", env, observe_edits=-1)

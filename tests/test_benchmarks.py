@@ -17,9 +17,9 @@ def run_script(name: str, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> N
     runpy.run_path(str(BENCHMARKS / name), run_name="__main__")
 
 
-def test_speed_script_reports_ratio_against_floor(zsre_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_speed_script_reports_ratio_against_floor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "speed.json"
-    run_script("speed.py", ["--model", "test-tiny-gpt2", "--dataset", zsre_path, "--num-edits", "4", "--out", str(out)],
+    run_script("speed.py", ["--model", "test-tiny-gpt2", "--dataset", "default", "--num-edits", "4", "--out", str(out)],
                monkeypatch)
     figures = json.loads(out.read_text())
     assert figures["edits_timed"] == 3
@@ -27,13 +27,13 @@ def test_speed_script_reports_ratio_against_floor(zsre_path: str, tmp_path: Path
     assert figures["ratio"] == pytest.approx(figures["median_step_s"] / figures["median_floor_s"])
 
 
-def test_packing_script_times_both_layouts_and_leaves_the_check_to_run_again(zsre_path: str, tmp_path: Path,
+def test_packing_script_times_both_layouts_and_leaves_the_check_to_run_again(tmp_path: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from hiedit_env import tokens
     from hiedit_env.models import load_shared_model
 
     out = tmp_path / "packing.json"
-    run_script("packing.py", ["--model", "test-tiny-llama", "--dataset", zsre_path, "--back-depths", "0", "2",
+    run_script("packing.py", ["--model", "test-tiny-llama", "--dataset", "default", "--back-depths", "0", "2",
                               "--edits", "2", "--out", str(out)], monkeypatch)
     rows = json.loads(out.read_text())["rows"]
     assert [r["back_depth"] for r in rows] == [0, 2] and [r["prompts"] for r in rows] == [2, 4]
@@ -43,9 +43,9 @@ def test_packing_script_times_both_layouts_and_leaves_the_check_to_run_again(zsr
     assert load_shared_model("test-tiny-llama").model not in tokens._PACKING
 
 
-def test_agent_sweep_writes_table_curves_and_results(zsre_path: str, tmp_path: Path,
+def test_agent_sweep_writes_table_curves_and_results(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    run_script("agents.py", ["--model", "test-tiny-llama", "--dataset", zsre_path, "--agents", "noop,topk_grad",
+    run_script("agents.py", ["--model", "test-tiny-llama", "--dataset", "default", "--agents", "noop,topk_grad",
                              "--num-edits", "4", "--tune-edits", "5", "--out", str(tmp_path)], monkeypatch)
     noop = json.loads((tmp_path / "noop.json").read_text())
     assert noop["layers_per_edit"] == 0.0 and noop["LS"] == 1.0
@@ -56,22 +56,22 @@ def test_agent_sweep_writes_table_curves_and_results(zsre_path: str, tmp_path: P
     assert "| noop |" in (tmp_path / "table.md").read_text()
     assert (tmp_path / "curves.png").stat().st_size > 0
     again = tmp_path / "again"
-    run_script("agents.py", ["--model", "test-tiny-llama", "--dataset", zsre_path, "--agents", "noop",
+    run_script("agents.py", ["--model", "test-tiny-llama", "--dataset", "default", "--agents", "noop",
                              "--num-edits", "4", "--out", str(again),
                              "--include", f"earlier_topk={tmp_path / 'topk_grad.json'}"], monkeypatch)
     assert "| earlier_topk |" in (again / "table.md").read_text() and not (again / "earlier_topk.json").exists()
     with pytest.raises(SystemExit):
-        run_script("agents.py", ["--dataset", zsre_path, "--out", str(again),
+        run_script("agents.py", ["--dataset", "default", "--out", str(again),
                                  "--include", f"table={tmp_path / 'table.md'}"], monkeypatch)
 
 
-def test_untrained_editor_statistics_come_from_unedited_training_edits(zsre_path: str) -> None:
+def test_untrained_editor_statistics_come_from_unedited_training_edits() -> None:
     import gymnasium as gym
     import torch
 
     from hiedit_agents import RLEditAgent
 
-    env = gym.make("HiEdit-v0", model="test-tiny-llama", dataset=zsre_path, split="train", num_edits=20,
+    env = gym.make("HiEdit-v0", model="test-tiny-llama", dataset="default", split="train", num_edits=20,
                    update_mode="low_rank", evaluate_generation=False)
     agent = RLEditAgent(env)
     env.reset(seed=0)  # the model is shared between environments: this one's weights are in it after a reset
@@ -81,13 +81,13 @@ def test_untrained_editor_statistics_come_from_unedited_training_edits(zsre_path
     assert all(torch.equal(a, b) for a, b in zip(before, env.unwrapped.model.parameters()))
 
 
-def test_benchmarks_build_the_environment_a_checkpoint_needs(zsre_path: str, tmp_path: Path,
+def test_benchmarks_build_the_environment_a_checkpoint_needs(tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """A MaskablePPO selector over a trained RLEdit editor needs a low_rank environment, which only its
     saved configuration says (the class alone would give step_size)."""
     from hiedit_agents.cli import main
 
-    common = ["--model", "test-tiny-llama", "--dataset", zsre_path, "--num-edits", "3", "--threads", "1"]
+    common = ["--model", "test-tiny-llama", "--dataset", "default", "--num-edits", "3", "--threads", "1"]
     assert main(["train", "--agent", "rledit", *common, "--steps", "2", "--out", str(tmp_path / "rledit")]) == 0
     wrappers = [{"hiedit_env.wrappers:ChooseLayersInTurn": {"editor": {"agent": "rledit", "checkpoint": str(tmp_path / "rledit")}}}]
     kwargs = {"env_wrapper": wrappers, "n_steps": 8, "batch_size": 8, "eval_freq": 0}
@@ -95,11 +95,11 @@ def test_benchmarks_build_the_environment_a_checkpoint_needs(zsre_path: str, tmp
     assert main(["train", "--agent", "maskable_ppo", *common, "--steps", "8", "--agent-kwargs", json.dumps(kwargs),
                  "--out", str(checkpoints / "maskable_ppo")]) == 0
     out = tmp_path / "sweep"
-    run_script("agents.py", ["--model", "test-tiny-llama", "--dataset", zsre_path, "--agents", "maskable_ppo",
+    run_script("agents.py", ["--model", "test-tiny-llama", "--dataset", "default", "--agents", "maskable_ppo",
                              "--checkpoints", str(checkpoints), "--num-edits", "3", "--out", str(out)], monkeypatch)
     assert json.loads((out / "maskable_ppo.json").read_text())["layers_per_edit"] == 2
     speed = tmp_path / "speed.json"
-    run_script("speed.py", ["--model", "test-tiny-llama", "--dataset", zsre_path, "--num-edits", "3", "--agent", "maskable_ppo",
+    run_script("speed.py", ["--model", "test-tiny-llama", "--dataset", "default", "--num-edits", "3", "--agent", "maskable_ppo",
                             "--checkpoint", str(checkpoints / "maskable_ppo"), "--out", str(speed)], monkeypatch)
     assert json.loads(speed.read_text())["agent"] == "maskable_ppo"
 
@@ -163,7 +163,7 @@ def test_cells_table_reads_every_training_seed_and_episode(tmp_path: Path, monke
         run_script("cells_table.py", [str(new), "--agents", "rledit", "--seeds", "200"], monkeypatch)
 
 
-def test_update_alignment_of_an_untrained_editor_is_the_gradient_step(zsre_path: str, tmp_path: Path,
+def test_update_alignment_of_an_untrained_editor_is_the_gradient_step(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch,
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     import gymnasium as gym
@@ -171,13 +171,13 @@ def test_update_alignment_of_an_untrained_editor_is_the_gradient_step(zsre_path:
     from hiedit_agents import make_agent
     from hiedit_agents.hypernet import DEFAULT_INIT_LR
 
-    env = gym.make("HiEdit-v0", model="test-tiny-llama", dataset=zsre_path, num_edits=3, update_mode="low_rank",
+    env = gym.make("HiEdit-v0", model="test-tiny-llama", dataset="default", num_edits=3, update_mode="low_rank",
                    evaluate_generation=False, trace="objective")
     # Zero up-projections and no key preconditioner: the update is -lr * G.
     make_agent("rledit", env, precondition=0).save(tmp_path / "untrained")
     out = tmp_path / "alignment.json"
     run_script("update_alignment.py", ["--checkpoint", str(tmp_path / "untrained"), "--model", "test-tiny-llama",
-                                       "--dataset", zsre_path, "--num-edits", "3", "--out", str(out)], monkeypatch)
+                                       "--dataset", "default", "--num-edits", "3", "--out", str(out)], monkeypatch)
     result = json.loads(out.read_text())
     assert len(result["cosine_mean_per_edit"]) == len(result["locality_per_edit"]) == len(result["drift_max_per_edit"]) == 3
     # With no gradient-size statistics every untrained update is init_lr of its module's norm, so after the
@@ -191,10 +191,10 @@ def test_update_alignment_of_an_untrained_editor_is_the_gradient_step(zsre_path:
     assert result["cosine_mean"] == pytest.approx(1.0, abs=1e-4) and result["cosine_min"] == pytest.approx(1.0, abs=1e-4)
 
 
-def test_module_costs_measures_every_candidate_alone(zsre_path: str, tmp_path: Path,
+def test_module_costs_measures_every_candidate_alone(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "costs.json"
-    run_script("module_costs.py", ["--model", "test-tiny-llama", "--dataset", zsre_path, "--num-edits", "2",
+    run_script("module_costs.py", ["--model", "test-tiny-llama", "--dataset", "default", "--num-edits", "2",
                                    "--unrelated", "3", "--observe-edits", "4", "--threads", "1", "--out", str(out)],
                monkeypatch)
     result = json.loads(out.read_text())
@@ -205,17 +205,17 @@ def test_module_costs_measures_every_candidate_alone(zsre_path: str, tmp_path: P
         assert module["edit_ce_drop"] > 0  # an untrained editor's step is a descent step on the edit
 
 
-def test_key_statistics_script_compares_sampled_text_with_the_data_prompts(zsre_path: str, tmp_path: Path,
+def test_key_statistics_script_compares_sampled_text_with_the_data_prompts(tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from hiedit_agents.locate import stats
 
     monkeypatch.setattr(stats, "DEFAULT_CACHE", tmp_path / "key_stats")
     out = tmp_path / "key_statistics.json"
-    run_script("key_statistics.py", ["--model", "test-tiny-llama", "--dataset", zsre_path, "--records", "50", "--top", "8",
+    run_script("key_statistics.py", ["--model", "test-tiny-llama", "--dataset", "default", "--records", "40", "--top", "8",
                                      "--threads", "1", "--out", str(out)], monkeypatch)
     result = json.loads(out.read_text())
     assert list(result["modules"]) == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
-    assert result["prompts"] == 3 * 50  # the first 50 training records, three prompts each
+    assert result["prompts"] == 3 * 40  # the first 40 of the 48 training records, three prompts each
     for figures in result["modules"].values():
         assert figures["relative_frobenius"] > 0 and 0 < figures["top_subspace_overlap"] <= 1
         assert figures["random_overlap"] == 8 / 128

@@ -20,7 +20,7 @@ def test_bad_reward_weight(make_env, name, value):
 
 
 @pytest.mark.parametrize("kwargs,argument", [
-    ({"num_edits": 2000}, "num_edits"),  # the ZsRE file has 998 usable records
+    ({"num_edits": 61}, "num_edits"),  # the shipped set has 60 records
     ({"num_edits": 0}, "num_edits"),
     ({"num_edits": -3}, "num_edits"),
     ({"num_edits": 2.5}, "num_edits"),

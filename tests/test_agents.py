@@ -662,7 +662,9 @@ def test_ft_l_descends_the_loss_it_is_given(loss, env_for):
 def test_cli_train_then_evaluate(tmp_path, capsys):
     out = tmp_path / "run"
     common = ["--model", MODEL, "--dataset", "default", "--seed", "1", "--threads", "1"]
-    assert main(["train", "--agent", "hiedit", *common, "--steps", "4", "--num-edits", "2", "--out", str(out)]) == 0
+    # 10 held-out validation edits: the default 50 and 2 edits per episode are more than the shipped set's 48 training records.
+    assert main(["train", "--agent", "hiedit", *common, "--steps", "4", "--num-edits", "2", "--agent-kwargs",
+                 '{"validation_edits": 10}', "--out", str(out)]) == 0
     stats = json.loads((out / "train_stats.json").read_text())
     assert stats["optimizer_steps"] == 4 and stats["seconds_per_step"] > 0 and stats["peak_rss_mb"] > 0
     assert [v["after_edits"] for v in stats["validations"]] == [2, 4]  # by default: after the first episode and the last edit
@@ -696,7 +698,8 @@ def test_low_memory_training_runs_in_its_own_process(tmp_path):
     code = "import sys; from hiedit_agents.cli import main, return_freed_memory; " \
            "assert return_freed_memory(); sys.exit(main(sys.argv[1:]))"
     done = subprocess.run([sys.executable, "-c", code, "train", "--agent", "rledit", "--model", MODEL, "--dataset", "default",
-                           "--steps", "2", "--num-edits", "2", "--threads", "1", "--low-memory", "--out", str(out)],
+                           "--steps", "2", "--num-edits", "2", "--threads", "1", "--low-memory",
+                           "--agent-kwargs", '{"validation_edits": 0}', "--out", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((out / "train_stats.json").read_text())["low_memory"] is True

@@ -229,7 +229,7 @@ def test_copies_in_subprocesses(tmp_path):
 def test_trained_low_level_as_the_editor_of_a_layer_selector(tmp_path):
     editor_dir = tmp_path / "rledit"
     assert main(["train", "--agent", "rledit", "--model", MODEL, "--dataset", "default", "--num-edits", "3",
-                 "--steps", "3", "--threads", "1", "--out", str(editor_dir)]) == 0
+                 "--steps", "3", "--threads", "1", "--agent-kwargs", '{"validation_edits": 0}', "--out", str(editor_dir)]) == 0
     wrappers = [{"hiedit_env.wrappers:ChooseLayersInTurn": {"editor": {"agent": "rledit", "checkpoint": str(editor_dir)}}}]
     assert agent_class("maskable_ppo").env_requirements({"env_wrapper": wrappers})["update_mode"] == "low_rank"
     out = tmp_path / "maskable"

@@ -13,7 +13,12 @@ own check):
 * paths of uncommitted runs: ``runs/s`` + digits (``runs/<name>`` as a user's output folder is fine);
 * commit hashes used as version names: seven to forty hex digits with at least one letter and one
   digit right after before, after, since, until, at, from, pre, post, commit or rev (joined by a
-  space, a hyphen or an underscore); SHA-256 digests in manifests and hex in data are not.
+  space, a hyphen or an underscore), anywhere; and in text and code (not in data files: .json,
+  .jsonl, .csv, .tsv) any word of seven to twelve such hex digits, the length of a short hash.
+  SHA-256 digests (64 digits) and hex in data are not hashes of ours.
+
+A number right after "stop", "session" or "issue" that goes on with a decimal point ("the same
+session 1.49") is a measurement, not a diary number.
 
 Usage: ``python .ci/vocabulary.py [ROOT]`` (default: the repository holding this file). A git work
 tree is checked file by file as ``git ls-files`` lists them; any other folder, every file under it.
@@ -36,14 +41,18 @@ from pathlib import Path
 # word (SIGSTOP) from matching. The patterns' own source text does not match them.
 _HEX = rb"[ _-](?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,40}(?![0-9a-z])"
 _HISTORY_WORDS = ("before", "after", "since", "until", "at", "from", "pre", "post", "commit", "rev")
+_NUMBER = rb"[0-9]+(?![0-9a-z]|\.[0-9])"
+COMMIT_HASH = "a commit hash as a version name"
 PATTERNS: list[tuple[str, re.Pattern[bytes]]] = [
-    ("a diary number", re.compile(rb"stop(?<![a-z]stop)[ _-]?[0-9]+(?![0-9a-z])")),
-    ("a session number", re.compile(rb"session(?<![a-z]session)[ _-]?[0-9]+(?![0-9a-z])")),
-    ("an issue number", re.compile(rb"issue(?<![a-z]issue)[ _-]?#?[0-9]+(?![0-9a-z])")),
+    ("a diary number", re.compile(rb"stop(?<![a-z]stop)[ _-]?" + _NUMBER)),
+    ("a session number", re.compile(rb"session(?<![a-z]session)[ _-]?" + _NUMBER)),
+    ("an issue number", re.compile(rb"issue(?<![a-z]issue)[ _-]?#?" + _NUMBER)),
     ("the tracker's wording", re.compile(rb"the issue(?:'|\xe2\x80\x99)s(?![a-z])")),
     ("the path of an uncommitted run", re.compile(rb"runs/s(?<![a-z0-9_]runs/s)[0-9]+(?![0-9a-z])")),
-] + [("a commit hash as a version name", re.compile(word.encode() + rb"(?<![a-z]" + word.encode() + rb")" + _HEX))
-     for word in _HISTORY_WORDS]
+] + [(COMMIT_HASH, re.compile(word.encode() + rb"(?<![a-z]" + word.encode() + rb")" + _HEX)) for word in _HISTORY_WORDS]
+# A short hash on its own, in text and code only: data files hold hex ids and digests of their own.
+BARE_HASH = re.compile(rb"(?<![0-9a-z_./-])(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,12}(?![0-9a-z_-])")
+DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv")
 
 
 def tracked_files(root: Path) -> list[str]:
@@ -58,12 +67,16 @@ def tracked_files(root: Path) -> list[str]:
     return sorted(Path(folder, name).relative_to(root).as_posix() for folder, _, names in os.walk(root) for name in names)
 
 
-def _hits(data: bytes) -> list[tuple[int, str, str]]:
-    """``(line number, matched text, what it is)`` for every hit in ``data``, in order."""
+def _hits(data: bytes, bare_hashes: bool = False) -> list[tuple[int, str, str]]:
+    """``(line number, matched text, what it is)`` for every hit in ``data``, in order; with ``bare_hashes``
+    also short hashes on their own."""
     lowered = data.lower()  # ASCII only: the offsets stay those of ``data``
-    found = sorted((match.start(), match.end(), what) for what, pattern in PATTERNS for match in pattern.finditer(lowered))
+    found = {(match.start(), match.end(), what) for what, pattern in PATTERNS for match in pattern.finditer(lowered)}
+    if bare_hashes:
+        named = {end for _, end, what in found if what == COMMIT_HASH}  # "before_<hash>" is one hit, not two
+        found |= {(m.start(), m.end(), COMMIT_HASH) for m in BARE_HASH.finditer(lowered) if m.end() not in named}
     return [(data.count(b"\n", 0, start) + 1, data[start:end].decode("utf-8", "replace"), what)
-            for start, end, what in found]
+            for start, end, what in sorted(found)]
 
 
 def scan(root: Path, files: Iterable[str]) -> list[str]:
@@ -77,7 +90,8 @@ def scan(root: Path, files: Iterable[str]) -> list[str]:
         except (IsADirectoryError, FileNotFoundError):  # a submodule, or a deleted file git still lists
             continue
         if b"\0" not in data[:8192]:  # a NUL byte: binary, no words to read
-            problems += [f"{name}:{line}: {found!r} ({what})" for line, found, what in _hits(data)]
+            problems += [f"{name}:{line}: {found!r} ({what})"
+                         for line, found, what in _hits(data, bare_hashes=not name.lower().endswith(DATA_SUFFIXES))]
     return problems
 
 

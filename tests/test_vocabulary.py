@@ -7,6 +7,7 @@ file fail the check it tests (which runs on every tracked file, this one include
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -35,9 +36,10 @@ VIOLATIONS = [
     (f"as asked in {ISSUE} #31", "an issue number"),
     (f"reaches the {ISSUE}'s target", "the tracker's wording"),
     ("checkpoint at " + "runs/" + "s21/hiedit/seed0", "the path of an uncommitted run"),
-    ("speed_hiedit_before_" + "dbad290.json", "a commit hash as a version name"),
-    ("slower since " + "1a2b3c4", "a commit hash as a version name"),
-    ("COMMIT " + "9F2CE01D is the baseline", "a commit hash as a version name"),
+    ("speed_hiedit_before_" + "dbad" + "290.json", "a commit hash as a version name"),
+    ("slower since " + "1a2b" + "3c4", "a commit hash as a version name"),
+    ("COMMIT " + "9F2C" + "E01D is the baseline", "a commit hash as a version name"),
+    ("`git worktree add /tmp/old " + "e761" + "9c0`", "a commit hash as a version name"),
 ]
 
 LOOK_ALIKES = [
@@ -46,7 +48,7 @@ LOOK_ALIKES = [
     "process.send_signal(signal.SIGSTOP)  # SIGSTOP 19 on Linux",
     "nonstop 24 hours",
     '"sha256": "9f2c41ab0e5d7c3b1a2f4e6d8c0b9a7f5e3d1c2b4a6f8e0d2c4b6a8f0e2d4c6b"',
-    '{"hidden": "deadbeef01", "at": 0.5, "id": "a1b2c3d4e5f6"}',
+    "peak 1.67 GB, the diagonal form in the same session 1.49 s",
     "hiedit train --out runs/zsre/hiedit  # runs/sb3/ppo as well",
     "@pytest.fixture(scope=\"session\")  # one per test session",
     "after 1234567 edits, at 5e3 steps, from 2026-12-07",
@@ -55,10 +57,12 @@ LOOK_ALIKES = [
 
 
 def plant(root: Path) -> None:
-    """Three files with violations (one in its name), one with look-alikes only, and a binary one."""
+    """Two files with violations (one in its name), two with look-alikes only, and a binary one."""
     (root / "docs").mkdir()
     (root / "docs" / "history.md").write_text("\n".join(text for text, _ in VIOLATIONS) + "\n")
     (root / "notes.md").write_text("\n".join(LOOK_ALIKES) + "\n")
+    # Data holds hex ids of its own: a short hash on its own is a hit in text and code only.
+    (root / "ids.json").write_text(json.dumps({"id": "a1b2c3" + "d4e5f6", "at": 0.5, "hidden": "deadbe" + "ef01"}))
     (root / f"{STOP}16").mkdir()
     (root / f"{STOP}16" / "speed.json").write_text('{"seconds": 1.0}\n')
     (root / "weights.bin").write_bytes(b"\0" + f"{STOP} 17".encode())
@@ -77,7 +81,7 @@ def test_each_planted_violation_is_named_with_its_line_and_what_it_is(vocabulary
 def test_look_alikes_and_binary_files_pass(vocabulary, tmp_path: Path) -> None:
     plant(tmp_path)
     problems = vocabulary.scan(tmp_path, vocabulary.tracked_files(tmp_path))
-    assert not [p for p in problems if p.startswith(("notes.md", "weights.bin"))]
+    assert not [p for p in problems if p.startswith(("notes.md", "ids.json", "weights.bin"))]
     assert len(problems) == len(VIOLATIONS) + 1  # the text's lines and the folder name, nothing else
 
 

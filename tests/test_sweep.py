@@ -73,14 +73,14 @@ def test_smoke_spec_is_valid_and_expands_to_one_training_per_seed() -> None:
 def test_leaderboard_specs_are_valid(spec_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The specs find the benchmark data through $HIEDIT_DATA_DIR; validating one only checks that the
     # files exist, so empty stand-ins do.
-    for name in ("zsre/zsre_mend_1k.json", "counterfact/counterfact_train.json", "counterfact/counterfact_val.json"):
-        (tmp_path / name).parent.mkdir(exist_ok=True)
-        (tmp_path / name).touch()
+    stand_ins = {str(tmp_path / name) for name in ("zsre/zsre_mend_1k.json", "counterfact/counterfact_train.json",
+                                                    "counterfact/counterfact_val.json")}
+    for name in stand_ins:
+        Path(name).parent.mkdir(exist_ok=True)
+        Path(name).touch()
     monkeypatch.setenv("HIEDIT_DATA_DIR", str(tmp_path))
     spec = load_spec(REPO_ROOT / "benchmarks" / "specs" / spec_name)
-    assert {source.source for d in spec.datasets for source in (d.train, d.evaluate)} <= {
-        str(tmp_path / name) for name in ("zsre/zsre_mend_1k.json", "counterfact/counterfact_train.json",
-                                          "counterfact/counterfact_val.json")}
+    assert {source.source for d in spec.datasets for source in (d.train, d.evaluate)} <= stand_ins
     assert spec.models == ["smollm2-135m"] and spec.training_seeds == [0, 100, 200]
     steps = {a.name: a.steps for a in spec.agents}
     assert steps["hiedit"] == steps["rledit"] == 300 and steps["sac"] is None

@@ -12,7 +12,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import warnings
 
 import gymnasium as gym
 import numpy as np
@@ -45,15 +44,13 @@ def one_thread():
 
 
 @pytest.fixture
-def env_for(zsre_path):
+def env_for():
     """``env_for(update_mode, **kwargs)``: a training-split environment on the tiny Llama."""
     made: list[gym.Env] = []
 
     def factory(update_mode: str = "low_rank", **kwargs) -> gym.Env:
-        kwargs = {"dataset": zsre_path, "num_edits": 4, "split": "train", "evaluate_generation": False, **kwargs}
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*skipped \d+ of \d+ records")
-            env = gym.make("HiEdit-v0", model=MODEL, update_mode=update_mode, **kwargs)
+        kwargs = {"dataset": "default", "num_edits": 4, "split": "train", "evaluate_generation": False, **kwargs}
+        env = gym.make("HiEdit-v0", model=MODEL, update_mode=update_mode, **kwargs)
         made.append(env)
         return env
 
@@ -523,7 +520,7 @@ def test_max_size_ratio_shrinks_only_the_updates_above_the_bound(update_size, en
         torch.testing.assert_close(sizes, expected, rtol=1e-3, atol=0)
 
 
-def test_max_size_ratio_is_checked_and_can_be_set_on_a_checkpoint(env_for, zsre_path, tmp_path):
+def test_max_size_ratio_is_checked_and_can_be_set_on_a_checkpoint(env_for, tmp_path):
     env = env_for(num_edits=2)
     for bad in (0, -1.0, float("nan"), float("inf"), True, "3"):
         with pytest.raises(ValueError, match="max_size_ratio must be"):
@@ -539,7 +536,7 @@ def test_max_size_ratio_is_checked_and_can_be_set_on_a_checkpoint(env_for, zsre_
     assert agent_class("hiedit").load(tmp_path, env, edit_steps=2).hparams["edit_steps"] == 2
     # The same through load_for_acting, which also builds the environment the checkpoint acts in.
     acting, acting_env = load_for_acting(agent_class("hiedit"), tmp_path, {"max_size_ratio": 2}, model=MODEL,
-                                         dataset=zsre_path, num_edits=2, evaluate_generation=False)
+                                         dataset="default", num_edits=2, evaluate_generation=False)
     assert acting.editor.max_size_ratio == 2.0 and acting_env.unwrapped.trace_covers == "objective"
     acting_env.close()
 
@@ -658,10 +655,12 @@ def test_ft_l_descends_the_loss_it_is_given(loss, env_for):
         make_agent("ft_l", env, loss="kl")
 
 
-def test_cli_train_then_evaluate(zsre_path, tmp_path, capsys):
+def test_cli_train_then_evaluate(tmp_path, capsys):
     out = tmp_path / "run"
-    common = ["--model", MODEL, "--dataset", zsre_path, "--seed", "1", "--threads", "1"]
-    assert main(["train", "--agent", "hiedit", *common, "--steps", "4", "--num-edits", "2", "--out", str(out)]) == 0
+    common = ["--model", MODEL, "--dataset", "default", "--seed", "1", "--threads", "1"]
+    # 10 held-out validation edits: the default 50 and 2 edits per episode are more than the shipped set's 48 training records.
+    assert main(["train", "--agent", "hiedit", *common, "--steps", "4", "--num-edits", "2", "--agent-kwargs",
+                 '{"validation_edits": 10}', "--out", str(out)]) == 0
     stats = json.loads((out / "train_stats.json").read_text())
     assert stats["optimizer_steps"] == 4 and stats["seconds_per_step"] > 0 and stats["peak_rss_mb"] > 0
     assert [v["after_edits"] for v in stats["validations"]] == [2, 4]  # by default: after the first episode and the last edit
@@ -689,10 +688,10 @@ def test_cli_train_then_evaluate(zsre_path, tmp_path, capsys):
     assert "fixes ['rank']" in err
 
 
-def test_evaluate_tunes_a_heuristic_as_train_does_unless_its_step_is_given(zsre_path, tmp_path, capsys):
+def test_evaluate_tunes_a_heuristic_as_train_does_unless_its_step_is_given(tmp_path, capsys):
     """One path, one value per baseline: `hiedit evaluate --agent all` tunes the step with `hiedit train`'s
     code on the training split, so it picks the step `hiedit train` picks with the same seed and data."""
-    data = ["--model", MODEL, "--dataset", zsre_path, "--threads", "1"]
+    data = ["--model", MODEL, "--dataset", "default", "--threads", "1"]
     checkpoint, results = tmp_path / "all", tmp_path / "results.json"
     assert main(["train", "--agent", "all", *data, "--steps", "20", "--seed", "3", "--out", str(checkpoint)]) == 0
     trained = json.loads((checkpoint / "train_stats.json").read_text())
@@ -718,30 +717,31 @@ def test_evaluate_tunes_a_heuristic_as_train_does_unless_its_step_is_given(zsre_
     assert "tuned step" not in capsys.readouterr().out
 
 
-def test_evaluate_tunes_on_another_file_when_given_one(zsre_path, counterfact_path, tmp_path):
+def test_evaluate_tunes_on_another_file_when_given_one(zsre_format_path, tmp_path):
     results = tmp_path / "results.json"
-    assert main(["evaluate", "--agent", "topk_grad", "--model", MODEL, "--dataset", zsre_path, "--num-edits", "2",
-                 "--threads", "1", "--train-dataset", counterfact_path, "--train-split", "all", "--train-steps", "5",
+    assert main(["evaluate", "--agent", "topk_grad", "--model", MODEL, "--dataset", "default", "--num-edits", "2",
+                 "--threads", "1", "--train-dataset", zsre_format_path, "--train-split", "all", "--train-steps", "5",
                  "--out", str(results)]) == 0
     tuning = json.loads(results.read_text())["tuning"]
-    assert (tuning["environment"]["dataset"], tuning["environment"]["split"]) == (counterfact_path, "all")
+    assert (tuning["environment"]["dataset"], tuning["environment"]["split"]) == (zsre_format_path, "all")
     assert tuning["chosen"]["step"] in (-1.0, -0.5, 0.0, 0.5, 1.0)
 
 
-def test_low_memory_training_runs_in_its_own_process(zsre_path, tmp_path):
+def test_low_memory_training_runs_in_its_own_process(tmp_path):
     # A subprocess: the allocator setting would otherwise slow every later test of this process.
     out = tmp_path / "run"
     code = "import sys; from hiedit_agents.cli import main; " \
            "from hiedit_agents.common.memory import return_freed_memory; " \
            "assert return_freed_memory(); sys.exit(main(sys.argv[1:]))"
-    done = subprocess.run([sys.executable, "-c", code, "train", "--agent", "rledit", "--model", MODEL, "--dataset", zsre_path,
-                           "--steps", "2", "--num-edits", "2", "--threads", "1", "--low-memory", "--out", str(out)],
+    done = subprocess.run([sys.executable, "-c", code, "train", "--agent", "rledit", "--model", MODEL, "--dataset", "default",
+                           "--steps", "2", "--num-edits", "2", "--threads", "1", "--low-memory",
+                           "--agent-kwargs", '{"validation_edits": 0}', "--out", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((out / "train_stats.json").read_text())["low_memory"] is True
 
 
-def test_user_agent_as_module_path_runs_in_evaluate(zsre_path, tmp_path, monkeypatch):
+def test_user_agent_as_module_path_runs_in_evaluate(tmp_path, monkeypatch):
     (tmp_path / "my_user_agents.py").write_text(textwrap.dedent("""
         import numpy as np
         from hiedit_agents import Agent
@@ -756,7 +756,7 @@ def test_user_agent_as_module_path_runs_in_evaluate(zsre_path, tmp_path, monkeyp
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
     results = tmp_path / "results.json"
-    assert main(["evaluate", "--agent", "my_user_agents:FirstLayer", "--model", MODEL, "--dataset", zsre_path,
+    assert main(["evaluate", "--agent", "my_user_agents:FirstLayer", "--model", MODEL, "--dataset", "default",
                  "--num-edits", "3", "--seed", "2", "--threads", "1", "--out", str(results)]) == 0
     written = json.loads(results.read_text())
     assert written["agent"] == "my_user_agents:FirstLayer"
@@ -764,9 +764,9 @@ def test_user_agent_as_module_path_runs_in_evaluate(zsre_path, tmp_path, monkeyp
     assert hiedit_agents.Agent in agent_class("my_user_agents:FirstLayer").__mro__
 
 
-def test_untrained_editor_observes_training_edits_then_evaluates(zsre_path, tmp_path):
+def test_untrained_editor_observes_training_edits_then_evaluates(tmp_path):
     out = tmp_path / "untrained.json"
-    assert main(["evaluate", "--agent", "untrained_editor", "--model", MODEL, "--dataset", zsre_path, "--num-edits", "3",
+    assert main(["evaluate", "--agent", "untrained_editor", "--model", MODEL, "--dataset", "default", "--num-edits", "3",
                  "--agent-kwargs", '{"observe_edits": 25, "init_lr": 0.01}', "--env-kwargs", '{"back_depth": 0}',
                  "--threads", "1", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
@@ -774,16 +774,16 @@ def test_untrained_editor_observes_training_edits_then_evaluates(zsre_path, tmp_
     assert result["layers_per_edit"] == 4.0 and 0.0 <= result["mean"] <= 1.0
 
 
-def test_untrained_editor_observes_the_training_split_or_the_given_data(zsre_path, counterfact_path):
-    env = gym.make("HiEdit-v0", model=MODEL, dataset=zsre_path, num_edits=3, evaluate_generation=False,
+def test_untrained_editor_observes_the_training_split_or_the_given_data(zsre_format_path):
+    env = gym.make("HiEdit-v0", model=MODEL, dataset="default", num_edits=3, evaluate_generation=False,
                    **agent_class("untrained_editor").acting_requirements({}))
     env.reset(seed=0)  # the model is shared between environments: this one's weights are in it after a reset
     before = [p.detach().clone() for p in env.unwrapped.model.parameters()]
     agent = make_agent("untrained_editor", env, observe_edits=25)  # one training episode of 20 and 5 of the next
     assert int(agent.editor.gradient_size.count) == 25 and not agent.requires_training
     assert all(torch.equal(a, b) for a, b in zip(before, env.unwrapped.model.parameters()))
-    other = make_agent("untrained_editor", env, observe_edits=3, observe_dataset=counterfact_path)
-    assert int(other.editor.gradient_size.count) == 3 and other.config()["observe_dataset"] == counterfact_path
+    other = make_agent("untrained_editor", env, observe_edits=3, observe_dataset=zsre_format_path)
+    assert int(other.editor.gradient_size.count) == 3 and other.config()["observe_dataset"] == zsre_format_path
     assert int(make_agent("untrained_editor", env, observe_edits=0).editor.gradient_size.count) == 0
     with pytest.raises(ValueError, match="observe_edits must be an integer >= 0"):
         make_agent("untrained_editor", env, observe_edits=-1)

@@ -58,9 +58,9 @@ def train(dataset: str | Path, out: Path, agent: str, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def rledit_checkpoint(tmp_path_factory: pytest.TempPathFactory, zsre_path: str) -> Path:
+def rledit_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("rledit") / "run"
-    assert main(train(zsre_path, out, "rledit", "--agent-kwargs", '{"validation_edits": 0}')) == 0
+    assert main(train("default", out, "rledit", "--agent-kwargs", '{"validation_edits": 0}')) == 0
     return out
 
 
@@ -129,22 +129,22 @@ def test_records_cut_by_the_token_limits_are_reported_and_the_limits_are_argumen
 
 
 # ----------------------------------------------------------------------------- arguments
-def test_a_negative_seed_is_refused_before_anything_loads(zsre_path, tmp_path, capsys):
+def test_a_negative_seed_is_refused_before_anything_loads(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
-        main(evaluate(zsre_path, tmp_path / "results.json", "--seed", "-1"))
+        main(evaluate("default", tmp_path / "results.json", "--seed", "-1"))
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err == "hiedit evaluate: error: argument --seed: must be >= 0, got -1"
     assert tree(tmp_path) == {}
 
 
-def test_an_unknown_env_kwargs_key(zsre_path, tmp_path, capsys):
-    refused(capsys, tmp_path, evaluate(zsre_path, tmp_path / "results.json", "--env-kwargs", '{"num_edit": 3}'),
+def test_an_unknown_env_kwargs_key(tmp_path, capsys):
+    refused(capsys, tmp_path, evaluate("default", tmp_path / "results.json", "--env-kwargs", '{"num_edit": 3}'),
             "unknown --env-kwargs key(s) ['num_edit']", "'num_edits'")
 
 
-def test_cuda_without_cuda(zsre_path, tmp_path, capsys):
-    refused(capsys, tmp_path, evaluate(zsre_path, tmp_path / "results.json", "--env-kwargs", '{"device": "cuda"}'),
+def test_cuda_without_cuda(tmp_path, capsys):
+    refused(capsys, tmp_path, evaluate("default", tmp_path / "results.json", "--env-kwargs", '{"device": "cuda"}'),
             "device='cuda' but CUDA is not available")
 
 
@@ -154,43 +154,43 @@ def test_cuda_without_cuda(zsre_path, tmp_path, capsys):
     ({"meta_lr": "1e-4"}, "meta_lr must be a finite number in (0, inf), got '1e-4'"),
     ({"rnak": 4}, "bad arguments for agent 'rledit': "),
 ], ids=["float-rank", "string-rank", "string-lr", "unknown-key"])
-def test_wrong_typed_agent_arguments(kwargs, expected, zsre_path, tmp_path, capsys):
-    refused(capsys, tmp_path, train(zsre_path, tmp_path / "run", "rledit", "--agent-kwargs", json.dumps(kwargs)), expected)
+def test_wrong_typed_agent_arguments(kwargs, expected, tmp_path, capsys):
+    refused(capsys, tmp_path, train("default", tmp_path / "run", "rledit", "--agent-kwargs", json.dumps(kwargs)), expected)
 
 
-def test_an_sb3_learning_rate_given_as_a_string(zsre_path, tmp_path, capsys):
-    refused(capsys, tmp_path, train(zsre_path, tmp_path / "run", "ppo", "--agent-kwargs", '{"learning_rate": "0.001"}'),
+def test_an_sb3_learning_rate_given_as_a_string(tmp_path, capsys):
+    refused(capsys, tmp_path, train("default", tmp_path / "run", "ppo", "--agent-kwargs", '{"learning_rate": "0.001"}'),
             "hyperparameter 'learning_rate' of ppo must be a number, got '0.001'")
 
 
 # ----------------------------------------------------------------------------- output paths
-def test_evaluate_out_is_a_directory(zsre_path, tmp_path, capsys):
+def test_evaluate_out_is_a_directory(tmp_path, capsys):
     (tmp_path / "results").mkdir()
-    refused(capsys, tmp_path, evaluate(zsre_path, tmp_path / "results"), "--out", "is a directory")
+    refused(capsys, tmp_path, evaluate("default", tmp_path / "results"), "--out", "is a directory")
 
 
-def test_evaluate_out_under_a_file(zsre_path, tmp_path, capsys):
+def test_evaluate_out_under_a_file(tmp_path, capsys):
     (tmp_path / "taken").write_text("a file, not a folder")
-    refused(capsys, tmp_path, evaluate(zsre_path, tmp_path / "taken" / "results.json"), "cannot create the folder")
+    refused(capsys, tmp_path, evaluate("default", tmp_path / "taken" / "results.json"), "cannot create the folder")
 
 
-def test_train_out_is_a_file(zsre_path, tmp_path, capsys):
+def test_train_out_is_a_file(tmp_path, capsys):
     (tmp_path / "run").write_text("a file, not a folder")
-    refused(capsys, tmp_path, train(zsre_path, tmp_path / "run", "rledit"), "--out", "is a file; give a directory")
+    refused(capsys, tmp_path, train("default", tmp_path / "run", "rledit"), "--out", "is a file; give a directory")
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def test_a_config_without_its_state_never_loads_untrained(checkpoint_copy, zsre_path, tmp_path, capsys):
+def test_a_config_without_its_state_never_loads_untrained(checkpoint_copy, tmp_path, capsys):
     checkpoint = checkpoint_copy()
     (checkpoint / "agent_state.pt").unlink()
-    refused(capsys, tmp_path, evaluate(zsre_path, tmp_path / "results.json", "--checkpoint", str(checkpoint),
+    refused(capsys, tmp_path, evaluate("default", tmp_path / "results.json", "--checkpoint", str(checkpoint),
                                        agent="rledit"), "is incomplete: agent_state.pt is missing")
 
 
-def test_a_folder_an_interrupted_save_left(checkpoint_copy, zsre_path, tmp_path, capsys):
+def test_a_folder_an_interrupted_save_left(checkpoint_copy, tmp_path, capsys):
     checkpoint = checkpoint_copy()
     (checkpoint / "manifest.json").unlink()
-    refused(capsys, tmp_path, evaluate(zsre_path, tmp_path / "results.json", "--checkpoint", str(checkpoint),
+    refused(capsys, tmp_path, evaluate("default", tmp_path / "results.json", "--checkpoint", str(checkpoint),
                                        agent="rledit"), "is incomplete: it has no manifest.json")
 
 
@@ -199,34 +199,34 @@ def test_a_folder_an_interrupted_save_left(checkpoint_copy, zsre_path, tmp_path,
     (lambda p: (p / "agent_state.pt").write_bytes(b"\x00" * (p / "agent_state.pt").stat().st_size),
      "agent_state.pt' does not match its manifest's checksum"),
 ], ids=["empty-state", "corrupt-state"])
-def test_a_damaged_checkpoint_file_is_named(damage, expected, checkpoint_copy, zsre_path, tmp_path, capsys):
+def test_a_damaged_checkpoint_file_is_named(damage, expected, checkpoint_copy, tmp_path, capsys):
     checkpoint = checkpoint_copy()
     damage(checkpoint)
-    refused(capsys, tmp_path, evaluate(zsre_path, tmp_path / "results.json", "--checkpoint", str(checkpoint),
+    refused(capsys, tmp_path, evaluate("default", tmp_path / "results.json", "--checkpoint", str(checkpoint),
                                        agent="rledit"), expected)
 
 
-def test_a_broken_agent_json_is_named(tmp_path, zsre_path, capsys):
+def test_a_broken_agent_json_is_named(tmp_path, capsys):
     """The config is read (to build the environment) before the manifest is checked: its error names it."""
     checkpoint = tmp_path / "checkpoint"
     checkpoint.mkdir()
     (checkpoint / "agent.json").write_text("{\"agent\": ")
-    refused(capsys, tmp_path, evaluate(zsre_path, tmp_path / "results.json", "--checkpoint", str(checkpoint),
+    refused(capsys, tmp_path, evaluate("default", tmp_path / "results.json", "--checkpoint", str(checkpoint),
                                        agent="rledit"), "agent checkpoint file", "agent.json' is not valid JSON")
 
 
-def test_a_corrupt_state_behind_a_matching_manifest_is_named(checkpoint_copy, zsre_path, tmp_path, capsys):
+def test_a_corrupt_state_behind_a_matching_manifest_is_named(checkpoint_copy, tmp_path, capsys):
     """Damage the manifest cannot see (it was sealed over a bad file): torch's error becomes one line."""
     checkpoint = checkpoint_copy()
     (checkpoint / "agent_state.pt").write_bytes(b"not a torch file")
     manifest = json.loads((checkpoint / "manifest.json").read_text())
     manifest["files"]["agent_state.pt"] = {"size": 16, "sha256": hashlib.sha256(b"not a torch file").hexdigest()}
     (checkpoint / "manifest.json").write_text(json.dumps(manifest))
-    refused(capsys, tmp_path, evaluate(zsre_path, tmp_path / "results.json", "--checkpoint", str(checkpoint),
+    refused(capsys, tmp_path, evaluate("default", tmp_path / "results.json", "--checkpoint", str(checkpoint),
                                        agent="rledit"), "agent_state.pt': it is empty or corrupt")
 
 
-def test_a_diverged_editor_is_named_not_the_action(rledit_checkpoint, zsre_path, tmp_path, capsys, monkeypatch):
+def test_a_diverged_editor_is_named_not_the_action(rledit_checkpoint, tmp_path, capsys, monkeypatch):
     import torch
 
     from hiedit_agents.learned import LearnedEditorAgent
@@ -239,27 +239,27 @@ def test_a_diverged_editor_is_named_not_the_action(rledit_checkpoint, zsre_path,
             self.editor.log_lr.fill_(float("inf"))
 
     monkeypatch.setattr(LearnedEditorAgent, "load_state_dict", diverged)
-    message = refused(capsys, tmp_path, evaluate(zsre_path, tmp_path / "results.json", "--checkpoint",
+    message = refused(capsys, tmp_path, evaluate("default", tmp_path / "results.json", "--checkpoint",
                                                  str(rledit_checkpoint), agent="rledit"), "the editor diverged")
     assert "action" not in message
 
 
 # ----------------------------------------------------------------------------- resuming
-def test_resume_with_another_algorithm(rledit_checkpoint, zsre_path, tmp_path, capsys):
-    refused(capsys, rledit_checkpoint, train(zsre_path, rledit_checkpoint, "hiedit", "--resume"),
+def test_resume_with_another_algorithm(rledit_checkpoint, tmp_path, capsys):
+    refused(capsys, rledit_checkpoint, train("default", rledit_checkpoint, "hiedit", "--resume"),
             "holds a hiedit_agents.learned.rledit:RLEditAgent agent, not 'hiedit'")
 
 
-def test_resume_of_a_finished_run(rledit_checkpoint, zsre_path, capsys):
-    refused(capsys, rledit_checkpoint, train(zsre_path, rledit_checkpoint, "rledit", "--resume"),
+def test_resume_of_a_finished_run(rledit_checkpoint, capsys):
+    refused(capsys, rledit_checkpoint, train("default", rledit_checkpoint, "rledit", "--resume"),
             "nothing to resume", "training_state")
 
 
 @pytest.fixture(scope="module")
-def sac_checkpoint(tmp_path_factory: pytest.TempPathFactory, zsre_path: str) -> Path:
+def sac_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sac") / "run"
     kwargs = {"learning_starts": 5, "eval_freq": 0, "checkpoint_freq": 0}
-    assert main(train(zsre_path, out, "sac", "--agent-kwargs", json.dumps(kwargs))) == 0
+    assert main(train("default", out, "sac", "--agent-kwargs", json.dumps(kwargs))) == 0
     return out
 
 
@@ -268,12 +268,12 @@ def sac_checkpoint(tmp_path_factory: pytest.TempPathFactory, zsre_path: str) -> 
      "replay_buffer.pkl' has 100 bytes"),
     (lambda p: (p / "replay_buffer.pkl").unlink(), "is incomplete: replay_buffer.pkl is missing"),
 ], ids=["truncated-buffer", "missing-buffer"])
-def test_sb3_resume_refuses_a_damaged_replay_buffer(damage, expected, sac_checkpoint, zsre_path, tmp_path, capsys):
+def test_sb3_resume_refuses_a_damaged_replay_buffer(damage, expected, sac_checkpoint, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     for file in sac_checkpoint.iterdir():
         if file.is_file():
             (run / file.name).write_bytes(file.read_bytes())
     damage(run)
-    refused(capsys, tmp_path, train(zsre_path, run, "sac", "--resume", "--steps", "4"), expected)
+    refused(capsys, tmp_path, train("default", run, "sac", "--resume", "--steps", "4"), expected)
 

@@ -7,9 +7,9 @@ import json
 from hiedit_env.cli import main
 
 
-def test_demo_writes_metrics(zsre_path, tmp_path, capsys):
+def test_demo_writes_metrics(tmp_path, capsys):
     out = tmp_path / "metrics.json"
-    code = main(["demo", "--model", "test-tiny-llama", "--dataset", zsre_path, "--num-edits", "3",
+    code = main(["demo", "--model", "test-tiny-llama", "--dataset", "default", "--num-edits", "3",
                  "--out", str(out)])
     assert code == 0
     metrics = json.loads(out.read_text())
@@ -18,9 +18,9 @@ def test_demo_writes_metrics(zsre_path, tmp_path, capsys):
     assert "ES" in capsys.readouterr().out
 
 
-def test_bad_model_is_one_line_on_stderr(zsre_path, tmp_path, capsys):
+def test_bad_model_is_one_line_on_stderr(tmp_path, capsys):
     out = tmp_path / "metrics.json"
-    code = main(["demo", "--model", "no-such-model-xyz", "--dataset", zsre_path, "--num-edits", "3",
+    code = main(["demo", "--model", "no-such-model-xyz", "--dataset", "default", "--num-edits", "3",
                  "--out", str(out)])
     assert code == 2
     captured = capsys.readouterr()

@@ -49,11 +49,11 @@ def test_sb3_step_outputs_have_python_types(make_env, helpers):
     assert type(reward) is float and type(terminated) is bool and type(truncated) is bool
 
 
-def test_sync_vector_env(zsre_path):
+def test_sync_vector_env():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         vec = gym.make_vec("HiEdit-v0", num_envs=2, vectorization_mode="sync", model="test-tiny-gpt2",
-                           dataset=zsre_path, num_edits=2)
+                           dataset="default", num_edits=2)
     try:
         obs, _ = vec.reset(seed=0)
         n = len(vec.envs[0].unwrapped.candidate_modules)

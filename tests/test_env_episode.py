@@ -19,12 +19,12 @@ SHARE_KEYS = ("ES", "GS", "LS", "LS_answer", "mean", "ES_gen", "GS_gen", "ES_fir
 
 
 @pytest.mark.parametrize("env_id", ["HiEdit-v0", "hiedit_env:HiEdit-v0"])
-def test_gym_make_forms(zsre_path, env_id):
+def test_gym_make_forms(env_id):
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        env = gym.make(env_id, model="test-tiny-gpt2", dataset=zsre_path, num_edits=5)
+        env = gym.make(env_id, model="test-tiny-gpt2", dataset="default", num_edits=5)
     try:
         assert env.unwrapped.num_edits == 5
         assert env.spec.id == "HiEdit-v0"
@@ -49,8 +49,8 @@ def _run_episode(env, action_fn, seed=0, options=None):
 
 
 @pytest.mark.parametrize("model", ["test-tiny-gpt2", "test-tiny-llama"])
-def test_full_episode(make_env, helpers, model):
-    env = make_env(model, num_edits=5)
+def test_full_episode(make_env, helpers, model, zsre_format_path):
+    env = make_env(model, num_edits=5, dataset=zsre_format_path)
     observations, rewards, infos = [], [], []
     obs, _ = env.reset(seed=0)
     n = len(env.unwrapped.candidate_modules)
@@ -104,8 +104,8 @@ def test_step_before_reset_needs_reset(make_env, helpers):
         env.step(helpers.full_action(env))
 
 
-def test_counterfact_episode_reports_efficacy(make_env, helpers, counterfact_path):
-    env = make_env("test-tiny-llama", dataset=counterfact_path, num_edits=3)
+def test_counterfact_episode_reports_efficacy(make_env, helpers):
+    env = make_env("test-tiny-llama", num_edits=3)  # the shipped set is CounterFact-style
     _, _, infos = _run_episode(env, lambda e: helpers.full_action(e, 1.0, 0.0))
     metrics = infos[-1]["episode_metrics"]
     assert 0.0 <= metrics["efficacy"] <= 1.0

@@ -62,10 +62,45 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
-def test_zsre_file(zsre_path):
+def test_zsre_format_reads_every_field(tmp_path):
+    edits = load_edits(write_json(tmp_path / "z.json", ZSRE_RECORDS))
+    assert isinstance(edits, EditSet)
+    assert edits.format == "zsre"
+    assert len(edits) == 3 and edits.skipped == []
+    first = edits.records[0]
+    assert first.prompt == "What is the product made by UniFirst?"
+    assert first.target_new == "unmanned aircraft"
+    assert first.rephrase == "What will be the product of UniFirst?"
+    assert first.loc_prompt == "nq question: who plays walter in the big lebowski"
+    assert first.loc_answer == "John Goodman"
+    assert first.target_true == "uniform"
+    assert first.subject == "UniFirst"
+    assert first.index == 0
+
+
+def test_zsre_records_with_an_empty_alt_are_skipped_or_raise_naming_record_and_field(tmp_path):
+    rows = [*ZSRE_RECORDS, {**ZSRE_RECORDS[0], "alt": ""}, {**ZSRE_RECORDS[2], "alt": " "}, ZSRE_RECORDS[1]]
+    source = write_json(tmp_path / "z.json", rows)
+    with pytest.warns(UserWarning, match=r"skipped 2 of 6 records.*record 3: field 'alt'"):
+        edits = load_edits(source, on_error="skip")
+    assert [i for i, _ in edits.skipped] == [3, 4]
+    assert all("'alt'" in reason for _, reason in edits.skipped)
+    # Records keep their position in the file after the skipped ones.
+    assert [r.index for r in edits.records] == [0, 1, 2, 5]
+    with pytest.raises(RecordError, match=r"record 3: field 'alt'"):
+        load_edits(source, on_error="error")
+
+
+def test_answers_with_leading_spaces_are_stripped(tmp_path):
+    small = load_edits(write_json(tmp_path / "z.json", ZSRE_RECORDS))
+    assert small.records[1].target_new == "Spain"
+    assert small.records[1].loc_answer == "Oslo"
+
+
+@pytest.mark.shared_data
+def test_zsre_benchmark_file(zsre_path):
     with pytest.warns(UserWarning, match="skipped 2 of 1000"):
         edits = load_edits(zsre_path, on_error="skip")
-    assert isinstance(edits, EditSet)
     assert edits.format == "zsre"
     assert len(edits) == 998
     first = edits.records[0]
@@ -76,38 +111,26 @@ def test_zsre_file(zsre_path):
     assert first.loc_answer == "Walter Sobchak"
     assert first.target_true == "uniform"
     assert first.subject == "UniFirst"
-    assert first.index == 0
+    assert {r.index: r for r in edits.records}[174].target_new == "Captain Universe"  # " Captain Universe" in the file
+    for record in edits.records:
+        for text in (record.prompt, record.target_new, record.rephrase, record.loc_prompt, record.loc_answer):
+            assert text == text.strip()
 
 
-def test_zsre_file_skips_the_two_empty_records_and_reports_them(zsre_path):
+@pytest.mark.shared_data
+def test_zsre_benchmark_file_skips_its_two_empty_records_or_raises_naming_them(zsre_path):
     with pytest.warns(UserWarning, match=r"record 534: field 'alt'"):
         edits = load_edits(zsre_path, on_error="skip")
     assert [i for i, _ in edits.skipped] == [534, 723]
     assert all("'alt'" in reason for _, reason in edits.skipped)
     assert 534 not in {r.index for r in edits.records}
-    # Records keep their position in the file after the skipped ones.
     assert edits.records[534].index == 535
-
-
-def test_zsre_file_with_on_error_raises_naming_record_and_field(zsre_path):
     with pytest.raises(RecordError, match=r"record 534: field 'alt'"):
         load_edits(zsre_path, on_error="error")
 
 
-def test_answers_with_leading_spaces_are_stripped(zsre_path, tmp_path):
-    with pytest.warns(UserWarning):
-        edits = load_edits(zsre_path, on_error="skip")
-    by_index = {r.index: r for r in edits.records}
-    assert by_index[174].target_new == "Captain Universe"
-    for record in edits.records:
-        for text in (record.prompt, record.target_new, record.rephrase, record.loc_prompt, record.loc_answer):
-            assert text == text.strip()
-    small = load_edits(write_json(tmp_path / "z.json", ZSRE_RECORDS))
-    assert small.records[1].target_new == "Spain"
-    assert small.records[1].loc_answer == "Oslo"
-
-
-def test_counterfact_flat_file(counterfact_path):
+@pytest.mark.shared_data
+def test_counterfact_benchmark_file(counterfact_path):
     edits = load_edits(counterfact_path)
     assert edits.format == "counterfact"
     assert len(edits) == 1919
@@ -180,10 +203,18 @@ def test_default_shipped_set():
     path = Path(str(resources.files("hiedit_env") / "assets" / "default_edits.json"))
     assert path.is_file(), f"the shipped edit set {path} is missing"
     edits = load_edits("default")
-    assert len(edits) >= 40
-    assert edits.format.startswith("counterfact")
+    assert len(edits) == 60
+    assert edits.format == "counterfact"
     assert edits.skipped == []
-    assert all(r.target_true for r in edits.records)
+    first = edits.records[0]
+    assert (first.prompt, first.target_new, first.target_true) == ("The capital of France is", "London", "Paris")
+    assert first.rephrase == "The capital city of France is"
+    assert (first.loc_prompt, first.loc_answer) == ("The capital of Austria is", "Vienna")
+    assert (first.subject, first.index) == ("France", 0)
+    for record in edits.records:
+        for text in (record.prompt, record.target_new, record.rephrase, record.loc_prompt, record.loc_answer,
+                     record.target_true):
+            assert text and text == text.strip()
 
 
 def test_missing_field_raises_naming_index_and_field(tmp_path):
@@ -231,30 +262,31 @@ def test_bad_on_error_value():
         load_edits("default", on_error="ignore")
 
 
-def test_seeded_split_is_disjoint_and_reproducible(counterfact_path):
-    edits = load_edits(counterfact_path)
+def test_seeded_split_is_disjoint_and_reproducible():
+    edits = load_edits("default")
     train = {r.index for r in edits.split("train", 0.2, seed=3)}
     test = {r.index for r in edits.split("test", 0.2, seed=3)}
     assert train.isdisjoint(test)
     assert train | test == {r.index for r in edits.records}
-    assert len(test) == round(0.2 * len(edits))
+    assert (len(train), len(test)) == (48, 12)
     assert test == {r.index for r in edits.split("test", 0.2, seed=3)}
-    assert train == {r.index for r in load_edits(counterfact_path).split("train", 0.2, seed=3)}
+    assert train == {r.index for r in load_edits("default").split("train", 0.2, seed=3)}
     assert test != {r.index for r in edits.split("test", 0.2, seed=4)}
     assert len(edits.split("all")) == len(edits)
 
 
-def test_bad_split_arguments(counterfact_path):
-    edits = load_edits(counterfact_path)
+def test_bad_split_arguments():
+    edits = load_edits("default")
     with pytest.raises(ValueError, match="split"):
         edits.split("validation")
     with pytest.raises(ValueError, match="test_fraction"):
         edits.split("test", 1.5)
 
 
-def test_environment_split_uses_the_partition(make_env, counterfact_path):
-    train = make_env("test-tiny-gpt2", dataset=counterfact_path, split="train", split_seed=1).unwrapped
-    test = make_env("test-tiny-gpt2", dataset=counterfact_path, split="test", split_seed=1).unwrapped
+def test_environment_split_uses_the_partition(make_env):
+    train = make_env("test-tiny-gpt2", split="train", split_seed=1).unwrapped
+    test = make_env("test-tiny-gpt2", split="test", split_seed=1).unwrapped
+    assert (len(train.records), len(test.records)) == (48, 12)
     assert {r.index for r in train.records}.isdisjoint({r.index for r in test.records})
     test.reset(seed=0)
     assert {r.index for r in test.episode_records()} <= {r.index for r in test.records}

@@ -16,10 +16,10 @@ pytestmark = pytest.mark.smollm2
 
 
 @pytest.fixture(scope="module")
-def smol_env(zsre_path):
+def smol_env():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        env = gym.make("HiEdit-v0", model="smollm2-135m", dataset=zsre_path, num_edits=3)
+        env = gym.make("HiEdit-v0", model="smollm2-135m", dataset="default", num_edits=3)
     yield env
     env.close()
 

@@ -23,8 +23,8 @@ MODEL = "test-tiny-llama"
 AGENT_KWARGS = json.dumps({"validation_edits": 2, "validate_every": 4})
 
 
-def train_args(zsre_path: str, out: Path, steps: int, *extra: str) -> list[str]:
-    return ["train", "--agent", "rledit", "--model", MODEL, "--dataset", zsre_path, "--num-edits", "2",
+def train_args(out: Path, steps: int, *extra: str) -> list[str]:
+    return ["train", "--agent", "rledit", "--model", MODEL, "--dataset", "default", "--num-edits", "2",
             "--steps", str(steps), "--seed", "3", "--threads", "1", "--checkpoint-every", "2", "--out", str(out), *extra]
 
 
@@ -56,18 +56,18 @@ def finish(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory, zsre_path: str) -> Path:
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The reference run, in a process of its own as every part of the interrupted run is (as a user
     runs them): a fresh process's numbers do not depend on what earlier tests did in this one."""
     out = tmp_path_factory.mktemp("uninterrupted") / "run"
-    finish(hiedit(*train_args(zsre_path, out, 40, "--agent-kwargs", AGENT_KWARGS)))
+    finish(hiedit(*train_args(out, 40, "--agent-kwargs", AGENT_KWARGS)))
     return out
 
 
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "terminated"])
-def test_resume_after_an_interruption_ends_as_the_uninterrupted_run(stop, uninterrupted, zsre_path, tmp_path):
+def test_resume_after_an_interruption_ends_as_the_uninterrupted_run(stop, uninterrupted, tmp_path):
     out = tmp_path / "run"
-    process = hiedit(*train_args(zsre_path, out, 40, "--agent-kwargs", AGENT_KWARGS))
+    process = hiedit(*train_args(out, 40, "--agent-kwargs", AGENT_KWARGS))
     wait_for(out / "training_state" / "manifest.json", process)
     time.sleep(0.3)  # well into a later episode
     process.send_signal(stop)
@@ -79,7 +79,7 @@ def test_resume_after_an_interruption_ends_as_the_uninterrupted_run(stop, uninte
         assert process.returncode == -signal.SIGKILL
     progress = torch.load(out / "training_state" / "training_state.pt", weights_only=True)["progress"]
     assert 0 < progress["step"] < 40
-    finish(hiedit(*train_args(zsre_path, out, 40, "--resume")))
+    finish(hiedit(*train_args(out, 40, "--resume")))
     stats = json.loads((out / "train_stats.json").read_text())
     assert stats["resumed_at"] == progress["step"] and stats["steps_this_run"] == 40 - progress["step"]
     assert not (out / "training_state").exists()  # removed once the run completed
@@ -88,7 +88,7 @@ def test_resume_after_an_interruption_ends_as_the_uninterrupted_run(stop, uninte
     assert stats["validations"] == expected["validations"] and stats["episodes"] == expected["episodes"]
 
 
-def test_a_save_killed_part_way_never_loads(zsre_path, tmp_path, make_env):
+def test_a_save_killed_part_way_never_loads(tmp_path, make_env):
     """The process dies between writing the new state and sealing it: the folder is refused, never
     read as the old configuration with the new state (or the reverse)."""
     out = tmp_path / "checkpoint"
@@ -97,7 +97,7 @@ def test_a_save_killed_part_way_never_loads(zsre_path, tmp_path, make_env):
         import hiedit_agents
         from hiedit_agents import make_agent
         from hiedit_agents.common import checkpoint
-        env = gym.make("HiEdit-v0", model={MODEL!r}, dataset={zsre_path!r}, num_edits=2, update_mode="low_rank")
+        env = gym.make("HiEdit-v0", model={MODEL!r}, dataset='default', num_edits=2, update_mode="low_rank")
         agent = make_agent("rledit", env)
         agent.save({str(out)!r})
         real_write_torch = checkpoint.CheckpointWriter.write_torch

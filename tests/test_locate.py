@@ -193,17 +193,17 @@ def test_environment_runs_on_unedited_weights_inside_unedited(make_env, helpers)
 
 
 @pytest.mark.parametrize("name", ["rome", "memit", "alphaedit"])
-def test_hiedit_evaluate_runs_the_locate_agents(zsre_path: str, tmp_path: Path, name: str) -> None:
+def test_hiedit_evaluate_runs_the_locate_agents(tmp_path: Path, name: str) -> None:
     out = tmp_path / f"{name}.json"
-    assert hiedit_main(["evaluate", "--agent", name, "--model", "test-tiny-gpt2", "--dataset", zsre_path,
+    assert hiedit_main(["evaluate", "--agent", name, "--model", "test-tiny-gpt2", "--dataset", "default",
                         "--num-edits", "2", "--threads", "1", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["agent"] == name and result["num_edits"] == 2 and "ES_gen" in result and result["peak_rss_mb"] > 0
 
 
-def test_hiedit_evaluate_refuses_bad_locate_hyperparameters_in_one_line(zsre_path: str, tmp_path: Path,
+def test_hiedit_evaluate_refuses_bad_locate_hyperparameters_in_one_line(tmp_path: Path,
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    code = hiedit_main(["evaluate", "--agent", "alphaedit", "--model", "test-tiny-gpt2", "--dataset", zsre_path,
+    code = hiedit_main(["evaluate", "--agent", "alphaedit", "--model", "test-tiny-gpt2", "--dataset", "default",
                         "--num-edits", "2", "--agent-kwargs", '{"null_space_fraction": 2}', "--out", str(tmp_path / "x.json")])
     assert code == 2
     assert "hiedit evaluate: error: null_space_fraction must be a finite number in (0, 1]" in capsys.readouterr().err

@@ -72,10 +72,10 @@ def test_zoo_trains_each_shipped_file(algo, monkeypatch, tmp_path):
     assert next(iter(saved["env_wrapper"][0])).startswith("hiedit_env.wrappers.") and "level" not in saved
 
 
-def test_zoo_trains_a_layer_selector_over_a_trained_rledit_editor(monkeypatch, tmp_path, zsre_path):
+def test_zoo_trains_a_layer_selector_over_a_trained_rledit_editor(monkeypatch, tmp_path):
     editor = tmp_path / "rledit"
-    assert main(["train", "--agent", "rledit", "--model", MODEL, "--dataset", zsre_path, "--num-edits", "3",
-                 "--steps", "3", "--threads", "1", "--out", str(editor)]) == 0
+    assert main(["train", "--agent", "rledit", "--model", MODEL, "--dataset", "default", "--num-edits", "3",
+                 "--steps", "3", "--threads", "1", "--agent-kwargs", '{"validation_edits": 0}', "--out", str(editor)]) == 0
     # A user's file: the zoo passes the wrapper's arguments from YAML as they are, the wrapper loads the agent.
     conf = tmp_path / "ppo_over_rledit.yml"
     conf.write_text(yaml.safe_dump({"HiEdit-v0": {
@@ -122,7 +122,7 @@ def test_shipped_files_keep_the_keys_of_hiedit_train_out_of_the_zoo_entry():
         assert not {"level", "vec_env", "eval_freq", "checkpoint_freq"} & set(table["HiEdit-v0"])
 
 
-def test_bad_hiedit_train_sections_are_named(tmp_path, zsre_path, capsys):
+def test_bad_hiedit_train_sections_are_named(tmp_path, capsys):
     bad = tmp_path / "bad.yml"
     bad.write_text(yaml.safe_dump({"HiEdit-v0": {"env_wrapper": ["hiedit_env.wrappers.ChooseLayers"]},
                                    "hiedit_train": {"learning_rate": 0.1}}))
@@ -132,7 +132,7 @@ def test_bad_hiedit_train_sections_are_named(tmp_path, zsre_path, capsys):
                                    "hiedit_train": {"eval_freq": 10}}))
     with pytest.raises(ValueError, match=r"sets \['eval_freq'\] both in 'HiEdit-v0' and in 'hiedit_train'"):
         load_hyperparams("ppo", bad)
-    args = ["train", "--agent", "ppo", "--model", MODEL, "--dataset", zsre_path, "--num-edits", "2", "--steps", "4",
+    args = ["train", "--agent", "ppo", "--model", MODEL, "--dataset", "default", "--num-edits", "2", "--steps", "4",
             "--threads", "1", "--out", str(tmp_path / "out"), "--agent-kwargs"]
     assert main([*args, '{"env_wrapper": ["hiedit_env.wrappers.NoSuchWrapper"]}']) == 2
     assert "cannot import 'hiedit_env.wrappers.NoSuchWrapper'" in capsys.readouterr().err

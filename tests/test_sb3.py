@@ -105,14 +105,14 @@ def test_wrappers_refuse_bad_arguments(make_env):
         EmitStepSizes(low_rank)
 
 
-def _train(zsre_path, out, agent: str, steps: int, kwargs: dict, *extra: str) -> int:
-    return main(["train", "--agent", agent, "--model", MODEL, "--dataset", zsre_path, "--num-edits", "5",
+def _train(out, agent: str, steps: int, kwargs: dict, *extra: str) -> int:
+    return main(["train", "--agent", agent, "--model", MODEL, "--dataset", "default", "--num-edits", "5",
                  "--steps", str(steps), "--seed", "0", "--threads", "1", "--out", str(out),
                  "--agent-kwargs", json.dumps(kwargs), *extra])
 
 
-def _evaluate(zsre_path, checkpoint, agent: str, results) -> dict:
-    assert main(["evaluate", "--agent", agent, "--checkpoint", str(checkpoint), "--model", MODEL, "--dataset", zsre_path,
+def _evaluate(checkpoint, agent: str, results) -> dict:
+    assert main(["evaluate", "--agent", agent, "--checkpoint", str(checkpoint), "--model", MODEL, "--dataset", "default",
                  "--num-edits", "6", "--seed", "3", "--threads", "1", "--out", str(results)]) == 0
     return json.loads(results.read_text())
 
@@ -123,14 +123,14 @@ SMALL = {"ppo": {"n_steps": 32, "batch_size": 32}, "a2c": {"n_steps": 8}, "maska
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
-def test_each_algorithm_trains_saves_loads_and_evaluates(name, zsre_path, tmp_path):
+def test_each_algorithm_trains_saves_loads_and_evaluates(name, tmp_path):
     out = tmp_path / name
-    assert _train(zsre_path, out, name, 150, {**SMALL[name], "eval_freq": 0, "checkpoint_freq": 0}) == 0
+    assert _train(out, name, 150, {**SMALL[name], "eval_freq": 0, "checkpoint_freq": 0}) == 0
     stats = json.loads((out / "train_stats.json").read_text())
     per_edit = 2 if name == "maskable_ppo" else 1  # k = 2 of the tiny model's 4 candidates, chosen in turn
     assert stats["agent_steps"] >= 150 * per_edit and stats["optimizer_steps"] > 0
     assert (out / "model.zip").is_file() and json.loads((out / "agent.json").read_text())["config"]["level"]
-    results = _evaluate(zsre_path, out, name, tmp_path / "results.json")
+    results = _evaluate(out, name, tmp_path / "results.json")
     assert results["num_edits"] == 6 and 0.0 <= results["mean"] <= 1.0
     if name in ("maskable_ppo", "td3"):
         assert results["layers_per_edit"] == 2
@@ -139,10 +139,8 @@ def test_each_algorithm_trains_saves_loads_and_evaluates(name, zsre_path, tmp_pa
 
     # Loading rebuilds the same policy: the same actions on the same edits.
     cls = agent_class(name)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*skipped \d+ of \d+ records")
-        env = gym.make("HiEdit-v0", model=MODEL, dataset=zsre_path, num_edits=3, split="test",
-                       **cls.env_requirements(json.loads((out / "agent.json").read_text())["config"]))
+    env = gym.make("HiEdit-v0", model=MODEL, dataset="default", num_edits=3, split="test",
+                   **cls.env_requirements(json.loads((out / "agent.json").read_text())["config"]))
     first, second = cls.load(out, env), cls.load(out, env)
     observation, info = env.reset(seed=0)
     a, b = first.act(observation, info), second.act(observation, info)
@@ -150,14 +148,14 @@ def test_each_algorithm_trains_saves_loads_and_evaluates(name, zsre_path, tmp_pa
     env.close()
 
 
-def test_resume_continues_to_the_total_and_logs_reward_terms(zsre_path, tmp_path):
+def test_resume_continues_to_the_total_and_logs_reward_terms(tmp_path):
     out = tmp_path / "sac"
     kwargs = {"learning_starts": 10, "eval_freq": 30, "checkpoint_freq": 20}
-    assert _train(zsre_path, out, "sac", 40, kwargs) == 0
+    assert _train(out, "sac", 40, kwargs) == 0
     assert json.loads((out / "train_stats.json").read_text())["agent_steps"] == 40
     assert (out / "replay_buffer.pkl").is_file()
-    assert _train(zsre_path, out, "sac", 70, {"learning_rate": 0.1}, "--resume") == 2
-    assert _train(zsre_path, out, "sac", 70, {}, "--resume") == 0
+    assert _train(out, "sac", 70, {"learning_rate": 0.1}, "--resume") == 2
+    assert _train(out, "sac", 70, {}, "--resume") == 0
     stats = json.loads((out / "train_stats.json").read_text())
     assert stats["agent_steps"] == 70 and stats["hyperparams"]["learning_starts"] == 10
     events = EventAccumulator(str(next((out / "tensorboard").glob("sac_*")))).Reload()
@@ -166,12 +164,12 @@ def test_resume_continues_to_the_total_and_logs_reward_terms(zsre_path, tmp_path
     assert events.Scalars("edit/edit_success")[-1].step >= 60  # the resumed part logs too
 
 
-def test_sequence_reward_trains_and_evaluation_leaves_the_reward_out(zsre_path, tmp_path):
+def test_sequence_reward_trains_and_evaluation_leaves_the_reward_out(tmp_path):
     out = tmp_path / "maskable_ppo"
     reward = {"w_edit": 0.0, "w_generalization": 0.0, "w_locality": 0.0, "w_sparsity": 0.0, "w_sequence": 1.0}
     kwargs = {**SMALL["maskable_ppo"], "env_kwargs": {**reward, "eta_range": [1e-3, 1e-2]}, "eval_freq": 0,
               "checkpoint_freq": 0}
-    assert _train(zsre_path, out, "maskable_ppo", 20, kwargs) == 0
+    assert _train(out, "maskable_ppo", 20, kwargs) == 0
     events = EventAccumulator(str(next((out / "tensorboard").glob("maskable_ppo_*")))).Reload()
     assert "edit/sequence_gain" in events.Tags()["scalars"]
     # Evaluating needs what shapes the agent's view (the step-size range), not the reward.
@@ -179,65 +177,65 @@ def test_sequence_reward_trains_and_evaluation_leaves_the_reward_out(zsre_path, 
     cls = agent_class("maskable_ppo")
     assert cls.env_requirements(config)["w_sequence"] == 1.0
     assert cls.acting_requirements(config) == {"update_mode": "step_size", "eta_range": [1e-3, 1e-2]}
-    assert 0.0 <= _evaluate(zsre_path, out, "maskable_ppo", tmp_path / "results.json")["mean"] <= 1.0
+    assert 0.0 <= _evaluate(out, "maskable_ppo", tmp_path / "results.json")["mean"] <= 1.0
 
 
-def test_evaluation_callback_needs_held_out_edits(zsre_path, tmp_path, capsys):
+def test_evaluation_callback_needs_held_out_edits(tmp_path, capsys):
     kwargs = {"learning_starts": 5, "eval_freq": 10, "checkpoint_freq": 0}
-    assert _train(zsre_path, tmp_path / "all", "sac", 12, kwargs, "--split", "all") == 0
+    assert _train(tmp_path / "all", "sac", 12, kwargs, "--split", "all") == 0
     assert "hiedit train: warning: no evaluation callback" in capsys.readouterr().err
     out = tmp_path / "other_file"
-    assert _train(zsre_path, out, "sac", 12, {**kwargs, "eval_dataset": zsre_path}, "--split", "all") == 0
+    assert _train(out, "sac", 12, {**kwargs, "eval_dataset": "default"}, "--split", "all") == 0
     events = EventAccumulator(str(next((out / "tensorboard").glob("sac_*")))).Reload()
     assert "eval/mean_reward" in events.Tags()["scalars"]
 
 
-def test_cli_overrides_and_bad_hyperparameters(zsre_path, tmp_path, capsys):
+def test_cli_overrides_and_bad_hyperparameters(tmp_path, capsys):
     out = tmp_path / "ppo"
-    assert _train(zsre_path, out, "ppo", 32, {"n_steps": 32, "batch_size": 16, "learning_rate": 0.005,
+    assert _train(out, "ppo", 32, {"n_steps": 32, "batch_size": 16, "learning_rate": 0.005,
                                               "eval_freq": 0, "normalize": True}) == 0
     config = json.loads((out / "agent.json").read_text())["config"]
     assert config["learning_rate"] == 0.005 and config["policy"] == "MultiInputPolicy"  # the rest from ppo.yml
     assert (out / "vecnormalize.pkl").is_file()
-    loaded = agent_class("ppo").load(out, gym.make("HiEdit-v0", model=MODEL, dataset=zsre_path, num_edits=2))
+    loaded = agent_class("ppo").load(out, gym.make("HiEdit-v0", model=MODEL, dataset="default", num_edits=2))
     assert loaded.vecnormalize is not None and not loaded.vecnormalize.training
-    assert _train(zsre_path, tmp_path / "bad", "ppo", 8, {"learning_startz": 3}) == 2
-    assert _train(zsre_path, tmp_path / "bad2", "ppo", 8, {"env_wrapper": [{"gymnasium.wrappers:FlattenObservation": {}}]}) == 2
-    assert _train(zsre_path, tmp_path / "bad3", "noop", 8, {}, "--resume") == 2
+    assert _train(tmp_path / "bad", "ppo", 8, {"learning_startz": 3}) == 2
+    assert _train(tmp_path / "bad2", "ppo", 8, {"env_wrapper": [{"gymnasium.wrappers:FlattenObservation": {}}]}) == 2
+    assert _train(tmp_path / "bad3", "noop", 8, {}, "--resume") == 2
     err = capsys.readouterr().err
     assert "unexpected keyword argument 'learning_startz'" in err
     assert "must start with exactly one level wrapper" in err
     assert "cannot resume" in err
 
 
-def test_flattened_observations_and_two_envs_in_one_process(zsre_path, tmp_path):
+def test_flattened_observations_and_two_envs_in_one_process(tmp_path):
     out = tmp_path / "a2c"
     wrappers = [{"hiedit_env.wrappers:ChooseLayers": {"editor": 0.0}}, "gymnasium.wrappers:FlattenObservation"]
-    assert _train(zsre_path, tmp_path / "bad", "a2c", 8, {"env_wrapper": wrappers}) == 2  # a Dict policy on a Box
-    assert _train(zsre_path, out, "a2c", 40, {"env_wrapper": wrappers, "policy": "MlpPolicy", "n_envs": 2, "n_steps": 4,
+    assert _train(tmp_path / "bad", "a2c", 8, {"env_wrapper": wrappers}) == 2  # a Dict policy on a Box
+    assert _train(out, "a2c", 40, {"env_wrapper": wrappers, "policy": "MlpPolicy", "n_envs": 2, "n_steps": 4,
                                               "eval_freq": 0}) == 0
     assert json.loads((out / "train_stats.json").read_text())["agent_steps"] >= 40
-    assert _evaluate(zsre_path, out, "a2c", tmp_path / "results.json")["num_edits"] == 6
+    assert _evaluate(out, "a2c", tmp_path / "results.json")["num_edits"] == 6
 
 
-def test_copies_in_subprocesses(zsre_path, tmp_path):
+def test_copies_in_subprocesses(tmp_path):
     out = tmp_path / "ppo"
     kwargs = {"n_envs": 2, "vec_env": "subproc", "n_steps": 4, "batch_size": 8, "eval_freq": 0}
-    assert _train(zsre_path, out, "ppo", 16, kwargs) == 0
+    assert _train(out, "ppo", 16, kwargs) == 0
     assert json.loads((out / "train_stats.json").read_text())["agent_steps"] >= 16
-    assert _train(zsre_path, tmp_path / "bad", "ppo", 8, {"vec_env": "threads"}) == 2
+    assert _train(tmp_path / "bad", "ppo", 8, {"vec_env": "threads"}) == 2
 
 
-def test_trained_low_level_as_the_editor_of_a_layer_selector(zsre_path, tmp_path):
+def test_trained_low_level_as_the_editor_of_a_layer_selector(tmp_path):
     editor_dir = tmp_path / "rledit"
-    assert main(["train", "--agent", "rledit", "--model", MODEL, "--dataset", zsre_path, "--num-edits", "3",
-                 "--steps", "3", "--threads", "1", "--out", str(editor_dir)]) == 0
+    assert main(["train", "--agent", "rledit", "--model", MODEL, "--dataset", "default", "--num-edits", "3",
+                 "--steps", "3", "--threads", "1", "--agent-kwargs", '{"validation_edits": 0}', "--out", str(editor_dir)]) == 0
     wrappers = [{"hiedit_env.wrappers:ChooseLayersInTurn": {"editor": {"agent": "rledit", "checkpoint": str(editor_dir)}}}]
     assert agent_class("maskable_ppo").env_requirements({"env_wrapper": wrappers})["update_mode"] == "low_rank"
     out = tmp_path / "maskable"
-    assert _train(zsre_path, out, "maskable_ppo", 20, {"env_wrapper": wrappers, "n_steps": 16, "batch_size": 16,
+    assert _train(out, "maskable_ppo", 20, {"env_wrapper": wrappers, "n_steps": 16, "batch_size": 16,
                                                        "eval_freq": 0}) == 0
-    results = _evaluate(zsre_path, out, "maskable_ppo", tmp_path / "results.json")
+    results = _evaluate(out, "maskable_ppo", tmp_path / "results.json")
     assert results["layers_per_edit"] == 2
 
 

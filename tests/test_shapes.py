@@ -140,20 +140,20 @@ def test_steps_that_round_away_are_measured_and_reported(dtype, make_env, helper
         assert info["applied_ratio"] < 0.5 and changed.max() < 0.5e-6
 
 
-def test_cuda_asked_for_without_cuda_is_one_clear_error(monkeypatch, zsre_path, capsys):
+def test_cuda_asked_for_without_cuda_is_one_clear_error(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="device='cuda' but CUDA is not available"):
-        gym.make("HiEdit-v0", model="test-tiny-gpt2", dataset=zsre_path, device="cuda")
+        gym.make("HiEdit-v0", model="test-tiny-gpt2", dataset="default", device="cuda")
     with pytest.raises(ValueError, match="device must be"):
-        gym.make("HiEdit-v0", model="test-tiny-gpt2", dataset=zsre_path, device="gpu")
+        gym.make("HiEdit-v0", model="test-tiny-gpt2", dataset="default", device="gpu")
     assert main(["speed", "--model", "test-tiny-gpt2", "--device", "cuda"]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("hiedit speed: error: device='cuda' but CUDA is not available") and "\n" not in error
 
 
-def test_speed_reports_step_reset_memory_and_the_preconditioners(zsre_path, device, tmp_path, capsys):
+def test_speed_reports_step_reset_memory_and_the_preconditioners(device, tmp_path, capsys):
     out = tmp_path / "llama.json"
-    assert main(["speed", "--model", "test-shape-llama-3-8b-2layers", "--dataset", zsre_path, "--num-edits", "3",
+    assert main(["speed", "--model", "test-shape-llama-3-8b-2layers", "--dataset", "default", "--num-edits", "3",
                  "--editors", "full", "diagonal", "--editor-warmup", "1", "--device", device, "--threads", "1",
                  "--out", str(out)]) == 0
     run = json.loads(out.read_text())
@@ -178,11 +178,11 @@ def test_speed_reports_step_reset_memory_and_the_preconditioners(zsre_path, devi
     assert main(["speed", "--table", str(tmp_path / "missing")]) == 2
 
 
-def test_gpu_script_runs_the_table_on_the_cpu_with_tiny_models(zsre_path, tmp_path):
+def test_gpu_script_runs_the_table_on_the_cpu_with_tiny_models(tmp_path):
     runs = ('tiny-llama test-tiny-llama float32 {}\n'
             'tiny-llama-down_proj test-shape-llama-3-8b-2layers bfloat16 {"modules": ["model.layers.1.mlp.down_proj"]}')
     env = {**os.environ, "PYTHON": sys.executable, "HIEDIT_DEVICE": "cpu", "HIEDIT_SPEED_EDITS": "2",
-           "HIEDIT_SPEED_DATASET": zsre_path, "HIEDIT_SPEED_RUNS": runs, "HIEDIT_SPEED_LIMIT": "400", "OMP_NUM_THREADS": "1"}
+           "HIEDIT_SPEED_DATASET": "default", "HIEDIT_SPEED_RUNS": runs, "HIEDIT_SPEED_LIMIT": "400", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), str(tmp_path)], env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

@@ -73,8 +73,10 @@ def test_smoke_spec_is_valid_and_expands_to_one_training_per_seed() -> None:
 
 
 @pytest.mark.parametrize("spec_name", ["zsre-100.yaml", "cf-100.yaml"])
-def test_leaderboard_specs_are_valid(spec_name: str) -> None:
+def test_leaderboard_specs_are_valid(spec_name: str, benchmark_data_stand_ins: set[str]) -> None:
+    stand_ins = benchmark_data_stand_ins
     spec = load_spec(REPO_ROOT / "benchmarks" / "specs" / spec_name)
+    assert {source.source for d in spec.datasets for source in (d.train, d.evaluate)} <= stand_ins
     assert spec.models == ["smollm2-135m"] and spec.training_seeds == [0, 100, 200]
     assert spec.evaluation_seeds == [0, 1, 2, 3, 4] and spec.evaluation_num_edits == [100]
     steps = {a.name: a.steps for a in spec.agents}

@@ -67,7 +67,7 @@ def main() -> None:
         # paraphrase, KL from the current model (before this edit) on the unrelated prompts.
         references = [None, None, *score_pairs(unwrapped.model, unrelated, unwrapped._pad_id, keep_log_probs=True).log_probs]
 
-        def losses(candidate_updates):
+        def losses(candidate_updates, pairs=pairs, references=references):  # this edit's rows, bound now
             with torch.no_grad():
                 return row_losses(unwrapped.model, unwrapped._modules, candidate_updates, pairs, references,
                                   unwrapped._pad_id)[0]

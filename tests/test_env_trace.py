@@ -177,7 +177,7 @@ def test_a_model_blind_to_packing_gets_padded_batches_and_the_same_objective(mak
     losses = [row_losses(lm, modules, [update] + [None] * (len(modules) - 1), pairs, references, pad)[0]
               for lm in (env.model, blind)]
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-4, atol=1e-5)
-    grads = [torch.autograd.grad(l.sum(), update)[0] for l in losses]
+    grads = [torch.autograd.grad(loss.sum(), update)[0] for loss in losses]
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-3, atol=1e-6)
 
 
@@ -209,7 +209,7 @@ def test_objective_pass_gives_the_edit_trace_and_the_objective_trace(make_env, h
     plain = make_env(model, update_mode="low_rank", num_edits=4, back_depth=2).unwrapped
     n = len(fused.candidate_modules)
     observations = [fused.reset(seed=3)[0], plain.reset(seed=3)[0]]
-    for t in range(3):  # the window fills up: edits t, t-1, t-2 and the unrelated prompt
+    for _ in range(3):  # the window fills up: the edits so far (at most 3) and the unrelated prompt
         for name in ("instance", "layers", "progress"):
             np.testing.assert_allclose(observations[0][name], observations[1][name], rtol=1e-4, atol=1e-5)
         a, b = fused.edit_trace, plain.edit_trace
@@ -219,7 +219,7 @@ def test_objective_pass_gives_the_edit_trace_and_the_objective_trace(make_env, h
             torch.testing.assert_close(a.keys[i], b.keys[i], rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(a.grads[i], b.grads[i], rtol=1e-4, atol=1e-6)
         passes = []
-        hook = fused.model.register_forward_pre_hook(lambda *_: passes.append(1))
+        hook = fused.model.register_forward_pre_hook(lambda *_, passes=passes: passes.append(1))
         try:
             cached = fused.objective_trace([None] * n)
         finally:
@@ -235,7 +235,7 @@ def test_objective_pass_gives_the_edit_trace_and_the_objective_trace(make_env, h
         update = [(g[:1].clone(), k[:1].clone() * 1e-2) for g, k in zip(a.grads, a.keys)]
         action = {"layers": np.ones(n, np.float32), "update": update}
         passes.clear()
-        hook = fused.model.register_forward_pre_hook(lambda _m, args, kwargs: passes.append(kwargs["input_ids"].shape),
+        hook = fused.model.register_forward_pre_hook(lambda _m, args, kwargs, passes=passes: passes.append(kwargs["input_ids"].shape),
                                                      with_kwargs=True)
         try:
             (obs_fused, reward_fused, *_, info_fused), (obs_plain, reward_plain, *_, info_plain) = (
@@ -263,7 +263,7 @@ def test_edit_success_is_reused_only_when_the_next_pass_ran_the_edit(make_env, h
     action = helpers.full_action(fused, 1.0, 0.5)
     for t in range(3):
         rows = []
-        hook = fused.model.register_forward_pre_hook(lambda _m, args, kw: rows.append(kw["input_ids"].shape[0]),
+        hook = fused.model.register_forward_pre_hook(lambda _m, args, kw, rows=rows: rows.append(kw["input_ids"].shape[0]),
                                                      with_kwargs=True)
         try:
             info = fused.step(action)[-1]

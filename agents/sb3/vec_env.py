@@ -4,7 +4,6 @@ one model) or one per subprocess (``vec_env: subproc`` in ``hiedit_train``)."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -30,7 +29,8 @@ def vector_env(hp: dict[str, Any], env: gym.Env, n_envs: int, seed: int, changes
     if env.spec is None:
         if n_envs != 1 or changes:
             raise ValueError("n_envs > 1 needs an environment made with gym.make (it has a spec)")
-        factory: Callable[[], gym.Env] = lambda: env
+        def factory() -> gym.Env:
+            return env
     else:
         factory = functools.partial(_make_copy, env.spec, changes or {}, torch.get_num_threads())
     vec_name = hp.get("vec_env", "dummy")

@@ -55,6 +55,10 @@ def json_object(text: str) -> dict[str, Any]:
 
 
 def run_train(args: argparse.Namespace) -> dict[str, Any]:
+    cls = agent_class(args.agent)
+    if not args.resume and not cls.learns_before_acting(args.agent_kwargs):
+        raise ValueError(f"agent {args.agent!r} acts as built: there is nothing to train (or its tuned value is given); "
+                         f"run 'hiedit evaluate --agent {args.agent}'")
     stats = train_agent(args)
     trained = stats.get("steps_this_run", stats["steps"])
     kept = (f"; kept the editor of edit {stats['kept_after_edits']} (validation mean "

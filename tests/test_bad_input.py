@@ -138,6 +138,14 @@ def test_a_negative_seed_is_refused_before_anything_loads(tmp_path, capsys):
     assert tree(tmp_path) == {}
 
 
+@pytest.mark.parametrize("agent, extra", [("untrained_editor", ()), ("noop", ()),
+                                          ("all", ("--agent-kwargs", '{"step": 0.5}'))])
+def test_training_an_agent_that_acts_as_built(agent, extra, tmp_path, capsys):
+    # untrained_editor inherits RLEdit's training: trained, it would be a trained RLEdit under the wrong name
+    refused(capsys, tmp_path, train("default", tmp_path / "run", agent, *extra),
+            f"agent '{agent}' acts as built", f"hiedit evaluate --agent {agent}")
+
+
 def test_an_unknown_env_kwargs_key(tmp_path, capsys):
     refused(capsys, tmp_path, evaluate("default", tmp_path / "results.json", "--env-kwargs", '{"num_edit": 3}'),
             "unknown --env-kwargs key(s) ['num_edit']", "'num_edits'")

@@ -27,7 +27,8 @@ from hiedit_env.checks import check_int, check_range
 from hiedit_env.models import MLP_OUT_PRESETS
 
 from ..base import Agent
-from .solve import alphaedit_directions, factors, memit_directions, null_space_projector
+from .solve import (alphaedit_absorb, alphaedit_directions, factors, memit_directions, memit_factor, null_space_basis,
+                    null_space_inverse)
 from .stats import key_second_moments
 from .values import edit_inputs, generate_prefixes, keys_and_hidden, optimise_value
 
@@ -78,13 +79,17 @@ class LocateAgent(Agent):
               **{k: v for k, v in hyperparameters.items() if v is not None}}
         self.hparams = hp
         self.blocks = self._check(hp)
-        names = [MLP_OUT_PRESETS[model.config.model_type].format(i=layer) for layer in self.blocks]
+        pattern = MLP_OUT_PRESETS[model.config.model_type]
+        names = [pattern.format(i=layer) for layer in self.blocks]
         missing = [name for name in names if name not in self.env.candidate_modules]
         if missing:
             raise ValueError(f"{self.name} edits {missing}, which are not candidate modules of this environment; "
                              f"make it with modules={MLP_OUT_MODULES!r} (what the agent's env_requirements ask for)")
         self.indices = [self.env.candidate_modules.index(name) for name in names]
+        self.names = names
         self.modules = [model.get_submodule(name) for name in names]
+        # The decoder block of the last edited module, whose output holds the value.
+        self.block = model.get_submodule(pattern.split(".mlp.")[0].format(i=self.blocks[-1]))
         with self.env.unedited():
             self.prefixes = generate_prefixes(model, self.env.tokenizer, hp["prefixes"], hp["stats_seed"])
             moments = (key_second_moments(model, self.env.tokenizer, self.env.shared.name, names, hp["stats_source"],
@@ -92,6 +97,8 @@ class LocateAgent(Agent):
                        if self.uses_statistics else {})
         self.prepare([moments[name] for name in names] if moments else [])
         self.last_value: dict[str, float] = {}
+        # Per edited block, the share of its residual its update realises at the edit's key (k^T x).
+        self.last_gains: list[float] = []
 
     def _check(self, hp: dict[str, Any]) -> list[int]:
         model_type = self.env.model.config.model_type
@@ -146,11 +153,14 @@ class LocateAgent(Agent):
         dtype = self.modules[0].weight.dtype
         updates: list[Any] = [None] * self.num_candidates
         pending: list[tuple[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]]] = []
+        self.last_gains = gains = []
         for j, module in enumerate(self.modules):
-            (key,), hidden = keys_and_hidden(env.model, [module], pending, self.blocks[-1], inputs, pad)
+            (key,), hidden = keys_and_hidden(env.model, [module], pending, self.block, inputs, pad)
             keys = key[:, None].double()
             residual = ((target - hidden) / (len(self.modules) - j))[:, None].double()
-            update = factors(residual, self.directions(j, keys), dtype)
+            directions = self.directions(j, keys)
+            gains.append(float(torch.diagonal(keys.T @ directions).mean()))
+            update = factors(residual, directions, dtype)
             self.edited_keys(j, keys)
             pending.append((module, update))
             updates[self.indices[j]] = update
@@ -177,10 +187,11 @@ class MEMITAgent(LocateAgent):
 
     def prepare(self, moments: list[torch.Tensor]) -> None:
         device = self.env.model.device
-        self.weighted = [self.hparams["mom2_weight"] * c.to(device) for c in moments]
+        self.cholesky = [memit_factor(self.hparams["mom2_weight"] * c.to(device), name)
+                         for c, name in zip(moments, self.names)]
 
     def directions(self, block: int, keys: torch.Tensor) -> torch.Tensor:
-        return memit_directions(self.weighted[block], keys)
+        return memit_directions(self.cholesky[block], keys)
 
 
 class ROMEAgent(MEMITAgent):
@@ -201,21 +212,22 @@ class AlphaEditAgent(LocateAgent):
     """AlphaEdit (Fang et al., ICLR 2025): MEMIT's values and keys, each block's update projected onto
     the null space of the preserved keys (``P`` from ``C``'s smallest-eigenvalue eigenvectors, a
     ``null_space_fraction`` of them) and solved with the keys of the sequence's earlier edits:
-    ``X = (P (K K^T + K_p K_p^T) + l2 I)^{-1} P K``. The earlier keys' Gram matrices are kept across
-    the steps of a sequence and cleared when a new one starts (the environment is at edit 0)."""
+    ``X = (P (K K^T + K_p K_p^T) + l2 I)^{-1} P K``. The earlier keys are kept across the steps of a
+    sequence (as the inverse of their projected Gram matrix plus ``l2 I``, :mod:`.solve`) and cleared
+    when a new one starts (the environment is at edit 0)."""
 
     name = "alphaedit"
     method = "alphaedit"
 
     def prepare(self, moments: list[torch.Tensor]) -> None:
         device = self.env.model.device
-        self.projectors = [null_space_projector(c, self.hparams["null_space_fraction"]).to(device) for c in moments]
+        self.bases = [null_space_basis(c, self.hparams["null_space_fraction"]).to(device) for c in moments]
         self.reset_keys()
 
     def reset_keys(self) -> None:
         """Forget the earlier edits' keys (a new sequence starts from the unedited model)."""
-        self.past_grams = [torch.zeros_like(p) for p in self.projectors]
-        self.past_edits = 0  # edits whose keys past_grams holds
+        self.inverses = [null_space_inverse(b, self.hparams["l2"]) for b in self.bases]
+        self.past_edits = 0  # edits whose keys the inverses hold
         self._last_edit = -1
 
     def on_edit(self, edit_index: int) -> None:
@@ -224,9 +236,9 @@ class AlphaEditAgent(LocateAgent):
         self._last_edit = edit_index
 
     def directions(self, block: int, keys: torch.Tensor) -> torch.Tensor:
-        return alphaedit_directions(self.projectors[block], self.past_grams[block], keys, self.hparams["l2"])
+        return alphaedit_directions(self.bases[block], self.inverses[block], keys)
 
     def edited_keys(self, block: int, keys: torch.Tensor) -> None:
-        self.past_grams[block] += keys @ keys.T
+        self.inverses[block] = alphaedit_absorb(self.bases[block], self.inverses[block], keys)
         if block == len(self.blocks) - 1:
             self.past_edits += 1

@@ -297,3 +297,14 @@ def test_hiedit_evaluate_refuses_bad_locate_hyperparameters_in_one_line(zsre_pat
                         "--num-edits", "2", "--agent-kwargs", '{"null_space_fraction": 2}', "--out", str(tmp_path / "x.json")])
     assert code == 2
     assert "hiedit evaluate: error: null_space_fraction must be a finite number in (0, 1]" in capsys.readouterr().err
+
+
+def test_residual_tool_reports_more_of_the_residual_realised_at_a_smaller_mom2_weight(zsre_path: str, tmp_path: Path) -> None:
+    from hiedit_agents.locate.residual import main as residual_main
+
+    out = tmp_path / "residual.json"
+    assert residual_main(["--model", "test-tiny-llama", "--dataset", zsre_path, "--num-edits", "2", "--seed", "0",
+                          "--mom2-weights", "10000", "10", "--threads", "1", "--out", str(out)]) == 0
+    large, small = json.loads(out.read_text())["per_weight"]
+    assert all(0 < a < b < 1 for a, b in zip(large["gain_per_block"], small["gain_per_block"]))
+    assert large["realised_share"] < small["realised_share"] and len(small["realised_share_per_edit"]) == 2

@@ -30,7 +30,7 @@ from ..base import Agent
 from .solve import (alphaedit_absorb, alphaedit_directions, factors, memit_directions, memit_factor, null_space_basis,
                     null_space_inverse)
 from .stats import key_second_moments
-from .values import edit_inputs, generate_prefixes, keys_and_hidden, optimise_value
+from .values import EditInputs, edit_inputs, generate_prefixes, keys_and_hidden, optimise_value
 
 PRESETS_FILE = Path(__file__).resolve().parents[1] / "hyperparams" / "locate.yml"
 # Every block's MLP output projection, in any of the preset architectures: the candidates these agents
@@ -139,34 +139,51 @@ class LocateAgent(Agent):
         raise NotImplementedError
 
     def act(self, observation: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
-        env, hp = self.env, self.hparams
+        env = self.env
         record = env.current_record
         if record is None:
             raise gym.error.ResetNeeded(f"{self.name} acts on the current edit: reset the environment first")
         self.on_edit(env.edit_index)
         env.candidate_weights()  # swaps this environment's weights into the shared model
-        pad = int(env.tokenizer.pad_token_id)
         inputs = edit_inputs(env.tokenizer, record.prompt, record.subject, record.target_new, self.prefixes)
-        target, self.last_value = optimise_value(env.model, self.modules[-1], self.blocks[-1], inputs, pad,
-                                                 hp["value_steps"], hp["value_lr"], hp["kl_weight"],
-                                                 hp["weight_decay"], hp["clamp"])
+        return self.action(self.solve(self.value(inputs), inputs))
+
+    def value(self, inputs: EditInputs) -> torch.Tensor:
+        """The target hidden state ``z`` of the edit (:func:`~.values.optimise_value`); its report goes to ``last_value``."""
+        hp = self.hparams
+        target, self.last_value = optimise_value(self.env.model, self.modules[-1], self.blocks[-1], inputs,
+                                                 int(self.env.tokenizer.pad_token_id), hp["value_steps"], hp["value_lr"],
+                                                 hp["kl_weight"], hp["weight_decay"], hp["clamp"])
+        return target
+
+    def action(self, updates: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
+        """The environment's action for the edited modules' ``updates`` (in ``layers`` order)."""
+        full: list[Any] = [None] * self.num_candidates
+        for j, update in enumerate(updates):
+            full[self.indices[j]] = update
+        layers = np.zeros(self.num_candidates, np.float32)
+        layers[self.indices] = 1.0
+        return {"layers": layers, "update": full}
+
+    def solve(self, target: torch.Tensor, inputs: EditInputs, absorb: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each edited module's update ``(U, V)`` moving block ``layers[-1]``'s output at the subject toward
+        ``target``, from the lowest edited block up (see the module docstring); ``absorb=False`` leaves
+        the keys of earlier edits as they are (AlphaEdit keeps this edit's keys otherwise)."""
+        env = self.env
+        pad = int(env.tokenizer.pad_token_id)
         dtype = self.modules[0].weight.dtype
-        updates: list[Any] = [None] * self.num_candidates
         pending: list[tuple[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]]] = []
-        self.last_gains = gains = []
+        self.last_gains = []
         for j, module in enumerate(self.modules):
             (key,), hidden = keys_and_hidden(env.model, [module], pending, self.block, inputs, pad)
             keys = key[:, None].double()
             residual = ((target - hidden) / (len(self.modules) - j))[:, None].double()
             directions = self.directions(j, keys)
-            gains.append(float(torch.diagonal(keys.T @ directions).mean()))
-            update = factors(residual, directions, dtype)
-            self.edited_keys(j, keys)
-            pending.append((module, update))
-            updates[self.indices[j]] = update
-        layers = np.zeros(self.num_candidates, np.float32)
-        layers[self.indices] = 1.0
-        return {"layers": layers, "update": updates}
+            self.last_gains.append(float(torch.diagonal(keys.T @ directions).mean()))
+            if absorb:
+                self.edited_keys(j, keys)
+            pending.append((module, factors(residual, directions, dtype)))
+        return [update for _, update in pending]
 
     def on_edit(self, edit_index: int) -> None:
         """Called before each edit with its index in the episode (0: a new sequence has started)."""

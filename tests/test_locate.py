@@ -14,10 +14,11 @@ from hiedit_agents import agent_class, make_agent, run_episode
 from hiedit_agents.cli import main as hiedit_main
 from hiedit_agents.locate import stats
 from hiedit_agents.locate.agents import MLP_OUT_MODULES
-from hiedit_agents.locate.solve import alphaedit_directions, factors, null_space_projector
-from hiedit_agents.locate.values import edit_inputs, optimise_value
+from hiedit_agents.locate.solve import (alphaedit_absorb, alphaedit_directions, factors, memit_directions, memit_factor,
+                                        null_space_basis, null_space_inverse)
+from hiedit_agents.locate.values import ValueObjective, edit_inputs, keys_and_hidden, optimise_value
 from hiedit_env.models import load_shared_model
-from hiedit_env.tokens import encode_pair, subject_last_token
+from hiedit_env.tokens import answer_logits, collate, encode_pair, subject_last_token
 
 
 @pytest.fixture(autouse=True)
@@ -64,9 +65,9 @@ def test_null_space_projection_keeps_preserved_outputs_and_moves_the_edited_one(
     basis = torch.randn(16, 10, generator=generator, dtype=torch.float64)
     preserved = basis @ torch.randn(10, 200, generator=generator, dtype=torch.float64)  # keys in a 10-dim subspace
     second_moment = preserved @ preserved.T / 200
-    projector = null_space_projector(second_moment, 6 / 16)  # the 6 directions the preserved keys leave empty
+    basis = null_space_basis(second_moment, 6 / 16)  # the 6 directions the preserved keys leave empty
     key, residual = torch.randn(16, 1, generator=generator, dtype=torch.float64), torch.randn(8, 1, generator=generator, dtype=torch.float64)
-    u, v = factors(residual, alphaedit_directions(projector, torch.zeros(16, 16, dtype=torch.float64), key, 1e-3), torch.float64)
+    u, v = factors(residual, alphaedit_directions(basis, null_space_inverse(basis, 1e-3), key), torch.float64)
     update = u.T @ v
     assert (update @ preserved).norm() < 1e-8 * preserved.norm()
     assert (update @ key).norm() > 0.5 * residual.norm()
@@ -74,7 +75,91 @@ def test_null_space_projection_keeps_preserved_outputs_and_moves_the_edited_one(
 
 def test_null_space_fraction_out_of_range_is_refused() -> None:
     with pytest.raises(ValueError, match=r"null_space_fraction must be a finite number in \(0, 1\]"):
-        null_space_projector(torch.eye(4), 1.5)
+        null_space_basis(torch.eye(4), 1.5)
+
+
+def test_kept_factors_give_the_direct_solves_over_a_long_sequence() -> None:
+    """MEMIT's Cholesky-and-Woodbury solve and AlphaEdit's kept inverse, updated edit after edit, equal
+    the published per-edit solves ``solve(lambda C + K K^T, K)`` and ``solve(P (K K^T + K_p K_p^T) + l2 I, P K)``."""
+    generator = torch.Generator().manual_seed(0)
+    d, l2 = 24, 10.0
+    scales = torch.logspace(0, -3, d, dtype=torch.float64)[:, None]  # an ill-conditioned C, as real ones are
+    samples = torch.randn(d, 500, generator=generator, dtype=torch.float64) * scales
+    second_moment = samples @ samples.T / 500
+    weighted = 1500.0 * second_moment
+    factor = memit_factor(weighted)
+    basis = null_space_basis(second_moment, 0.5)
+    projector = basis @ basis.T
+    inverse, past_gram = null_space_inverse(basis, l2), torch.zeros(d, d, dtype=torch.float64)
+    for _ in range(300):  # one key per edit, as the agents solve; then two at once
+        keys = 3 * torch.randn(d, 1, generator=generator, dtype=torch.float64)
+        direct_memit = torch.linalg.solve(weighted + keys @ keys.T, keys)
+        assert torch.allclose(memit_directions(factor, keys), direct_memit, rtol=1e-9, atol=1e-12)
+        direct = torch.linalg.solve(projector @ (keys @ keys.T + past_gram) + l2 * torch.eye(d, dtype=torch.float64),
+                                    projector @ keys)
+        assert torch.allclose(alphaedit_directions(basis, inverse, keys), direct, rtol=1e-8, atol=1e-12)
+        inverse, past_gram = alphaedit_absorb(basis, inverse, keys), past_gram + keys @ keys.T
+    keys = torch.randn(d, 2, generator=generator, dtype=torch.float64)
+    assert torch.allclose(memit_directions(factor, keys), torch.linalg.solve(weighted + keys @ keys.T, keys), rtol=1e-9)
+
+
+def test_singular_key_statistics_are_refused_clearly() -> None:
+    keys = torch.randn(8, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.raises(ValueError, match="key statistics C of m are singular .* raise stats_samples"):
+        memit_factor(keys @ keys.T, "m")
+
+
+@pytest.mark.parametrize("model", ["test-tiny-gpt2", "test-tiny-llama"])
+def test_value_objective_gives_the_full_pass_logits_and_gradients(make_env, model: str) -> None:
+    """The cached prefix changes nothing: answer logits and the gradient to ``delta`` equal those of a
+    full pass over the padded sequences with ``delta`` added at each subject's last token."""
+    env = make_env(model).unwrapped
+    env.reset(seed=0)
+    record = env.current_record
+    # Prefixes of different lengths, and a one-token subject in the KL prompt (nothing cached for that row).
+    inputs = edit_inputs(env.tokenizer, record.prompt, record.subject, record.target_new, ["", "The cat sat on it. ", "I. "])
+    inputs = type(inputs)(inputs.rewrites, inputs.positions, encode_pair(env.tokenizer, "X", "is a"))
+    module = env.model.get_submodule(env.candidate_modules[1])
+    pad = int(env.tokenizer.pad_token_id)
+    delta = torch.randn(env.model.config.hidden_size, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    cached, _ = ValueObjective(env.model, module, inputs, pad)(delta)
+    grad_cached = torch.autograd.grad(sum(lg.log_softmax(-1).gather(1, lb[:, None]).sum() for lg, lb in cached), delta)[0]
+
+    pairs = [*inputs.rewrites, inputs.kl]
+    rows, columns = torch.arange(len(pairs)), torch.tensor([*inputs.positions, inputs.kl.answer_start - 1])
+
+    def add_delta(_module, _args, output):
+        added = torch.zeros_like(output)
+        added[rows, columns] = delta
+        return output + added
+
+    handle = module.register_forward_hook(add_delta)
+    try:
+        out, batch = answer_logits(env.model, collate(pairs, pad, env.model.device))
+    finally:
+        handle.remove()
+    full = batch.per_pair(out.logits.float())
+    grad_full = torch.autograd.grad(sum(lg.log_softmax(-1).gather(1, lb[:, None]).sum() for lg, lb in full), delta)[0]
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(cached, full))
+    assert all(torch.allclose(a[0], b[0], atol=1e-4) for a, b in zip(cached, full))
+    assert torch.allclose(grad_cached, grad_full, rtol=1e-3, atol=1e-5) and grad_full.norm() > 0
+
+
+def test_keys_pass_stops_at_the_value_block_and_reads_what_a_full_pass_reads(make_env) -> None:
+    env = make_env("test-tiny-llama").unwrapped
+    env.reset(seed=0)
+    record = env.current_record
+    inputs = edit_inputs(env.tokenizer, record.prompt, record.subject, record.target_new, ["", "The cat sat. "])
+    modules = [env.model.get_submodule(f"model.layers.{i}.mlp.down_proj") for i in (0, 1)]
+    pad = int(env.tokenizer.pad_token_id)
+    keys, hidden = keys_and_hidden(env.model, modules, [], env.model.model.layers[1], inputs, pad)
+    batch = collate([encode_pair(env.tokenizer, p, record.target_new) for p in [record.prompt]], pad, env.model.device)
+    with torch.no_grad():
+        states = env.model(input_ids=batch.input_ids, use_cache=False, output_hidden_states=True).hidden_states
+    assert torch.allclose(hidden, states[2][0, inputs.positions[0]], atol=1e-5)
+    assert all(k.shape == (m.in_features,) and k.norm() > 0 for k, m in zip(keys, modules))
+    with pytest.raises(ValueError, match="must lie in the block whose output is read, or below it"):
+        keys_and_hidden(env.model, modules, [], env.model.model.layers[0], inputs, pad)
 
 
 def test_alphaedit_accumulates_keys_across_steps_and_reset_clears_them(make_env) -> None:
@@ -83,13 +168,18 @@ def test_alphaedit_accumulates_keys_across_steps_and_reset_clears_them(make_env)
     observation, info = env.reset(seed=0)
     for _ in range(2):
         observation, *_ = env.step(agent.act(observation, info))
-    assert agent.past_edits == 2 and all(g.norm() > 0 for g in agent.past_grams)
-    grams = [g.clone() for g in agent.past_grams]
+    l2 = agent.hparams["l2"]
+
+    def past_grams() -> list[torch.Tensor]:  # B^T K_p K_p^T B, from the kept inverses
+        return [torch.linalg.inv(m) - l2 * torch.eye(m.shape[0], dtype=m.dtype) for m in agent.inverses]
+
+    assert agent.past_edits == 2 and all(torch.linalg.matrix_rank(g, rtol=1e-8) == 2 for g in past_grams())
+    grams = past_grams()
     observation, info = env.reset(seed=1)
     agent.act(observation, info)
     assert agent.past_edits == 1
-    assert all(not torch.allclose(a, b) for a, b in zip(grams, agent.past_grams))
-    assert all(torch.linalg.matrix_rank(g) == 1 for g in agent.past_grams)  # the new sequence's one key
+    assert all(not torch.allclose(a, b) for a, b in zip(grams, past_grams()))
+    assert all(torch.linalg.matrix_rank(g, rtol=1e-8) == 1 for g in past_grams())  # the new sequence's one key
 
 
 def test_statistics_are_cached_reused_and_refused_for_another_key(make_env, tmp_path: Path,
@@ -207,3 +297,14 @@ def test_hiedit_evaluate_refuses_bad_locate_hyperparameters_in_one_line(tmp_path
                         "--num-edits", "2", "--agent-kwargs", '{"null_space_fraction": 2}', "--out", str(tmp_path / "x.json")])
     assert code == 2
     assert "hiedit evaluate: error: null_space_fraction must be a finite number in (0, 1]" in capsys.readouterr().err
+
+
+def test_residual_tool_reports_more_of_the_residual_realised_at_a_smaller_mom2_weight(zsre_path: str, tmp_path: Path) -> None:
+    from hiedit_agents.locate.residual import main as residual_main
+
+    out = tmp_path / "residual.json"
+    assert residual_main(["--model", "test-tiny-llama", "--dataset", zsre_path, "--num-edits", "2", "--seed", "0",
+                          "--mom2-weights", "10000", "10", "--threads", "1", "--out", str(out)]) == 0
+    large, small = json.loads(out.read_text())["per_weight"]
+    assert all(0 < a < b < 1 for a, b in zip(large["gain_per_block"], small["gain_per_block"]))
+    assert large["realised_share"] < small["realised_share"] and len(small["realised_share_per_edit"]) == 2

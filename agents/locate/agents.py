@@ -27,9 +27,10 @@ from hiedit_env.checks import check_int, check_range
 from hiedit_env.models import MLP_OUT_PRESETS
 
 from ..common.base import Agent
-from .solve import alphaedit_directions, factors, memit_directions, null_space_projector
+from .solve import (alphaedit_absorb, alphaedit_directions, factors, memit_directions, memit_factor, null_space_basis,
+                    null_space_inverse)
 from .stats import key_second_moments
-from .values import edit_inputs, generate_prefixes, keys_and_hidden, optimise_value
+from .values import EditInputs, edit_inputs, generate_prefixes, keys_and_hidden, optimise_value
 
 PRESETS_FILE = Path(__file__).resolve().parents[1] / "hyperparams" / "locate.yml"
 # Every block's MLP output projection, in any of the preset architectures: the candidates these agents
@@ -78,13 +79,17 @@ class LocateAgent(Agent):
               **{k: v for k, v in hyperparameters.items() if v is not None}}
         self.hparams = hp
         self.blocks = self._check(hp)
-        names = [MLP_OUT_PRESETS[model.config.model_type].format(i=layer) for layer in self.blocks]
+        pattern = MLP_OUT_PRESETS[model.config.model_type]
+        names = [pattern.format(i=layer) for layer in self.blocks]
         missing = [name for name in names if name not in self.env.candidate_modules]
         if missing:
             raise ValueError(f"{self.name} edits {missing}, which are not candidate modules of this environment; "
                              f"make it with modules={MLP_OUT_MODULES!r} (what the agent's env_requirements ask for)")
         self.indices = [self.env.candidate_modules.index(name) for name in names]
+        self.names = names
         self.modules = [model.get_submodule(name) for name in names]
+        # The decoder block of the last edited module, whose output holds the value.
+        self.block = model.get_submodule(pattern.split(".mlp.")[0].format(i=self.blocks[-1]))
         with self.env.unedited():
             self.prefixes = generate_prefixes(model, self.env.tokenizer, hp["prefixes"], hp["stats_seed"])
             moments = (key_second_moments(model, self.env.tokenizer, self.env.shared.name, names, hp["stats_source"],
@@ -92,6 +97,8 @@ class LocateAgent(Agent):
                        if self.uses_statistics else {})
         self.prepare([moments[name] for name in names] if moments else [])
         self.last_value: dict[str, float] = {}
+        # Per edited block, the share of its residual its update realises at the edit's key (k^T x).
+        self.last_gains: list[float] = []
 
     def _check(self, hp: dict[str, Any]) -> list[int]:
         model_type = self.env.model.config.model_type
@@ -132,31 +139,51 @@ class LocateAgent(Agent):
         raise NotImplementedError
 
     def act(self, observation: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
-        env, hp = self.env, self.hparams
+        env = self.env
         record = env.current_record
         if record is None:
             raise gym.error.ResetNeeded(f"{self.name} acts on the current edit: reset the environment first")
         self.on_edit(env.edit_index)
         env.candidate_weights()  # swaps this environment's weights into the shared model
-        pad = int(env.tokenizer.pad_token_id)
         inputs = edit_inputs(env.tokenizer, record.prompt, record.subject, record.target_new, self.prefixes)
-        target, self.last_value = optimise_value(env.model, self.modules[-1], self.blocks[-1], inputs, pad,
-                                                 hp["value_steps"], hp["value_lr"], hp["kl_weight"],
-                                                 hp["weight_decay"], hp["clamp"])
-        dtype = self.modules[0].weight.dtype
-        updates: list[Any] = [None] * self.num_candidates
-        pending: list[tuple[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]]] = []
-        for j, module in enumerate(self.modules):
-            (key,), hidden = keys_and_hidden(env.model, [module], pending, self.blocks[-1], inputs, pad)
-            keys = key[:, None].double()
-            residual = ((target - hidden) / (len(self.modules) - j))[:, None].double()
-            update = factors(residual, self.directions(j, keys), dtype)
-            self.edited_keys(j, keys)
-            pending.append((module, update))
-            updates[self.indices[j]] = update
+        return self.action(self.solve(self.value(inputs), inputs))
+
+    def value(self, inputs: EditInputs) -> torch.Tensor:
+        """The target hidden state ``z`` of the edit (:func:`~.values.optimise_value`); its report goes to ``last_value``."""
+        hp = self.hparams
+        target, self.last_value = optimise_value(self.env.model, self.modules[-1], self.blocks[-1], inputs,
+                                                 int(self.env.tokenizer.pad_token_id), hp["value_steps"], hp["value_lr"],
+                                                 hp["kl_weight"], hp["weight_decay"], hp["clamp"])
+        return target
+
+    def action(self, updates: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
+        """The environment's action for the edited modules' ``updates`` (in ``layers`` order)."""
+        full: list[Any] = [None] * self.num_candidates
+        for j, update in enumerate(updates):
+            full[self.indices[j]] = update
         layers = np.zeros(self.num_candidates, np.float32)
         layers[self.indices] = 1.0
-        return {"layers": layers, "update": updates}
+        return {"layers": layers, "update": full}
+
+    def solve(self, target: torch.Tensor, inputs: EditInputs, absorb: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each edited module's update ``(U, V)`` moving block ``layers[-1]``'s output at the subject toward
+        ``target``, from the lowest edited block up (see the module docstring); ``absorb=False`` leaves
+        the keys of earlier edits as they are (AlphaEdit keeps this edit's keys otherwise)."""
+        env = self.env
+        pad = int(env.tokenizer.pad_token_id)
+        dtype = self.modules[0].weight.dtype
+        pending: list[tuple[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]]] = []
+        self.last_gains = []
+        for j, module in enumerate(self.modules):
+            (key,), hidden = keys_and_hidden(env.model, [module], pending, self.block, inputs, pad)
+            keys = key[:, None].double()
+            residual = ((target - hidden) / (len(self.modules) - j))[:, None].double()
+            directions = self.directions(j, keys)
+            self.last_gains.append(float(torch.diagonal(keys.T @ directions).mean()))
+            if absorb:
+                self.edited_keys(j, keys)
+            pending.append((module, factors(residual, directions, dtype)))
+        return [update for _, update in pending]
 
     def on_edit(self, edit_index: int) -> None:
         """Called before each edit with its index in the episode (0: a new sequence has started)."""
@@ -177,10 +204,11 @@ class MEMITAgent(LocateAgent):
 
     def prepare(self, moments: list[torch.Tensor]) -> None:
         device = self.env.model.device
-        self.weighted = [self.hparams["mom2_weight"] * c.to(device) for c in moments]
+        self.cholesky = [memit_factor(self.hparams["mom2_weight"] * c.to(device), name)
+                         for c, name in zip(moments, self.names)]
 
     def directions(self, block: int, keys: torch.Tensor) -> torch.Tensor:
-        return memit_directions(self.weighted[block], keys)
+        return memit_directions(self.cholesky[block], keys)
 
 
 class ROMEAgent(MEMITAgent):
@@ -201,21 +229,22 @@ class AlphaEditAgent(LocateAgent):
     """AlphaEdit (Fang et al., ICLR 2025): MEMIT's values and keys, each block's update projected onto
     the null space of the preserved keys (``P`` from ``C``'s smallest-eigenvalue eigenvectors, a
     ``null_space_fraction`` of them) and solved with the keys of the sequence's earlier edits:
-    ``X = (P (K K^T + K_p K_p^T) + l2 I)^{-1} P K``. The earlier keys' Gram matrices are kept across
-    the steps of a sequence and cleared when a new one starts (the environment is at edit 0)."""
+    ``X = (P (K K^T + K_p K_p^T) + l2 I)^{-1} P K``. The earlier keys are kept across the steps of a
+    sequence (as the inverse of their projected Gram matrix plus ``l2 I``, :mod:`.solve`) and cleared
+    when a new one starts (the environment is at edit 0)."""
 
     name = "alphaedit"
     method = "alphaedit"
 
     def prepare(self, moments: list[torch.Tensor]) -> None:
         device = self.env.model.device
-        self.projectors = [null_space_projector(c, self.hparams["null_space_fraction"]).to(device) for c in moments]
+        self.bases = [null_space_basis(c, self.hparams["null_space_fraction"]).to(device) for c in moments]
         self.reset_keys()
 
     def reset_keys(self) -> None:
         """Forget the earlier edits' keys (a new sequence starts from the unedited model)."""
-        self.past_grams = [torch.zeros_like(p) for p in self.projectors]
-        self.past_edits = 0  # edits whose keys past_grams holds
+        self.inverses = [null_space_inverse(b, self.hparams["l2"]) for b in self.bases]
+        self.past_edits = 0  # edits whose keys the inverses hold
         self._last_edit = -1
 
     def on_edit(self, edit_index: int) -> None:
@@ -224,9 +253,9 @@ class AlphaEditAgent(LocateAgent):
         self._last_edit = edit_index
 
     def directions(self, block: int, keys: torch.Tensor) -> torch.Tensor:
-        return alphaedit_directions(self.projectors[block], self.past_grams[block], keys, self.hparams["l2"])
+        return alphaedit_directions(self.bases[block], self.inverses[block], keys)
 
     def edited_keys(self, block: int, keys: torch.Tensor) -> None:
-        self.past_grams[block] += keys @ keys.T
+        self.inverses[block] = alphaedit_absorb(self.bases[block], self.inverses[block], keys)
         if block == len(self.blocks) - 1:
             self.past_edits += 1

@@ -101,7 +101,7 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def tune_for_evaluation(args: argparse.Namespace, cls: type[Agent], folder: Path) -> dict[str, Any]:
-    """Tune an agent's :attr:`~hiedit_agents.base.Agent.tuned_options` on the training data as ``hiedit train``
+    """Tune an agent's :attr:`~hiedit_agents.common.base.Agent.tuned_options` on the training data as ``hiedit train``
     does (:func:`train_agent`: ``--train-steps`` edits, by default the agent's ``default_train_steps``, in
     ``DEFAULT_TRAIN_EDITS``-edit episodes, seeded by ``--train-seed``), saving the tuned agent into ``folder``;
     returns the training statistics with ``tuned`` and the chosen values."""

@@ -70,7 +70,7 @@ class AgentEntry:
     @property
     def trains(self) -> bool:
         """Whether the agent learns (one training, or tuning of a heuristic's step, per seed) or is
-        evaluated as built (``hiedit evaluate``'s rule: :meth:`~hiedit_agents.base.Agent.learns_before_acting`)."""
+        evaluated as built (``hiedit evaluate``'s rule: :meth:`~hiedit_agents.common.base.Agent.learns_before_acting`)."""
         return agent_class(self.agent).learns_before_acting(self.agent_kwargs)
 
 

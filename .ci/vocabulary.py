@@ -58,13 +58,17 @@ DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv")
 def tracked_files(root: Path) -> list[str]:
     """The files under ``root`` as relative POSIX paths: ``git ls-files`` at a work tree's top, else all files."""
     try:
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True, check=True)
+        top = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True, check=True
+        )
         if Path(top.stdout.strip()).resolve() == root.resolve():
             listed = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True).stdout
             return [name for name in listed.decode("utf-8", "surrogateescape").split("\0") if name]
     except (OSError, subprocess.CalledProcessError):  # no git, or not a work tree
         pass
-    return sorted(Path(folder, name).relative_to(root).as_posix() for folder, _, names in os.walk(root) for name in names)
+    return sorted(
+        Path(folder, name).relative_to(root).as_posix() for folder, _, names in os.walk(root) for name in names
+    )
 
 
 def _hits(data: bytes, bare_hashes: bool = False) -> list[tuple[int, str, str]]:
@@ -75,23 +79,29 @@ def _hits(data: bytes, bare_hashes: bool = False) -> list[tuple[int, str, str]]:
     if bare_hashes:
         named = {end for _, end, what in found if what == COMMIT_HASH}  # "before_<hash>" is one hit, not two
         found |= {(m.start(), m.end(), COMMIT_HASH) for m in BARE_HASH.finditer(lowered) if m.end() not in named}
-    return [(data.count(b"\n", 0, start) + 1, data[start:end].decode("utf-8", "replace"), what)
-            for start, end, what in sorted(found)]
+    return [
+        (data.count(b"\n", 0, start) + 1, data[start:end].decode("utf-8", "replace"), what)
+        for start, end, what in sorted(found)
+    ]
 
 
 def scan(root: Path, files: Iterable[str]) -> list[str]:
     """One ``path:line: 'match' (what it is)`` line per hit in the names and the text of ``files``."""
     problems = []
     for name in files:
-        problems += [f"{name}:0: {found!r} ({what}, in the file name)"
-                     for _, found, what in _hits(name.encode("utf-8", "surrogateescape"))]
+        problems += [
+            f"{name}:0: {found!r} ({what}, in the file name)"
+            for _, found, what in _hits(name.encode("utf-8", "surrogateescape"))
+        ]
         try:
             data = (root / name).read_bytes()
         except (IsADirectoryError, FileNotFoundError):  # a submodule, or a deleted file git still lists
             continue
         if b"\0" not in data[:8192]:  # a NUL byte: binary, no words to read
-            problems += [f"{name}:{line}: {found!r} ({what})"
-                         for line, found, what in _hits(data, bare_hashes=not name.lower().endswith(DATA_SUFFIXES))]
+            problems += [
+                f"{name}:{line}: {found!r} ({what})"
+                for line, found, what in _hits(data, bare_hashes=not name.lower().endswith(DATA_SUFFIXES))
+            ]
     return problems
 
 
@@ -107,8 +117,11 @@ def main(argv: list[str]) -> int:
         print(problem)
     if problems:
         named = len({problem.split(":")[0] for problem in problems})
-        print(f"vocabulary: {len(problems)} work-history reference(s) in {named} of {len(files)} files; "
-              "name versions, dates and options instead", file=sys.stderr)
+        print(
+            f"vocabulary: {len(problems)} work-history reference(s) in {named} of {len(files)} files; "
+            "name versions, dates and options instead",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

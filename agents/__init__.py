@@ -21,11 +21,41 @@ from .locate import AlphaEditAgent, MEMITAgent, ROMEAgent
 from .registry import agent_class, available_agents, make_agent, register_agent
 from .sb3 import SB3_AGENTS, SB3Agent
 
-for _cls in (NoopAgent, AllLayersAgent, RandomKAgent, TopKGradAgent, FineTuneAgent, RLEditAgent, HiEditAgent,
-             UntrainedEditorAgent, ROMEAgent, MEMITAgent, AlphaEditAgent, *SB3_AGENTS):
+for _cls in (
+    NoopAgent,
+    AllLayersAgent,
+    RandomKAgent,
+    TopKGradAgent,
+    FineTuneAgent,
+    RLEditAgent,
+    HiEditAgent,
+    UntrainedEditorAgent,
+    ROMEAgent,
+    MEMITAgent,
+    AlphaEditAgent,
+    *SB3_AGENTS,
+):
     register_agent(_cls.name, _cls)
 
-__all__ = ["Agent", "AllLayersAgent", "AlphaEditAgent", "FineTuneAgent", "HiEditAgent", "LearnedEditorAgent", "MEMITAgent", "NoopAgent",
-           "RLEditAgent", "ROMEAgent", "RandomKAgent", "SB3Agent", "TopKGradAgent", "UntrainedEditorAgent", "agent_class",
-           "available_agents", "make_agent", "register_agent", "run_episode"]
+__all__ = [
+    "Agent",
+    "AllLayersAgent",
+    "AlphaEditAgent",
+    "FineTuneAgent",
+    "HiEditAgent",
+    "LearnedEditorAgent",
+    "MEMITAgent",
+    "NoopAgent",
+    "RLEditAgent",
+    "ROMEAgent",
+    "RandomKAgent",
+    "SB3Agent",
+    "TopKGradAgent",
+    "UntrainedEditorAgent",
+    "agent_class",
+    "available_agents",
+    "make_agent",
+    "register_agent",
+    "run_episode",
+]
 del _cls

@@ -37,8 +37,8 @@ from .common.evaluation import run_episode
 from .common.memory import peak_memory_mb
 from .demo import add_demo_parser
 from .registry import agent_class, available_agents
-from .sweep.cli import add_sweep_parsers
 from .speed import add_speed_parser
+from .sweep.cli import add_sweep_parsers
 
 DEFAULT_EVAL_EDITS = 100
 
@@ -57,15 +57,22 @@ def json_object(text: str) -> dict[str, Any]:
 def run_train(args: argparse.Namespace) -> dict[str, Any]:
     cls = agent_class(args.agent)
     if not args.resume and not cls.learns_before_acting(args.agent_kwargs):
-        raise ValueError(f"agent {args.agent!r} acts as built: there is nothing to train (or its tuned value is given); "
-                         f"run 'hiedit evaluate --agent {args.agent}'")
+        raise ValueError(
+            f"agent {args.agent!r} acts as built: there is nothing to train (or its tuned value is given); "
+            f"run 'hiedit evaluate --agent {args.agent}'"
+        )
     stats = train_agent(args)
     trained = stats.get("steps_this_run", stats["steps"])
-    kept = (f"; kept the editor of edit {stats['kept_after_edits']} (validation mean "
-            f"{stats['kept_validation_mean']:.3f})" if stats.get("validations") else "")
-    print(f"trained {args.agent} on {trained} edits ({stats.get('optimizer_steps', 0)} optimiser steps) in "
-          f"{stats['total_seconds']:.0f} s, {stats['seconds_per_step']:.2f} s/edit{kept}; checkpoint, TensorBoard logs "
-          f"and train_stats.json in {args.out_dir}")
+    kept = (
+        f"; kept the editor of edit {stats['kept_after_edits']} (validation mean {stats['kept_validation_mean']:.3f})"
+        if stats.get("validations")
+        else ""
+    )
+    print(
+        f"trained {args.agent} on {trained} edits ({stats.get('optimizer_steps', 0)} optimiser steps) in "
+        f"{stats['total_seconds']:.0f} s, {stats['seconds_per_step']:.2f} s/edit{kept}; checkpoint, TensorBoard logs "
+        f"and train_stats.json in {args.out_dir}"
+    )
     return stats
 
 
@@ -93,11 +100,25 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
             tuning = {"tuned": False, "reason": f"--agent-kwargs gives {', '.join(cls.tuned_options)}"}
     metrics = run_episode(agent, env, args.seed)
     built = env_description(env)
-    print(format_metrics(metrics, f"{args.agent} on {built['model']}, {built['num_edits']} sequential edits "
-                                  f"({built['dataset']}, split {built['split']}, seed {args.seed})"))
-    return {"agent": args.agent, "seed": args.seed, "checkpoint": args.checkpoint, "agent_kwargs": args.agent_kwargs,
-            "config": agent.config(), **{k: built[k] for k in ("model", "dataset", "split", "num_edits")},
-            "environment": built, **({"tuning": tuning} if tuning is not None else {}), **metrics, **peak_memory_mb()}
+    print(
+        format_metrics(
+            metrics,
+            f"{args.agent} on {built['model']}, {built['num_edits']} sequential edits "
+            f"({built['dataset']}, split {built['split']}, seed {args.seed})",
+        )
+    )
+    return {
+        "agent": args.agent,
+        "seed": args.seed,
+        "checkpoint": args.checkpoint,
+        "agent_kwargs": args.agent_kwargs,
+        "config": agent.config(),
+        **{k: built[k] for k in ("model", "dataset", "split", "num_edits")},
+        "environment": built,
+        **({"tuning": tuning} if tuning is not None else {}),
+        **metrics,
+        **peak_memory_mb(),
+    }
 
 
 def tune_for_evaluation(args: argparse.Namespace, cls: type[Agent], folder: Path) -> dict[str, Any]:
@@ -107,37 +128,70 @@ def tune_for_evaluation(args: argparse.Namespace, cls: type[Agent], folder: Path
     returns the training statistics with ``tuned`` and the chosen values."""
     train_dataset = args.train_dataset or args.dataset
     if train_dataset == args.dataset and {args.split, args.train_split} != {"train", "test"}:
-        warnings.warn(f"tuning on split {args.train_split!r} and evaluating on split {args.split!r} of {args.dataset!r}: "
-                      "they share records (give --train-dataset, or the train and test splits)", stacklevel=2)
-    train_args = argparse.Namespace(**{**vars(args), "dataset": train_dataset, "split": args.train_split,
-                                       "num_edits": DEFAULT_TRAIN_EDITS, "seed": args.train_seed, "out_dir": folder,
-                                       "steps": args.train_steps, "resume": False, "checkpoint_every": None})
+        warnings.warn(
+            f"tuning on split {args.train_split!r} and evaluating on split {args.split!r} of {args.dataset!r}: "
+            "they share records (give --train-dataset, or the train and test splits)",
+            stacklevel=2,
+        )
+    train_args = argparse.Namespace(
+        **{
+            **vars(args),
+            "dataset": train_dataset,
+            "split": args.train_split,
+            "num_edits": DEFAULT_TRAIN_EDITS,
+            "seed": args.train_seed,
+            "out_dir": folder,
+            "steps": args.train_steps,
+            "resume": False,
+            "checkpoint_every": None,
+        }
+    )
     stats = train_agent(train_args)
     config = checkpoint_of(cls, folder, "the tuned agent")["config"]
     chosen = {name: config[name] for name in cls.tuned_options}
     built = stats["environment"]
-    print(f"tuned {', '.join(f'{k} = {v}' for k, v in chosen.items())} on {stats['steps']} edits of {built['dataset']} "
-          f"(split {built['split']}, {built['num_edits']}-edit episodes, seed {args.train_seed}) in {stats['total_seconds']:.0f} s")
+    print(
+        f"tuned {', '.join(f'{k} = {v}' for k, v in chosen.items())} on {stats['steps']} edits of {built['dataset']} "
+        f"(split {built['split']}, {built['num_edits']}-edit episodes, seed {args.train_seed}) in {stats['total_seconds']:.0f} s"
+    )
     return {"tuned": True, "chosen": chosen, **stats}
 
 
 def add_common(parser: argparse.ArgumentParser, num_edits: int, split: str) -> None:
-    parser.add_argument("--agent", required=True,
-                        help=f"one of {', '.join(available_agents())}, or package.module:ClassName")
+    parser.add_argument(
+        "--agent", required=True, help=f"one of {', '.join(available_agents())}, or package.module:ClassName"
+    )
     parser.add_argument("--model", default=EMBEDDED_MODEL, help="built-in name, hub id or local path")
-    parser.add_argument("--dataset", default=DEFAULT_DATASET, help="'default', a ZsRE/CounterFact file, directory or hub id")
-    parser.add_argument("--split", default=split, choices=("train", "test", "all"),
-                        help=f"seeded split of --dataset to draw edits from (default: {split})")
+    parser.add_argument(
+        "--dataset", default=DEFAULT_DATASET, help="'default', a ZsRE/CounterFact file, directory or hub id"
+    )
+    parser.add_argument(
+        "--split",
+        default=split,
+        choices=("train", "test", "all"),
+        help=f"seeded split of --dataset to draw edits from (default: {split})",
+    )
     parser.add_argument("--num-edits", type=positive_int, default=num_edits, help="edits per episode")
     parser.add_argument("--seed", type=non_negative_int, default=0)
-    parser.add_argument("--agent-kwargs", type=json_object, default={},
-                        help="JSON object of agent constructor arguments (with --checkpoint: only the agent's acting "
-                             "options, e.g. {\"max_size_ratio\": 3} for the learned editors)")
+    parser.add_argument(
+        "--agent-kwargs",
+        type=json_object,
+        default={},
+        help="JSON object of agent constructor arguments (with --checkpoint: only the agent's acting "
+        'options, e.g. {"max_size_ratio": 3} for the learned editors)',
+    )
     parser.add_argument("--env-kwargs", type=json_object, default={}, help="JSON object of extra gym.make arguments")
-    parser.add_argument("--threads", type=positive_int, default=None,
-                        help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
-    parser.add_argument("--low-memory", action="store_true",
-                        help="hand freed memory back to the system at once (glibc): a lower peak RSS, slower steps")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)",
+    )
+    parser.add_argument(
+        "--low-memory",
+        action="store_true",
+        help="hand freed memory back to the system at once (glibc): a lower peak RSS, slower steps",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,38 +199,72 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_demo_parser(sub)
 
-    train = sub.add_parser("train", help="train an agent on a training split and save a checkpoint",
-                           parents=[common_options()])
+    train = sub.add_parser(
+        "train", help="train an agent on a training split and save a checkpoint", parents=[common_options()]
+    )
     add_common(train, DEFAULT_TRAIN_EDITS, "train")
-    train.add_argument("--steps", type=positive_int, default=None,
-                       help=f"training edits in all (default: the agent's; {DEFAULT_TRAIN_STEPS} for the zoo's "
-                            "editors, n_timesteps of the hyperparameter file for SB3 agents)")
-    train.add_argument("--resume", action="store_true",
-                       help="continue the interrupted run saved in --out (same command otherwise) up to --steps edits "
-                            "in all; it ends as the run would have without the interruption")
-    train.add_argument("--checkpoint-every", type=positive_int, default=None,
-                       help="save the run into --out every that many training edits, at the next episode's end "
-                            "(default: 100 for the learned editors; checkpoint_freq of the hyperparameter file for SB3 "
-                            "agents); SIGINT/SIGTERM also save before exiting")
-    train.add_argument("--out", dest="out_dir", required=True,
-                       help="directory for the checkpoint, TensorBoard logs and train_stats.json")
+    train.add_argument(
+        "--steps",
+        type=positive_int,
+        default=None,
+        help=f"training edits in all (default: the agent's; {DEFAULT_TRAIN_STEPS} for the zoo's "
+        "editors, n_timesteps of the hyperparameter file for SB3 agents)",
+    )
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run saved in --out (same command otherwise) up to --steps edits "
+        "in all; it ends as the run would have without the interruption",
+    )
+    train.add_argument(
+        "--checkpoint-every",
+        type=positive_int,
+        default=None,
+        help="save the run into --out every that many training edits, at the next episode's end "
+        "(default: 100 for the learned editors; checkpoint_freq of the hyperparameter file for SB3 "
+        "agents); SIGINT/SIGTERM also save before exiting",
+    )
+    train.add_argument(
+        "--out",
+        dest="out_dir",
+        required=True,
+        help="directory for the checkpoint, TensorBoard logs and train_stats.json",
+    )
     train.set_defaults(run=run_train)
 
-    evaluate = sub.add_parser("evaluate", help="run one episode with an agent and write the end-of-sequence metrics",
-                              parents=[common_options()])
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="run one episode with an agent and write the end-of-sequence metrics",
+        parents=[common_options()],
+    )
     add_common(evaluate, DEFAULT_EVAL_EDITS, "test")
     evaluate.add_argument("--checkpoint", default=None, help="directory written by 'hiedit train'")
-    evaluate.add_argument("--train-dataset", default=None,
-                          help="data an agent that tunes before acting (the heuristics' constant step) is tuned on, "
-                               "as 'hiedit train' tunes it, unless --checkpoint or --agent-kwargs gives the step "
-                               "(default: --dataset)")
-    evaluate.add_argument("--train-split", default="train", choices=("train", "test", "all"),
-                          help="split of --train-dataset to tune on (default: train)")
-    evaluate.add_argument("--train-seed", type=non_negative_int, default=0,
-                          help="seed of the tuning, as 'hiedit train --seed' (default: 0)")
-    evaluate.add_argument("--train-steps", type=positive_int, default=None,
-                          help=f"tuning edits in all, as 'hiedit train --steps' (default: the agent's; {DEFAULT_TRAIN_STEPS} "
-                               f"for the heuristics, in {DEFAULT_TRAIN_EDITS}-edit episodes)")
+    evaluate.add_argument(
+        "--train-dataset",
+        default=None,
+        help="data an agent that tunes before acting (the heuristics' constant step) is tuned on, "
+        "as 'hiedit train' tunes it, unless --checkpoint or --agent-kwargs gives the step "
+        "(default: --dataset)",
+    )
+    evaluate.add_argument(
+        "--train-split",
+        default="train",
+        choices=("train", "test", "all"),
+        help="split of --train-dataset to tune on (default: train)",
+    )
+    evaluate.add_argument(
+        "--train-seed",
+        type=non_negative_int,
+        default=0,
+        help="seed of the tuning, as 'hiedit train --seed' (default: 0)",
+    )
+    evaluate.add_argument(
+        "--train-steps",
+        type=positive_int,
+        default=None,
+        help=f"tuning edits in all, as 'hiedit train --steps' (default: the agent's; {DEFAULT_TRAIN_STEPS} "
+        f"for the heuristics, in {DEFAULT_TRAIN_EDITS}-edit episodes)",
+    )
     evaluate.add_argument("--out", default="results.json", help="where to write the metrics as JSON")
     evaluate.set_defaults(run=run_evaluate)
     add_sweep_parsers(sub)

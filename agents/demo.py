@@ -40,8 +40,15 @@ DEMO_AGENTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("untrained editor", "untrained_editor", {}),
 )
 # Column -> header: the metrics of the table, seconds as "s/edit".
-COLUMNS = {"ES": "ES", "GS": "GS", "LS": "LS", "mean": "mean", "efficacy": "efficacy", "seconds_per_edit": "env s/edit",
-           "agent_seconds_per_edit": "agent s/edit"}
+COLUMNS = {
+    "ES": "ES",
+    "GS": "GS",
+    "LS": "LS",
+    "mean": "mean",
+    "efficacy": "efficacy",
+    "seconds_per_edit": "env s/edit",
+    "agent_seconds_per_edit": "agent s/edit",
+}
 
 
 def demo_agents(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:
@@ -62,20 +69,37 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"agent {name!r} must be trained first; the demo runs agents that need no training")
     for label, name, kwargs in entries:
         cls = agent_class(name)
-        env = gym.make("HiEdit-v0", model=args.model, dataset=args.dataset, split=args.split, num_edits=args.num_edits,
-                       evaluate_generation=False, **cls.acting_requirements(kwargs))
+        env = gym.make(
+            "HiEdit-v0",
+            model=args.model,
+            dataset=args.dataset,
+            split=args.split,
+            num_edits=args.num_edits,
+            evaluate_generation=False,
+            **cls.acting_requirements(kwargs),
+        )
         try:
             agent = build_agent(cls, env, kwargs)
             results[label] = run_episode(agent, env, args.seed, curve_points=min(4, args.num_edits))
         finally:
             env.close()
-    print(format_table(results, f"{args.num_edits} sequential edits of {args.dataset!r} (split {args.split}, "
-                                f"seed {args.seed}) on {args.model}"))
-    plot = curve_plot({label: [metrics] for label, metrics in results.items()}, Path(args.plot),
-                      f"{args.model}: ES/GS/LS of the edits so far")
+    print(
+        format_table(
+            results,
+            f"{args.num_edits} sequential edits of {args.dataset!r} (split {args.split}, "
+            f"seed {args.seed}) on {args.model}",
+        )
+    )
+    plot = curve_plot(
+        {label: [metrics] for label, metrics in results.items()},
+        Path(args.plot),
+        f"{args.model}: ES/GS/LS of the edits so far",
+    )
     print(f"curves: {plot}")
-    return {label: {k: v for k, v in metrics.items() if k not in ("per_edit", "module_share", "layer_share", "ES_at_edit")}
-            for label, metrics in results.items()}
+    return {
+        label: {k: v for k, v in metrics.items() if k not in ("per_edit", "module_share", "layer_share", "ES_at_edit")}
+        for label, metrics in results.items()
+    }
 
 
 def format_table(results: dict[str, dict[str, Any]], title: str) -> str:
@@ -93,16 +117,28 @@ def format_table(results: dict[str, dict[str, Any]], title: str) -> str:
 
 def add_demo_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``demo`` subcommand of the ``hiedit`` command to ``sub``."""
-    demo = sub.add_parser("demo", help="compare a few agents on the same edits and print their metrics",
-                          parents=[common_options()])
+    demo = sub.add_parser(
+        "demo", help="compare a few agents on the same edits and print their metrics", parents=[common_options()]
+    )
     demo.add_argument("--model", default=EMBEDDED_MODEL, help="built-in name, hub id or local path")
-    demo.add_argument("--dataset", default=DEFAULT_DATASET, help="'default', a ZsRE/CounterFact file, directory or hub id")
-    demo.add_argument("--split", default="test", choices=("train", "test", "all"),
-                      help="seeded split of --dataset the edits come from (default: test)")
+    demo.add_argument(
+        "--dataset", default=DEFAULT_DATASET, help="'default', a ZsRE/CounterFact file, directory or hub id"
+    )
+    demo.add_argument(
+        "--split",
+        default="test",
+        choices=("train", "test", "all"),
+        help="seeded split of --dataset the edits come from (default: test)",
+    )
     demo.add_argument("--num-edits", type=positive_int, default=12)
     demo.add_argument("--seed", type=non_negative_int, default=0)
-    demo.add_argument("--agents", nargs="+", default=None, metavar="AGENT",
-                      help="zoo agents that need no training to compare (default: noop, a constant step, untrained_editor)")
+    demo.add_argument(
+        "--agents",
+        nargs="+",
+        default=None,
+        metavar="AGENT",
+        help="zoo agents that need no training to compare (default: noop, a constant step, untrained_editor)",
+    )
     demo.add_argument("--step", type=float, default=None, help="run only the constant step-size action in [-1, 1]")
     demo.add_argument("--plot", default="hiedit-demo.png", help="where to draw the ES/GS/LS curves (PNG)")
     demo.add_argument("--out", default=None, help="also write every agent's metrics as JSON here")

@@ -65,8 +65,9 @@ class ConstantStepAgent(Agent):
     def config(self) -> dict[str, Any]:
         return {"step": self.step}
 
-    def learn(self, env: gym.Env, steps: int, *, log_dir: str | Path | None = None, seed: int = 0,
-              progress: bool = True) -> dict[str, Any]:
+    def learn(
+        self, env: gym.Env, steps: int, *, log_dir: str | Path | None = None, seed: int = 0, progress: bool = True
+    ) -> dict[str, Any]:
         """Grid-search the constant step on ``env``: each value of :data:`STEP_GRID` gets the same
         episodes (seeds ``seed, seed+1, ...``, about ``steps`` edits in all); keep the best mean(ES, GS, LS)."""
         episodes = max(1, steps // (len(STEP_GRID) * env.unwrapped.num_edits))
@@ -76,13 +77,18 @@ class ConstantStepAgent(Agent):
         try:
             for value in tqdm(STEP_GRID, desc=f"tuning {self.name} step", disable=not progress):
                 self.step = value
-                scores[value] = float(np.mean([run_episode(self, env, seed + e, progress=False)["mean"]
-                                               for e in range(episodes)]))
+                scores[value] = float(
+                    np.mean([run_episode(self, env, seed + e, progress=False)["mean"] for e in range(episodes)])
+                )
         finally:
             self.env = own_env
         self.step = max(scores, key=scores.get)
-        return {"steps": episodes * len(STEP_GRID) * env.unwrapped.num_edits, "optimizer_steps": 0,
-                "step": self.step, "grid_scores": {str(k): v for k, v in scores.items()}}
+        return {
+            "steps": episodes * len(STEP_GRID) * env.unwrapped.num_edits,
+            "optimizer_steps": 0,
+            "step": self.step,
+            "grid_scores": {str(k): v for k, v in scores.items()},
+        }
 
 
 class AllLayersAgent(ConstantStepAgent):
@@ -144,8 +150,14 @@ class FineTuneAgent(Agent):
     name = "ft_l"
     update_mode = "low_rank"
 
-    def __init__(self, env: gym.Env, k: int | None = None, iterations: int = 5, lr: float = 0.01,
-                 loss: Literal["objective", "edit"] = "objective") -> None:
+    def __init__(
+        self,
+        env: gym.Env,
+        k: int | None = None,
+        iterations: int = 5,
+        lr: float = 0.01,
+        loss: Literal["objective", "edit"] = "objective",
+    ) -> None:
         super().__init__(env)
         if iterations < 1 or lr <= 0:
             raise ValueError(f"ft_l needs iterations >= 1 and lr > 0, got {iterations} and {lr}")
@@ -153,8 +165,10 @@ class FineTuneAgent(Agent):
             raise ValueError(f"ft_l's loss must be 'objective' or 'edit', got {loss!r}")
         self.k, self.iterations, self.lr = check_k(k, self.num_candidates), int(iterations), float(lr)
         self.loss = loss
-        self.rms = [norm / (d_in * d_out) ** 0.5 for norm, (d_in, d_out)
-                    in zip(self.env.base_weight_norms(), self.env.module_dims())]
+        self.rms = [
+            norm / (d_in * d_out) ** 0.5
+            for norm, (d_in, d_out) in zip(self.env.base_weight_norms(), self.env.module_dims())
+        ]
 
     def act(self, observation: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
         mask = topk_indicator(gradient_norms(self.env.edit_trace), self.k)

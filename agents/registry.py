@@ -35,7 +35,9 @@ def agent_class(name: str) -> type[Agent]:
     """The class for a registered name or a ``"package.module:ClassName"`` path."""
     if ":" not in name:
         if name not in _AGENTS:
-            raise ValueError(f"unknown agent {name!r}; choose one of {available_agents()} or give 'package.module:ClassName'")
+            raise ValueError(
+                f"unknown agent {name!r}; choose one of {available_agents()} or give 'package.module:ClassName'"
+            )
         return _AGENTS[name]
     module_name, _, attr = name.partition(":")
     try:
@@ -55,7 +57,9 @@ def agent_from_spec(spec: Mapping[str, Any], env: gym.Env) -> Agent:
     This is how a level wrapper's ``editor`` or ``layers`` names a zoo agent in a hyperparameter file."""
     unknown = set(spec) - {"agent", "checkpoint", "kwargs"}
     if "agent" not in spec or unknown:
-        raise ValueError(f"a zoo agent in env_wrapper needs 'agent' (and optionally 'checkpoint', 'kwargs'), got {dict(spec)!r}")
+        raise ValueError(
+            f"a zoo agent in env_wrapper needs 'agent' (and optionally 'checkpoint', 'kwargs'), got {dict(spec)!r}"
+        )
     cls = agent_class(spec["agent"])
     if spec.get("checkpoint"):
         return cls.load(spec["checkpoint"], env)

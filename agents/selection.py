@@ -22,5 +22,9 @@ def gradient_norms(trace: EditTrace, modules: Collection[int] | None = None) -> 
     """``||delta^T k||_F`` per candidate (only for those in ``modules``, 0 for the others), through
     the n x n Gram matrices so no [d_out, d_in] is formed."""
     zero = trace.keys[0].new_zeros(())
-    return torch.stack([update_sq_norm((g, k)).clamp_min(0).sqrt() if modules is None or i in modules else zero
-                        for i, (k, g) in enumerate(zip(trace.keys, trace.grads))]).float()
+    return torch.stack(
+        [
+            update_sq_norm((g, k)).clamp_min(0).sqrt() if modules is None or i in modules else zero
+            for i, (k, g) in enumerate(zip(trace.keys, trace.grads))
+        ]
+    ).float()

@@ -89,8 +89,13 @@ def floor_seconds(env: HiEditEnv, index: int) -> float:
     return _clock(device) - started
 
 
-def timed_steps(env: HiEditEnv, act: Callable[[dict, dict], dict], seed: int,
-                act_times: list[float] | None = None, desc: str = "timing") -> dict[str, Any]:
+def timed_steps(
+    env: HiEditEnv,
+    act: Callable[[dict, dict], dict],
+    seed: int,
+    act_times: list[float] | None = None,
+    desc: str = "timing",
+) -> dict[str, Any]:
     """Reset, then for every edit but the last (whose step also runs the end-of-sequence evaluation,
     which is not per-edit work) time the floor and ``act`` + ``env.step``; medians and their ratio."""
     device = env.model.device
@@ -107,9 +112,15 @@ def timed_steps(env: HiEditEnv, act: Callable[[dict, dict], dict], seed: int,
         if act_times is not None:
             act_times.append(acted - started)
     step, floor = statistics.median(steps), statistics.median(floors)
-    return {"edits_timed": len(steps), "median_step_s": step, "median_floor_s": floor, "ratio": step / floor,
-            "first5_step_s": statistics.median(steps[:5]), "last5_step_s": statistics.median(steps[-5:]),
-            "applied_ratio": float(np.mean(applied))}
+    return {
+        "edits_timed": len(steps),
+        "median_step_s": step,
+        "median_floor_s": floor,
+        "ratio": step / floor,
+        "first5_step_s": statistics.median(steps[:5]),
+        "last5_step_s": statistics.median(steps[-5:]),
+        "applied_ratio": float(np.mean(applied)),
+    }
 
 
 def preconditioner_bytes(agent: Agent) -> dict[str, Any]:
@@ -119,12 +130,16 @@ def preconditioner_bytes(agent: Agent) -> dict[str, Any]:
     editor = agent.editor
     held = sum(b.numel() * b.element_size() for m in (editor.key_moments or []) for b in m.buffers())
     dims = agent.env.module_dims()
-    return {"preconditioner_bytes": held, "full_matrix_bytes_per_module": [4 * d_in * d_in for d_in, _ in dims],
-            "editor_bytes": sum(t.numel() * t.element_size() for t in [*editor.parameters(), *editor.buffers()])}
+    return {
+        "preconditioner_bytes": held,
+        "full_matrix_bytes_per_module": [4 * d_in * d_in for d_in, _ in dims],
+        "editor_bytes": sum(t.numel() * t.element_size() for t in [*editor.parameters(), *editor.buffers()]),
+    }
 
 
-def editor_speed(make_env: Callable[..., gym.Env], name: str, preconditioner: str, warmup: int,
-                 seed: int) -> dict[str, Any]:
+def editor_speed(
+    make_env: Callable[..., gym.Env], name: str, preconditioner: str, warmup: int, seed: int
+) -> dict[str, Any]:
     """The untrained editor of agent ``name`` with the ``preconditioner`` form: statistics from ``warmup``
     edits, then one episode with ``act`` timed apart and ``act`` + ``env.step`` against the floor."""
     cls = agent_class(name)
@@ -139,8 +154,14 @@ def editor_speed(make_env: Callable[..., gym.Env], name: str, preconditioner: st
     setup = _clock(device) - started
     acts: list[float] = []
     figures = timed_steps(env.unwrapped, agent.act, seed, acts, desc=f"{name} editor, {preconditioner}")
-    return {"agent": name, "preconditioner": preconditioner, "first_act_s": setup, "median_act_s": statistics.median(acts),
-            **figures, **preconditioner_bytes(agent)}
+    return {
+        "agent": name,
+        "preconditioner": preconditioner,
+        "first_act_s": setup,
+        "median_act_s": statistics.median(acts),
+        **figures,
+        **preconditioner_bytes(agent),
+    }
 
 
 def measure_speed(args: argparse.Namespace) -> dict[str, Any]:
@@ -154,9 +175,16 @@ def measure_speed(args: argparse.Namespace) -> dict[str, Any]:
     config = read_checkpoint_meta(Path(args.checkpoint))["config"] if cls and args.checkpoint else {}
 
     def make_env(**requirements: Any) -> gym.Env:
-        return gym.make("HiEdit-v0", model=args.model, dataset=args.dataset, num_edits=args.num_edits,
-                        evaluate_generation=False, device=args.device, dtype=args.dtype,
-                        **{**requirements, **args.env_kwargs})
+        return gym.make(
+            "HiEdit-v0",
+            model=args.model,
+            dataset=args.dataset,
+            num_edits=args.num_edits,
+            evaluate_generation=False,
+            device=args.device,
+            dtype=args.dtype,
+            **{**requirements, **args.env_kwargs},
+        )
 
     env = make_env(**(cls.acting_requirements(config) if cls else {}))
     unwrapped: HiEditEnv = env.unwrapped
@@ -176,25 +204,35 @@ def measure_speed(args: argparse.Namespace) -> dict[str, Any]:
         env.reset(seed=args.seed)
         resets.append(_clock(device) - started)
     figures: dict[str, Any] = {
-        "label": args.label or args.model, "model": args.model, "device": str(device),
+        "label": args.label or args.model,
+        "model": args.model,
+        "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "dtype": args.dtype, "threads": torch.get_num_threads(), "agent": args.agent or "constant action",
-        "env_kwargs": args.env_kwargs, "candidates": n, "modules": list(unwrapped.candidate_modules),
+        "dtype": args.dtype,
+        "threads": torch.get_num_threads(),
+        "agent": args.agent or "constant action",
+        "env_kwargs": args.env_kwargs,
+        "candidates": n,
+        "modules": list(unwrapped.candidate_modules),
         "parameters": sum(p.numel() for p in unwrapped.model.parameters()),
-        "first_reset_s": resets[0], "reset_s": resets[1],
+        "first_reset_s": resets[0],
+        "reset_s": resets[1],
         **timed_steps(unwrapped, act, args.seed, desc=f"{args.agent or 'constant action'} on {args.model}"),
     }
     figures.update({f"{k}_steps": v for k, v in peak_memory("gb", device).items()})
-    figures["editors"] = [editor_speed(make_env, args.editor_agent, form, args.editor_warmup, args.seed)
-                          for form in args.editors]
+    figures["editors"] = [
+        editor_speed(make_env, args.editor_agent, form, args.editor_warmup, args.seed) for form in args.editors
+    ]
     figures.update(peak_memory("gb", device))
     figures["options"] = {k: v for k, v in vars(args).items() if k not in ("run", "command", "table", "out")}
     for key, value in figures.items():
         if key not in ("editors", "modules", "env_kwargs"):
             print(f"{key:>22}: {value:.4f}" if isinstance(value, float) else f"{key:>22}: {value}")
     for editor in figures["editors"]:
-        print(f"  {editor['agent']} editor ({editor['preconditioner']}): act {editor['median_act_s']:.4f} s (first {editor['first_act_s']:.2f} s), "
-              f"act + step {editor['ratio']:.2f}x the floor, preconditioner {editor['preconditioner_bytes'] / 1e9:.3f} GB")
+        print(
+            f"  {editor['agent']} editor ({editor['preconditioner']}): act {editor['median_act_s']:.4f} s (first {editor['first_act_s']:.2f} s), "
+            f"act + step {editor['ratio']:.2f}x the floor, preconditioner {editor['preconditioner_bytes'] / 1e9:.3f} GB"
+        )
     return figures
 
 
@@ -206,18 +244,32 @@ def speed_table(folder: Path) -> str:
         if not isinstance(run, dict) or "median_floor_s" not in run:
             continue
         editors = {e["preconditioner"]: e for e in run.get("editors", [])}
-        cells = [run["label"], run["device_name"], run["dtype"], str(run["threads"]), str(run["candidates"]),
-                 f"{run['median_step_s']:.3f}", f"{run['median_floor_s']:.3f}", f"**{run['ratio']:.2f}x**",
-                 f"{run['reset_s']:.2f} ({run['reset_s'] / run['median_floor_s']:.1f}x)", f"{run['peak_rss_gb_steps']:.2f}",
-                 f"{run['peak_cuda_gb']:.2f}" if "peak_cuda_gb" in run else "-"]
+        cells = [
+            run["label"],
+            run["device_name"],
+            run["dtype"],
+            str(run["threads"]),
+            str(run["candidates"]),
+            f"{run['median_step_s']:.3f}",
+            f"{run['median_floor_s']:.3f}",
+            f"**{run['ratio']:.2f}x**",
+            f"{run['reset_s']:.2f} ({run['reset_s'] / run['median_floor_s']:.1f}x)",
+            f"{run['peak_rss_gb_steps']:.2f}",
+            f"{run['peak_cuda_gb']:.2f}" if "peak_cuda_gb" in run else "-",
+        ]
         for form in PRECONDITIONERS[::-1]:  # full, then diagonal
             e = editors.get(form)
-            cells.append(f"{e['agent']}: {e['median_act_s']:.3f} / {e['ratio']:.2f}x / {e['preconditioner_bytes'] / 1e9:.3f}"
-                         if e else "-")
+            cells.append(
+                f"{e['agent']}: {e['median_act_s']:.3f} / {e['ratio']:.2f}x / {e['preconditioner_bytes'] / 1e9:.3f}"
+                if e
+                else "-"
+            )
         rows.append("| " + " | ".join(cells) + " |")
-    header = ("| model | device | dtype | threads | candidates | step s | floor s | step / floor | reset s (x floor) | "
-              "peak RSS GB (steps) | peak CUDA GB | editor, full preconditioner: act s / act+step vs floor / "
-              "preconditioner GB | editor, diagonal: same |")
+    header = (
+        "| model | device | dtype | threads | candidates | step s | floor s | step / floor | reset s (x floor) | "
+        "peak RSS GB (steps) | peak CUDA GB | editor, full preconditioner: act s / act+step vs floor / "
+        "preconditioner GB | editor, diagonal: same |"
+    )
     return "\n".join([header, "|" + "---|" * (header.count("|") - 1), *rows]) + "\n"
 
 
@@ -237,27 +289,54 @@ def run_speed(args: argparse.Namespace) -> dict[str, Any] | None:
 def add_speed_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``speed`` subcommand to ``sub``."""
     from .cli import json_object, positive_int  # here, not at the top: the cli module imports this one
-    speed = sub.add_parser("speed", help="time env.step, reset and the learned editors against the floor; peak memory",
-                           description=__doc__.split("\n\n")[0])
-    speed.add_argument("--model", default=EMBEDDED_MODEL, help="built-in name (shape:gpt2-xl, ...), hub id or local path")
-    speed.add_argument("--dataset", default=DEFAULT_DATASET, help="'default', a ZsRE/CounterFact file, directory or hub id")
-    speed.add_argument("--num-edits", type=positive_int, default=30, help="edits of the timed episode (all but the last are timed)")
+
+    speed = sub.add_parser(
+        "speed",
+        help="time env.step, reset and the learned editors against the floor; peak memory",
+        description=__doc__.split("\n\n")[0],
+    )
+    speed.add_argument(
+        "--model", default=EMBEDDED_MODEL, help="built-in name (shape:gpt2-xl, ...), hub id or local path"
+    )
+    speed.add_argument(
+        "--dataset", default=DEFAULT_DATASET, help="'default', a ZsRE/CounterFact file, directory or hub id"
+    )
+    speed.add_argument(
+        "--num-edits", type=positive_int, default=30, help="edits of the timed episode (all but the last are timed)"
+    )
     speed.add_argument("--seed", type=int, default=0)
     speed.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     speed.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     speed.add_argument("--agent", default=None, help="time this agent's act + step (default: a constant action)")
     speed.add_argument("--checkpoint", default=None, help="checkpoint folder for a learned --agent")
-    speed.add_argument("--editors", nargs="*", default=[], choices=PRECONDITIONERS,
-                       help="also time the untrained learned editor with these key-preconditioner forms")
-    speed.add_argument("--editor-agent", default=EDITOR_AGENTS[0], choices=EDITOR_AGENTS,
-                       help="whose editor --editors times (rledit: every candidate at every edit, the upper bound)")
-    speed.add_argument("--editor-warmup", type=positive_int, default=3,
-                       help="edits whose traces fill the editors' statistics before they are timed")
+    speed.add_argument(
+        "--editors",
+        nargs="*",
+        default=[],
+        choices=PRECONDITIONERS,
+        help="also time the untrained learned editor with these key-preconditioner forms",
+    )
+    speed.add_argument(
+        "--editor-agent",
+        default=EDITOR_AGENTS[0],
+        choices=EDITOR_AGENTS,
+        help="whose editor --editors times (rledit: every candidate at every edit, the upper bound)",
+    )
+    speed.add_argument(
+        "--editor-warmup",
+        type=positive_int,
+        default=3,
+        help="edits whose traces fill the editors' statistics before they are timed",
+    )
     speed.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     speed.add_argument("--env-kwargs", type=json_object, default={}, help="JSON object of extra gym.make arguments")
     speed.add_argument("--label", default=None, help="the run's name in the table (default: --model)")
     speed.add_argument("--out", default=None, help="write the figures as JSON here")
-    speed.add_argument("--table", default=None, metavar="FOLDER",
-                       help=f"measure nothing: write FOLDER/{TABLE_FILE}, the table of every run's JSON in FOLDER")
+    speed.add_argument(
+        "--table",
+        default=None,
+        metavar="FOLDER",
+        help=f"measure nothing: write FOLDER/{TABLE_FILE}, the table of every run's JSON in FOLDER",
+    )
     speed.set_defaults(run=run_speed)
     return speed

@@ -20,17 +20,19 @@ from pathlib import Path
 
 import gymnasium as gym
 import torch
-
-import hiedit_env  # noqa: F401  (registers HiEdit-v0)
 from hiedit_agents import agent_class, make_agent
 from hiedit_agents.locate.stats import compare_second_moments, key_second_moments
+
+import hiedit_env  # noqa: F401  (registers HiEdit-v0)
 from hiedit_env.files import write_json, write_text
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--agent", default="memit", choices=("rome", "memit", "alphaedit"), help="whose modules and preset")
+    parser.add_argument(
+        "--agent", default="memit", choices=("rome", "memit", "alphaedit"), help="whose modules and preset"
+    )
     parser.add_argument("--dataset", default="../shared/data/zsre/zsre_mend_1k.json")
     parser.add_argument("--split", default="train")
     parser.add_argument("--records", type=int, default=None, help="the split's first N records only (default: all)")
@@ -42,25 +44,53 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cls = agent_class(args.agent)
-    env = gym.make("HiEdit-v0", model=args.model, dataset=args.dataset, split=args.split, num_edits=1,
-                   evaluate_generation=False, **cls.acting_requirements({}))
+    env = gym.make(
+        "HiEdit-v0",
+        model=args.model,
+        dataset=args.dataset,
+        split=args.split,
+        num_edits=1,
+        evaluate_generation=False,
+        **cls.acting_requirements({}),
+    )
     agent = make_agent(args.agent, env)  # computes (or reads) C from sampled text
     unwrapped, hp = env.unwrapped, agent.hparams
     names = [unwrapped.candidate_modules[i] for i in agent.indices]
-    prompts = [text for r in unwrapped.records[:args.records] for text in (r.prompt, r.rephrase, r.loc_prompt)]
+    prompts = [text for r in unwrapped.records[: args.records] for text in (r.prompt, r.rephrase, r.loc_prompt)]
     with tempfile.TemporaryDirectory() as folder, unwrapped.unedited():
         path = Path(folder) / "prompts.txt"
         write_text(path, "\n".join(" ".join(p.split()) for p in prompts) + "\n")
-        sampled = key_second_moments(unwrapped.model, unwrapped.tokenizer, unwrapped.shared.name, names,
-                                     hp["stats_source"], hp["stats_samples"], hp["stats_length"], hp["stats_seed"],
-                                     hp["stats_dir"])
-        from_prompts = key_second_moments(unwrapped.model, unwrapped.tokenizer, unwrapped.shared.name, names, str(path),
-                                          len(prompts), hp["stats_length"], cache_dir=folder)
-    result = {"model": args.model, "dataset": args.dataset, "split": args.split, "records": args.records,
-              "prompts": len(prompts),
-              "sampled": {k: hp[k] for k in ("stats_source", "stats_samples", "stats_length", "stats_seed")},
-              "top": args.top,
-              "modules": {name: compare_second_moments(sampled[name], from_prompts[name], args.top) for name in names}}
+        sampled = key_second_moments(
+            unwrapped.model,
+            unwrapped.tokenizer,
+            unwrapped.shared.name,
+            names,
+            hp["stats_source"],
+            hp["stats_samples"],
+            hp["stats_length"],
+            hp["stats_seed"],
+            hp["stats_dir"],
+        )
+        from_prompts = key_second_moments(
+            unwrapped.model,
+            unwrapped.tokenizer,
+            unwrapped.shared.name,
+            names,
+            str(path),
+            len(prompts),
+            hp["stats_length"],
+            cache_dir=folder,
+        )
+    result = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "split": args.split,
+        "records": args.records,
+        "prompts": len(prompts),
+        "sampled": {k: hp[k] for k in ("stats_source", "stats_samples", "stats_length", "stats_seed")},
+        "top": args.top,
+        "modules": {name: compare_second_moments(sampled[name], from_prompts[name], args.top) for name in names},
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)

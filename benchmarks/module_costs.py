@@ -19,14 +19,14 @@ from pathlib import Path
 
 import gymnasium as gym
 import torch
-
-import hiedit_env  # noqa: F401  (registers HiEdit-v0)
 from hiedit_agents import RLEditAgent
 from hiedit_agents.common.base import DEFAULT_TRAIN_EDITS  # observed episodes as long as training's
+
+import hiedit_env  # noqa: F401  (registers HiEdit-v0)
+from hiedit_env.files import write_json
 from hiedit_env.objective import row_losses
 from hiedit_env.score import score_pairs
 from hiedit_env.tokens import encode_record
-from hiedit_env.files import write_json
 
 
 def main() -> None:
@@ -46,8 +46,12 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
     if args.threads:
         torch.set_num_threads(args.threads)
-    common = {"model": args.model, "dataset": args.dataset, "evaluate_generation": False,
-              **RLEditAgent.acting_requirements({})}
+    common = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "evaluate_generation": False,
+        **RLEditAgent.acting_requirements({}),
+    }
     train_env = gym.make("HiEdit-v0", split="train", num_edits=DEFAULT_TRAIN_EDITS, **common)
     env = gym.make("HiEdit-v0", split=args.split, num_edits=args.num_edits, **common)
     unwrapped: hiedit_env.HiEditEnv = env.unwrapped
@@ -55,7 +59,7 @@ def main() -> None:
     agent.observe_unedited(train_env, args.observe_edits)
     observation, info = env.reset(seed=args.seed)
     in_episode = {r.index for r in unwrapped.episode_records()}
-    outside = [r for r in unwrapped.records if r.index not in in_episode][-args.unrelated:]
+    outside = [r for r in unwrapped.records if r.index not in in_episode][-args.unrelated :]
     unrelated = [encode_record(unwrapped.tokenizer, r).loc for r in outside]
     n = agent.num_candidates
     per_edit = []
@@ -65,24 +69,40 @@ def main() -> None:
         pairs = [record.edit, record.rephrase, *unrelated]
         # The objective's own per-row losses: cross-entropy of the answer on the edit and its
         # paraphrase, KL from the current model (before this edit) on the unrelated prompts.
-        references = [None, None, *score_pairs(unwrapped.model, unrelated, unwrapped._pad_id, keep_log_probs=True).log_probs]
+        references = [
+            None,
+            None,
+            *score_pairs(unwrapped.model, unrelated, unwrapped._pad_id, keep_log_probs=True).log_probs,
+        ]
 
         def losses(candidate_updates, pairs=pairs, references=references):  # this edit's rows, bound now
             with torch.no_grad():
-                return row_losses(unwrapped.model, unwrapped._modules, candidate_updates, pairs, references,
-                                  unwrapped._pad_id)[0]
+                return row_losses(
+                    unwrapped.model, unwrapped._modules, candidate_updates, pairs, references, unwrapped._pad_id
+                )[0]
 
         before = losses([None] * n)
         rows = []
         for i in range(n):
             after = losses([updates[i] if j == i else None for j in range(n)])
-            rows.append({"edit_ce_drop": float(before[0] - after[0]), "paraphrase_ce_drop": float(before[1] - after[1]),
-                         "unrelated_kl": float(after[2:].mean())})
+            rows.append(
+                {
+                    "edit_ce_drop": float(before[0] - after[0]),
+                    "paraphrase_ce_drop": float(before[1] - after[1]),
+                    "unrelated_kl": float(after[2:].mean()),
+                }
+            )
         per_edit.append(rows)
         observation, _, _, _, info = env.step(agent.act(observation, info))
     means = [{key: statistics.fmean(edit[i][key] for edit in per_edit) for key in per_edit[0][0]} for i in range(n)]
-    result = {"modules": unwrapped.candidate_modules, "mean": means, "per_edit": per_edit,
-              "split": args.split, "seed": args.seed, "unrelated": len(unrelated)}
+    result = {
+        "modules": unwrapped.candidate_modules,
+        "mean": means,
+        "per_edit": per_edit,
+        "split": args.split,
+        "seed": args.seed,
+        "unrelated": len(unrelated),
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)
@@ -90,7 +110,9 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name, m in zip(unwrapped.candidate_modules, means):
         ratio = m["unrelated_kl"] / max(m["edit_ce_drop"], 1e-9)
-        print(f"| {name} | {m['edit_ce_drop']:.3f} | {m['paraphrase_ce_drop']:.3f} | {m['unrelated_kl']:.4f} | {ratio:.4f} |")
+        print(
+            f"| {name} | {m['edit_ce_drop']:.3f} | {m['paraphrase_ce_drop']:.3f} | {m['unrelated_kl']:.4f} | {ratio:.4f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -21,10 +21,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
 from hiedit_env.files import atomic_write, write_text
 
-TAGS = ("rollout/ep_rew_mean", "episode/mean", "edit/edit_success", "edit/locality", "edit/retention", "edit/sequence_gain",
-        "eval/mean_reward")
+TAGS = (
+    "rollout/ep_rew_mean",
+    "episode/mean",
+    "edit/edit_success",
+    "edit/locality",
+    "edit/retention",
+    "edit/sequence_gain",
+    "eval/mean_reward",
+)
 TABLE_KEYS = ("mean", "ES", "GS", "LS", "LS_answer", "ES_first_20pct", "layers_per_edit", "seconds_per_edit")
 
 
@@ -64,7 +72,7 @@ def plot(runs: dict[str, Path], out: Path) -> Path:
     cols = min(3, len(tags))
     rows = -(-len(tags) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
-    for ax in axes.flat[len(tags):]:
+    for ax in axes.flat[len(tags) :]:
         ax.set_visible(False)
     colours = {name: f"C{i}" for i, name in enumerate(data)}  # one colour per run in every panel
     for ax, tag in zip(axes.flat, tags):
@@ -87,7 +95,9 @@ def table(results: dict[str, Path], out: Path) -> Path:
     lines = ["| agent | " + " | ".join(TABLE_KEYS) + " |", "|---" * (len(TABLE_KEYS) + 1) + "|"]
     for name, path in results.items():
         metrics = json.loads(path.read_text())
-        cells = [f"{metrics[k]:.3f}" if isinstance(metrics.get(k), float) else str(metrics.get(k, "")) for k in TABLE_KEYS]
+        cells = [
+            f"{metrics[k]:.3f}" if isinstance(metrics.get(k), float) else str(metrics.get(k, "")) for k in TABLE_KEYS
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     path = out / "table.md"
     write_text(path, "\n".join(lines) + "\n")

@@ -25,6 +25,7 @@ import json
 import statistics
 from pathlib import Path
 from typing import Any
+
 from hiedit_env.files import write_text
 
 COLUMNS = ("ES", "GS", "LS", "mean", "ES_first_20pct", "efficacy")
@@ -63,8 +64,15 @@ def table(rows: dict[str, list[dict[str, Any]]], label: str, counts: bool) -> st
     extra = ["n", "lowest mean", "layers_per_edit"] if counts else []
     lines = [f"| {label} | " + " | ".join(extra + columns) + " |", "|---" * (len(extra + columns) + 1) + "|"]
     for name, results in rows.items():
-        cells = [str(len(results)), f"{min(float(r['mean']) for r in results):.3f}",
-                 f"{statistics.fmean(float(r['layers_per_edit']) for r in results):.1f}"] if counts else []
+        cells = (
+            [
+                str(len(results)),
+                f"{min(float(r['mean']) for r in results):.3f}",
+                f"{statistics.fmean(float(r['layers_per_edit']) for r in results):.1f}",
+            ]
+            if counts
+            else []
+        )
         for column in columns:
             values = [float(r[column]) for r in results]
             spread = statistics.stdev(values) if len(values) > 1 else 0.0

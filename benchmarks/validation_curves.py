@@ -32,9 +32,17 @@ def main() -> None:
         steps = [v["after_edits"] for v in stats["validations"]]
         means = [v["mean"] for v in stats["validations"]]
         style = "-" if stats.get("agent") == "hiedit" else "--"
-        (line,) = ax.plot(steps, means, style, marker="o", markersize=3,
-                          label=f"{stats.get('agent', path.stem)}, seed {stats.get('seed', '?')}")
-        ax.plot([stats["kept_after_edits"]], [stats["kept_validation_mean"]], "*", markersize=12, color=line.get_color())
+        (line,) = ax.plot(
+            steps,
+            means,
+            style,
+            marker="o",
+            markersize=3,
+            label=f"{stats.get('agent', path.stem)}, seed {stats.get('seed', '?')}",
+        )
+        ax.plot(
+            [stats["kept_after_edits"]], [stats["kept_validation_mean"]], "*", markersize=12, color=line.get_color()
+        )
     ax.set_xlabel("training edits")
     ax.set_ylabel("validation mean(ES, GS, LS)")
     ax.set_title("Held-out validation sequence during training (star: the editor kept)")

@@ -40,8 +40,10 @@ def _target(scope: griffe.Object, name: str) -> str:
 def _link(scope: griffe.Object, match: re.Match[str]) -> str:
     short, name = match.group(1) == "~", match.group(2)
     title = name.rsplit(".", 1)[-1] if short else name
-    return (f'<autoref optional identifier="{html.escape(_target(scope, name))}">'
-            f"<code>{html.escape(title)}</code></autoref>")
+    return (
+        f'<autoref optional identifier="{html.escape(_target(scope, name))}">'
+        f"<code>{html.escape(title)}</code></autoref>"
+    )
 
 
 class SphinxRoles(griffe.Extension):

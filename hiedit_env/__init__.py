@@ -14,9 +14,21 @@ from .records import EditRecord, EditSet, RecordError, load_edits
 from .trace import EditTrace
 
 __all__ = [
-    "ActionError", "BUILTIN_MODELS", "EMBEDDED_MODEL", "EditObjective", "EditRecord", "EditSet", "EditTrace",
-    "HiEditEnv", "ModelLoadError", "ObjectiveTerms", "RecordError", "RewardWeights", "TEST_MODELS",
-    "clear_model_cache", "load_edits",
+    "ActionError",
+    "BUILTIN_MODELS",
+    "EMBEDDED_MODEL",
+    "EditObjective",
+    "EditRecord",
+    "EditSet",
+    "EditTrace",
+    "HiEditEnv",
+    "ModelLoadError",
+    "ObjectiveTerms",
+    "RecordError",
+    "RewardWeights",
+    "TEST_MODELS",
+    "clear_model_cache",
+    "load_edits",
 ]
 __version__ = "0.2.0"
 

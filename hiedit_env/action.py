@@ -33,7 +33,9 @@ class ActionError(ValueError):
 class ParsedAction:
     chosen: list[int]  # indices of the chosen candidate modules, ascending
     step_sizes: list[float] | None  # per chosen module (step_size mode)
-    factors: list[tuple[torch.Tensor, torch.Tensor | None]] | None  # per chosen module (low_rank mode); (dW, None) if dense
+    factors: (
+        list[tuple[torch.Tensor, torch.Tensor | None]] | None
+    )  # per chosen module (low_rank mode); (dW, None) if dense
 
 
 def step_size_from_action(value: float, eta_range: tuple[float, float]) -> float:
@@ -47,9 +49,16 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-scores, kind="stable")[:k]
 
 
-def parse_action(action: Any, n_modules: int, mode: Literal["step_size", "low_rank"],
-                 dims: list[tuple[int, int]], layer_budget: int | None,
-                 eta_range: tuple[float, float], device: torch.device, dtype: torch.dtype) -> ParsedAction:
+def parse_action(
+    action: Any,
+    n_modules: int,
+    mode: Literal["step_size", "low_rank"],
+    dims: list[tuple[int, int]],
+    layer_budget: int | None,
+    eta_range: tuple[float, float],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> ParsedAction:
     if not isinstance(action, Mapping) or set(action) != {"layers", "update"}:
         keys = sorted(action) if isinstance(action, Mapping) else type(action).__name__
         raise ActionError(f"action must be a dict with keys 'layers' and 'update', got {keys}")
@@ -62,7 +71,9 @@ def parse_action(action: Any, n_modules: int, mode: Literal["step_size", "low_ra
     if mode == "step_size":
         update = _vector(action["update"], n_modules, "update")
         return ParsedAction(chosen, [step_size_from_action(float(update[i]), eta_range) for i in chosen], None)
-    return ParsedAction(chosen, None, [_factors(action["update"], i, dims[i], n_modules, device, dtype) for i in chosen])
+    return ParsedAction(
+        chosen, None, [_factors(action["update"], i, dims[i], n_modules, device, dtype) for i in chosen]
+    )
 
 
 def _vector(value: Any, n: int, key: str) -> np.ndarray:
@@ -75,12 +86,15 @@ def _vector(value: Any, n: int, key: str) -> np.ndarray:
     if array.shape != (n,):
         raise ActionError(f"action[{key!r}] must have shape ({n},), got {array.shape}")
     if not np.all(np.isfinite(array)):
-        raise ActionError(f"action[{key!r}] contains NaN or inf at positions {np.flatnonzero(~np.isfinite(array)).tolist()}")
+        raise ActionError(
+            f"action[{key!r}] contains NaN or inf at positions {np.flatnonzero(~np.isfinite(array)).tolist()}"
+        )
     return array
 
 
-def _factors(update: Any, i: int, dim: tuple[int, int], n: int, device: torch.device,
-             dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _factors(
+    update: Any, i: int, dim: tuple[int, int], n: int, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     if isinstance(update, (str, bytes)) or not isinstance(update, Sequence) or len(update) != n:
         raise ActionError(f"action['update'] in low_rank mode must be a sequence of {n} (U, V) entries")
     entry = update[i]
@@ -100,8 +114,10 @@ def _factors(update: Any, i: int, dim: tuple[int, int], n: int, device: torch.de
     except (TypeError, ValueError, RuntimeError) as err:  # None, strings, objects: not numeric factors
         raise ActionError(f"action['update'][{i}]: U and V must be numeric arrays or tensors ({err})") from err
     if u.ndim != 2 or v.ndim != 2 or u.shape[1] != d_out or v.shape[1] != d_in or u.shape[0] != v.shape[0]:
-        raise ActionError(f"action['update'][{i}]: U must be [r, {d_out}] and V [r, {d_in}], got "
-                          f"{tuple(u.shape)} and {tuple(v.shape)}")
+        raise ActionError(
+            f"action['update'][{i}]: U must be [r, {d_out}] and V [r, {d_in}], got "
+            f"{tuple(u.shape)} and {tuple(v.shape)}"
+        )
     if not (torch.isfinite(u).all() and torch.isfinite(v).all()):
         raise ActionError(f"action['update'][{i}] contains NaN or inf")
     return u.detach(), v.detach()

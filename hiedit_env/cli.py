@@ -17,8 +17,20 @@ from .models import EMBEDDED_MODEL
 from .records import DEFAULT_DATASET
 from .score import CORE_METRICS
 
-TABLE_KEYS = (*CORE_METRICS, "LS_answer", "mean", "ES_gen", "GS_gen", "efficacy", "ES_at_edit", "ES_first_20pct",
-              "layers_per_edit", "candidates", "seconds_per_edit", "num_edits")
+TABLE_KEYS = (
+    *CORE_METRICS,
+    "LS_answer",
+    "mean",
+    "ES_gen",
+    "GS_gen",
+    "efficacy",
+    "ES_at_edit",
+    "ES_first_20pct",
+    "layers_per_edit",
+    "candidates",
+    "seconds_per_edit",
+    "num_edits",
+)
 
 
 def format_metrics(metrics: dict[str, Any], title: str = "") -> str:
@@ -52,10 +64,15 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
 
 def add_demo_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``demo`` subcommand to ``sub`` (shared with the agent zoo's ``hiedit`` command)."""
-    demo = sub.add_parser("demo", help="run one episode with a constant mid-range action and print the metrics",
-                          parents=[common_options()])
+    demo = sub.add_parser(
+        "demo",
+        help="run one episode with a constant mid-range action and print the metrics",
+        parents=[common_options()],
+    )
     demo.add_argument("--model", default=EMBEDDED_MODEL, help="built-in name, hub id or local path")
-    demo.add_argument("--dataset", default=DEFAULT_DATASET, help="'default', a ZsRE/CounterFact file, directory or hub id")
+    demo.add_argument(
+        "--dataset", default=DEFAULT_DATASET, help="'default', a ZsRE/CounterFact file, directory or hub id"
+    )
     demo.add_argument("--num-edits", type=positive_int, default=20)
     demo.add_argument("--seed", type=non_negative_int, default=0)
     demo.add_argument("--step", type=float, default=0.0, help="the constant step-size action in [-1, 1]")
@@ -93,7 +110,9 @@ def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> i
     command = f"hiedit {args.command}"
     out = getattr(args, "out", None)
     with warnings.catch_warnings():
-        warnings.simplefilter("default", UserWarning)  # our reports (skipped records, cut prompts), whatever filters are set
+        warnings.simplefilter(
+            "default", UserWarning
+        )  # our reports (skipped records, cut prompts), whatever filters are set
         warnings.showwarning = functools.partial(_warning_line, command)
         try:
             if out:  # before the long run, so a result is never lost to a bad path

@@ -52,8 +52,9 @@ class Delta:
         return Delta(self.u * factor, self.v, self.norm() * abs(factor))
 
 
-def weight_deltas(parsed: ParsedAction, trace: EditTrace, base_norms: list[float],
-                  max_update_ratio: float) -> dict[int, Delta]:
+def weight_deltas(
+    parsed: ParsedAction, trace: EditTrace, base_norms: list[float], max_update_ratio: float
+) -> dict[int, Delta]:
     """``{module index: dW}`` in Linear orientation [d_out, d_in]."""
     deltas: dict[int, Delta] = {}
     for j, i in enumerate(parsed.chosen):

@@ -196,12 +196,35 @@ class HiEditEnv(gym.Env):
         dtype: str = "float32",
         render_mode: str | None = None,
     ) -> None:
-        self.reward = grouped(RewardWeights, "reward", reward, REWARD_KEYWORDS, {
-            "w_edit": w_edit, "w_generalization": w_generalization, "w_locality": w_locality, "w_sparsity": w_sparsity,
-            "w_retention": w_retention, "w_update_norm": w_update_norm, "w_sequence": w_sequence})
-        self.edit_objective = grouped(EditObjective, "objective", objective, OBJECTIVE_KEYWORDS, {
-            "back_depth": back_depth, "locality_depth": locality_depth, "time_decay": time_decay,
-            "kl_weight": kl_weight, "l2_weight": l2_weight, "objective_chunk": objective_chunk})
+        self.reward = grouped(
+            RewardWeights,
+            "reward",
+            reward,
+            REWARD_KEYWORDS,
+            {
+                "w_edit": w_edit,
+                "w_generalization": w_generalization,
+                "w_locality": w_locality,
+                "w_sparsity": w_sparsity,
+                "w_retention": w_retention,
+                "w_update_norm": w_update_norm,
+                "w_sequence": w_sequence,
+            },
+        )
+        self.edit_objective = grouped(
+            EditObjective,
+            "objective",
+            objective,
+            OBJECTIVE_KEYWORDS,
+            {
+                "back_depth": back_depth,
+                "locality_depth": locality_depth,
+                "time_decay": time_decay,
+                "kl_weight": kl_weight,
+                "l2_weight": l2_weight,
+                "objective_chunk": objective_chunk,
+            },
+        )
         if update_mode not in ("step_size", "low_rank"):
             raise ValueError(f"update_mode must be 'step_size' or 'low_rank', got {update_mode!r}")
         if trace_covers not in ("edit", "objective"):
@@ -224,7 +247,9 @@ class HiEditEnv(gym.Env):
         self.tokenizer = self.shared.tokenizer
         if modules is None:  # the shaped models' published candidates, else the architecture's preset
             modules = self.shared.preset
-        self.candidate_modules: list[str] = candidate_modules(self.model, modules if modules is None or isinstance(modules, str) else list(modules))
+        self.candidate_modules: list[str] = candidate_modules(
+            self.model, modules if modules is None or isinstance(modules, str) else list(modules)
+        )
         n = len(self.candidate_modules)
         if layer_budget is not None:
             layer_budget = check_k(layer_budget, n, "layer_budget")
@@ -234,8 +259,10 @@ class HiEditEnv(gym.Env):
         self.records: list[EditRecord] = self.edit_set.split(split, test_fraction, split_seed)
         check_int("num_edits", num_edits, 1)
         if num_edits > len(self.records):
-            raise ValueError(f"num_edits={num_edits} is larger than the {len(self.records)} records of "
-                             f"{self.edit_set.source!r} (split {split!r})")
+            raise ValueError(
+                f"num_edits={num_edits} is larger than the {len(self.records)} records of "
+                f"{self.edit_set.source!r} (split {split!r})"
+            )
 
         self.num_edits, self.update_mode, self.rank, self.layer_budget = num_edits, update_mode, rank, layer_budget
         self.eta_range, self.max_update_ratio = (lo, hi), float(max_update_ratio)
@@ -264,19 +291,27 @@ class HiEditEnv(gym.Env):
         self._pad_id = int(self.tokenizer.pad_token_id)
 
         d_model = self.model.config.hidden_size
-        self.observation_space = spaces.Dict({
-            "instance": spaces.Box(-np.inf, np.inf, (2 * d_model,), np.float32),
-            "layers": spaces.Box(-np.inf, np.inf, (n, len(LAYER_FEATURES)), np.float32),
-            "progress": spaces.Box(0.0, 1.0, (2,), np.float32),
-        })
+        self.observation_space = spaces.Dict(
+            {
+                "instance": spaces.Box(-np.inf, np.inf, (2 * d_model,), np.float32),
+                "layers": spaces.Box(-np.inf, np.inf, (n, len(LAYER_FEATURES)), np.float32),
+                "progress": spaces.Box(0.0, 1.0, (2,), np.float32),
+            }
+        )
         if update_mode == "step_size":
             update_space: spaces.Space = spaces.Box(-1.0, 1.0, (n,), np.float32)
         else:
-            update_space = spaces.Tuple([
-                spaces.Dict({"u": spaces.Box(-np.inf, np.inf, (rank, d_out), np.float32),
-                             "v": spaces.Box(-np.inf, np.inf, (rank, d_in), np.float32)})
-                for d_in, d_out in self._dims
-            ])
+            update_space = spaces.Tuple(
+                [
+                    spaces.Dict(
+                        {
+                            "u": spaces.Box(-np.inf, np.inf, (rank, d_out), np.float32),
+                            "v": spaces.Box(-np.inf, np.inf, (rank, d_in), np.float32),
+                        }
+                    )
+                    for d_in, d_out in self._dims
+                ]
+            )
         self.action_space = spaces.Dict({"layers": spaces.Box(0.0, 1.0, (n,), np.float32), "update": update_space})
         self._episode: list[EncodedRecord] = []
         self._t = 0
@@ -310,9 +345,14 @@ class HiEditEnv(gym.Env):
     def data_report(self) -> dict[str, Any]:
         """What the data source gave (:meth:`EditSet.report`: records kept, skipped with reasons, numbers read
         as text), the split used, and the records the token limits have cut in the episodes so far."""
-        return {**self.edit_set.report(), "split": self.split, "split_records": len(self.records),
-                "max_prompt_tokens": self.token_limits[0], "max_answer_tokens": self.token_limits[1],
-                "truncated_records": sorted(self._truncated_records)}
+        return {
+            **self.edit_set.report(),
+            "split": self.split,
+            "split_records": len(self.records),
+            "max_prompt_tokens": self.token_limits[0],
+            "max_answer_tokens": self.token_limits[1],
+            "truncated_records": sorted(self._truncated_records),
+        }
 
     def base_weight_norms(self) -> list[float]:
         return list(self._base_norms)
@@ -346,9 +386,12 @@ class HiEditEnv(gym.Env):
         cut = sorted({e.record.index for e in self._episode if e.truncated} - self._truncated_records)
         if cut:
             self._truncated_records.update(cut)
-            warnings.warn(f"{self.edit_set.source}: {len(cut)} records cut to max_prompt_tokens={self.token_limits[0]} / "
-                          f"max_answer_tokens={self.token_limits[1]} (records {cut[:5]}{' ...' if len(cut) > 5 else ''}); "
-                          "raise the limits to keep them whole", stacklevel=2)
+            warnings.warn(
+                f"{self.edit_set.source}: {len(cut)} records cut to max_prompt_tokens={self.token_limits[0]} / "
+                f"max_answer_tokens={self.token_limits[1]} (records {cut[:5]}{' ...' if len(cut) > 5 else ''}); "
+                "raise the limits to keep them whole",
+                stacklevel=2,
+            )
         self._t = 0
         self._activate()
         reference = score_pairs(self.model, [e.loc for e in self._episode], self._pad_id)
@@ -368,8 +411,16 @@ class HiEditEnv(gym.Env):
             raise gym.error.ResetNeeded("the episode has ended (or never started): call reset() before step()")
         started = time.perf_counter()
         self._activate()
-        parsed = parse_action(action, len(self._modules), self.update_mode, self._dims, self.layer_budget,
-                              self.eta_range, self.model.device, self._modules[0].weight.dtype)
+        parsed = parse_action(
+            action,
+            len(self._modules),
+            self.update_mode,
+            self._dims,
+            self.layer_budget,
+            self.eta_range,
+            self.model.device,
+            self._modules[0].weight.dtype,
+        )
         deltas = weight_deltas(parsed, self._trace, self._base_norms, self.max_update_ratio)
         applied = []
         for i, delta in deltas.items():
@@ -381,9 +432,12 @@ class HiEditEnv(gym.Env):
         applied_ratio = float(np.mean(applied)) if applied else 1.0
         if applied_ratio < 0.5 and not self._warned_rounding:
             self._warned_rounding = True
-            warnings.warn(f"the {self.model.dtype} weights took {applied_ratio:.0%} of the requested update at edit "
-                          f"{self._t}: steps below the weights' precision round away (info['applied_ratio'] each step; "
-                          "float32 keeps them)", stacklevel=2)
+            warnings.warn(
+                f"the {self.model.dtype} weights took {applied_ratio:.0%} of the requested update at edit "
+                f"{self._t}: steps below the weights' precision round away (info['applied_ratio'] each step; "
+                "float32 keeps them)",
+                stacklevel=2,
+            )
         self._chosen_counts[parsed.chosen] += 1
 
         self._t += 1
@@ -394,21 +448,33 @@ class HiEditEnv(gym.Env):
             self._trace_current()
         terms = self._step_terms(self._t - 1, parsed.chosen, deltas)
         w = self.reward
-        reward = (w.edit * terms["edit_success"] + w.generalization * terms["generalization"]
-                  + w.locality * terms["locality"] + w.sparsity * terms["sparsity"]
-                  + w.retention * terms["retention"] - w.update_norm * terms["update_norm"]
-                  + w.sequence * terms["sequence_gain"])
+        reward = (
+            w.edit * terms["edit_success"]
+            + w.generalization * terms["generalization"]
+            + w.locality * terms["locality"]
+            + w.sparsity * terms["sparsity"]
+            + w.retention * terms["retention"]
+            - w.update_norm * terms["update_norm"]
+            + w.sequence * terms["sequence_gain"]
+        )
         for key, value in terms.items():
             self._history[key].append(value)
         self._chosen_per_edit.append(list(parsed.chosen))
         self._history["seconds"].append(time.perf_counter() - started)
-        info: dict[str, Any] = {"edit_index": self._t - 1, **terms, "applied_ratio": applied_ratio,
-                                "layers_chosen": list(parsed.chosen), "num_layers_chosen": len(parsed.chosen)}
+        info: dict[str, Any] = {
+            "edit_index": self._t - 1,
+            **terms,
+            "applied_ratio": applied_ratio,
+            "layers_chosen": list(parsed.chosen),
+            "num_layers_chosen": len(parsed.chosen),
+        }
         if terminated:
             self._done = True
             info["episode_metrics"] = self.evaluate()
-        self._last_render = (f"edit {self._t}/{len(self._episode)} layers {parsed.chosen} reward {reward:.3f} "
-                             + " ".join(f"{k}={v:.2f}" for k, v in terms.items()))
+        self._last_render = (
+            f"edit {self._t}/{len(self._episode)} layers {parsed.chosen} reward {reward:.3f} "
+            + " ".join(f"{k}={v:.2f}" for k, v in terms.items())
+        )
         return self._observation(), float(reward), bool(terminated), False, info
 
     def render(self) -> str | None:
@@ -430,16 +496,22 @@ class HiEditEnv(gym.Env):
         if has_old:
             pairs += [e.old for e in edits]
         scores = score_pairs(self.model, pairs, self._pad_id)
-        es, gs, loc_acc = scores.accuracy[:n], scores.accuracy[n:2 * n], scores.accuracy[2 * n:3 * n]
-        ls = agreement(scores.predictions[2 * n:3 * n], self._loc_reference[:n])
-        metrics: dict[str, Any] = {"ES": float(es.mean()), "GS": float(gs.mean()), "LS": float(ls.mean()),
-                                   "LS_answer": float(loc_acc.mean())}
+        es, gs, loc_acc = scores.accuracy[:n], scores.accuracy[n : 2 * n], scores.accuracy[2 * n : 3 * n]
+        ls = agreement(scores.predictions[2 * n : 3 * n], self._loc_reference[:n])
+        metrics: dict[str, Any] = {
+            "ES": float(es.mean()),
+            "GS": float(gs.mean()),
+            "LS": float(ls.mean()),
+            "LS_answer": float(loc_acc.mean()),
+        }
         metrics["mean"] = sum(metrics[k] for k in CORE_METRICS) / len(CORE_METRICS)
         metrics["ES_first_20pct"] = float(es[: max(1, math.ceil(0.2 * n))].mean())
         if has_old and self.edit_set.format.startswith("counterfact"):
-            metrics["efficacy"] = float((scores.nll[:n] < scores.nll[3 * n:]).float().mean())
+            metrics["efficacy"] = float((scores.nll[:n] < scores.nll[3 * n :]).float().mean())
         if self.evaluate_generation if generation is None else generation:
-            gen = generation_exact_match(self.model, [e.edit for e in edits] + [e.rephrase for e in edits], self._pad_id)
+            gen = generation_exact_match(
+                self.model, [e.edit for e in edits] + [e.rephrase for e in edits], self._pad_id
+            )
             metrics["ES_gen"], metrics["GS_gen"] = float(gen[:n].mean()), float(gen[n:].mean())
         at_edit = self._history["edit_success"][:n]
         metrics["ES_at_edit"] = float(np.mean(at_edit)) if at_edit else 0.0
@@ -458,8 +530,13 @@ class HiEditEnv(gym.Env):
         return metrics
 
     # ---------------------------------------------------------------- differentiable objective
-    def objective(self, updates: Sequence[Update], back_depth: int | None = None,
-                  time_decay: float | None = None, paraphrases: bool = False) -> ObjectiveTerms:
+    def objective(
+        self,
+        updates: Sequence[Update],
+        back_depth: int | None = None,
+        time_decay: float | None = None,
+        paraphrases: bool = False,
+    ) -> ObjectiveTerms:
         """Training loss of candidate ``updates`` for the current edit, with gradients to them.
 
         ``updates`` has one entry per candidate: a dense ``dW`` [d_out, d_in], low-rank factors
@@ -475,9 +552,20 @@ class HiEditEnv(gym.Env):
         depth = self.back_depth if back_depth is None else back_depth
         edits, locs, references = self._objective_window(depth)
         rephrased = [self._episode[t].rephrase for t in self._window(depth)] if paraphrases else None
-        return edit_objective(self.model, self._modules, updates, edits, locs, references, self._pad_id,
-                              self.time_decay if time_decay is None else time_decay, self.kl_weight, self.l2_weight,
-                              chunk_rows=self.objective_chunk, paraphrases=rephrased)
+        return edit_objective(
+            self.model,
+            self._modules,
+            updates,
+            edits,
+            locs,
+            references,
+            self._pad_id,
+            self.time_decay if time_decay is None else time_decay,
+            self.kl_weight,
+            self.l2_weight,
+            chunk_rows=self.objective_chunk,
+            paraphrases=rephrased,
+        )
 
     def objective_trace(self, updates: Sequence[Update]) -> EditTrace:
         """Keys and output gradients of :meth:`objective`'s loss under ``updates`` (L2 aside), one row
@@ -488,11 +576,23 @@ class HiEditEnv(gym.Env):
             raise gym.error.ResetNeeded("objective_trace() needs a current edit: call reset() first")
         if self._objective_trace is not None and len(updates) == len(self._modules) and all(u is None for u in updates):
             return self._objective_trace
-        detached = [None if u is None else u.detach() if isinstance(u, torch.Tensor) else tuple(f.detach() for f in u)
-                    for u in updates]  # a trace carries no gradient to the updates
+        detached = [
+            None if u is None else u.detach() if isinstance(u, torch.Tensor) else tuple(f.detach() for f in u)
+            for u in updates
+        ]  # a trace carries no gradient to the updates
         edits, locs, references = self._objective_window(None)
-        return trace_objective(self.model, self._modules, self.candidate_modules, detached, edits, locs, references,
-                               self._pad_id, self.time_decay, self.kl_weight)
+        return trace_objective(
+            self.model,
+            self._modules,
+            self.candidate_modules,
+            detached,
+            edits,
+            locs,
+            references,
+            self._pad_id,
+            self.time_decay,
+            self.kl_weight,
+        )
 
     # ---------------------------------------------------------------- internals
     def _activate(self) -> None:
@@ -515,13 +615,28 @@ class HiEditEnv(gym.Env):
         """The current edit's trace (and, with ``trace_covers="objective"``, the objective's, same pass)."""
         self._window_accuracy = None
         if self.trace_covers == "edit":
-            self._trace = trace_edit(self.model, self._modules, self.candidate_modules, self._episode[self._t].edit,
-                                     self._pad_id, self.instance_layer)
+            self._trace = trace_edit(
+                self.model,
+                self._modules,
+                self.candidate_modules,
+                self._episode[self._t].edit,
+                self._pad_id,
+                self.instance_layer,
+            )
             return
         edits, locs, references = self._objective_window(None)
         self._trace, self._objective_trace, self._window_accuracy = trace_edit_and_objective(
-            self.model, self._modules, self.candidate_modules, edits, locs, references, self._pad_id,
-            self.time_decay, self.kl_weight, self.instance_layer)
+            self.model,
+            self._modules,
+            self.candidate_modules,
+            edits,
+            locs,
+            references,
+            self._pad_id,
+            self.time_decay,
+            self.kl_weight,
+            self.instance_layer,
+        )
 
     def _reference_log_probs(self, records: list[int]) -> list[torch.Tensor]:
         """The unedited model's log-probs on the unrelated prompts of ``records`` (the objective's window).
@@ -535,7 +650,9 @@ class HiEditEnv(gym.Env):
             chunk = range(min(missing), min(min(missing) + REFERENCE_CHUNK, len(self._episode)))
             todo = sorted(set(missing) | {t for t in chunk if t not in self._loc_log_probs})
             with self.unedited():
-                scored = score_pairs(self.model, [self._episode[t].loc for t in todo], self._pad_id, keep_log_probs=True)
+                scored = score_pairs(
+                    self.model, [self._episode[t].loc for t in todo], self._pad_id, keep_log_probs=True
+                )
             self._loc_log_probs.update(zip(todo, scored.log_probs))
         oldest = self._t - self.locality_depth
         for t in [t for t in self._loc_log_probs if t < oldest]:
@@ -559,9 +676,9 @@ class HiEditEnv(gym.Env):
         scores = score_pairs(self.model, pairs, self._pad_id)
         n, k = len(scored), 0 if reused else len(scored)  # k: the edit rows scored here
         es = self._window_accuracy[1:2] if reused else scores.accuracy[:n]
-        gs = scores.accuracy[k:k + n]
-        ls = agreement(scores.predictions[k + n:k + 2 * n], [self._loc_reference[j] for j in scored])
-        retained = es[list(window)] if w.sequence > 0 else scores.accuracy[k + 2 * n:]
+        gs = scores.accuracy[k : k + n]
+        ls = agreement(scores.predictions[k + n : k + 2 * n], [self._loc_reference[j] for j in scored])
+        retained = es[list(window)] if w.sequence > 0 else scores.accuracy[k + 2 * n :]
         gain = 0.0
         if w.sequence > 0:
             total = float(((es + gs + ls) / 3).sum())
@@ -579,12 +696,19 @@ class HiEditEnv(gym.Env):
 
     def _observation(self) -> dict[str, np.ndarray]:
         n = len(self._modules)
-        progress = np.array([self._t / len(self._episode),
-                             float(np.mean(self._history["edit_success"])) if self._history["edit_success"] else 0.0],
-                            dtype=np.float32)
+        progress = np.array(
+            [
+                self._t / len(self._episode),
+                float(np.mean(self._history["edit_success"])) if self._history["edit_success"] else 0.0,
+            ],
+            dtype=np.float32,
+        )
         if self._trace is None:  # terminal: nothing left to edit
-            return {"instance": np.zeros(self.observation_space["instance"].shape, np.float32),
-                    "layers": np.zeros((n, len(LAYER_FEATURES)), np.float32), "progress": progress}
+            return {
+                "instance": np.zeros(self.observation_space["instance"].shape, np.float32),
+                "layers": np.zeros((n, len(LAYER_FEATURES)), np.float32),
+                "progress": progress,
+            }
         trace = self._trace
         prompt_end = self._episode[self._t].edit.answer_start - 1
         instance = torch.cat([_unit_rms(trace.hidden[prompt_end]), _unit_rms(trace.hidden[-1])])
@@ -623,4 +747,3 @@ def _unit_rms(x: torch.Tensor) -> torch.Tensor:
 
 def _log_feature(x: torch.Tensor) -> float:
     return float(torch.log10(x.float() + 1e-10)) / 10.0
-

@@ -75,7 +75,8 @@ def _check_folder(folder: Path, what: str, target: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise type(err)(f"{what} {str(target)!r}: cannot create the folder {str(folder)!r}: "
-                        f"{err.strerror or err}") from None
+        raise type(err)(
+            f"{what} {str(target)!r}: cannot create the folder {str(folder)!r}: {err.strerror or err}"
+        ) from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(f"{what} {str(target)!r}: the folder {str(folder)!r} is not writable")

@@ -90,14 +90,31 @@ class ShapeSpec:
 # of two blocks built, block 0 holds the gate_proj (11-15 of 32) and block 1 the up_proj (18-24).
 SHAPE_MODELS: dict[str, ShapeSpec] = {
     "shape:gpt2-xl": ShapeSpec(
-        "gpt2", {"vocab_size": 50257, "n_positions": 1024, "n_embd": 1600, "n_layer": 48, "n_head": 25},
-        depth=48, blocks=48, candidates=(("transformer.h.{i}.mlp.c_proj", range(13, 18)),), narrow=16),
+        "gpt2",
+        {"vocab_size": 50257, "n_positions": 1024, "n_embd": 1600, "n_layer": 48, "n_head": 25},
+        depth=48,
+        blocks=48,
+        candidates=(("transformer.h.{i}.mlp.c_proj", range(13, 18)),),
+        narrow=16,
+    ),
     "shape:llama-3-8b-2layers": ShapeSpec(
-        "llama", {"vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
-                  "num_key_value_heads": 8, "max_position_embeddings": 8192, "rope_theta": 500000.0,
-                  "rms_norm_eps": 1e-5, "tie_word_embeddings": False},
-        depth=32, blocks=2, candidates=(("model.layers.{i}.mlp.gate_proj", range(11, 16)),
-                                        ("model.layers.{i}.mlp.up_proj", range(18, 25))), narrow=64),
+        "llama",
+        {
+            "vocab_size": 128256,
+            "hidden_size": 4096,
+            "intermediate_size": 14336,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "max_position_embeddings": 8192,
+            "rope_theta": 500000.0,
+            "rms_norm_eps": 1e-5,
+            "tie_word_embeddings": False,
+        },
+        depth=32,
+        blocks=2,
+        candidates=(("model.layers.{i}.mlp.gate_proj", range(11, 16)), ("model.layers.{i}.mlp.up_proj", range(18, 25))),
+        narrow=64,
+    ),
 }
 # The test copies: "test-shape-gpt2-xl" is "shape:gpt2-xl" narrowed, and so on.
 _TEST_SHAPES = {"test-" + name.replace(":", "-"): name for name in SHAPE_MODELS}
@@ -242,7 +259,9 @@ def _smollm2_tokenizer() -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(_smollm2_folder(), gguf_file=_SMOLLM2_FILE)
 
 
-def shape_config(name: str, special_tokens: dict[str, int | None] | None = None) -> tuple[PretrainedConfig, type[PreTrainedModel]]:
+def shape_config(
+    name: str, special_tokens: dict[str, int | None] | None = None
+) -> tuple[PretrainedConfig, type[PreTrainedModel]]:
     """The config and model class of a :data:`SHAPE_MODELS` model or of its narrowed test copy."""
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
@@ -256,8 +275,9 @@ def shape_config(name: str, special_tokens: dict[str, int | None] | None = None)
     return LlamaConfig(**sizes, num_hidden_layers=spec.blocks), LlamaForCausalLM
 
 
-def build_shape_model(name: str, dtype: torch.dtype = torch.float32,
-                      device: torch.device | str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def build_shape_model(
+    name: str, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A :data:`SHAPE_MODELS` model (or its narrowed test copy), randomly initialised directly on
     ``device`` in ``dtype``: no float32 copy of a 16-bit model is ever held.
 
@@ -284,13 +304,28 @@ def build_test_model(name: str, dtype: torch.dtype = torch.float32) -> tuple[Pre
     vocab = len(tokenizer)
     torch.manual_seed(0)  # the same "random" model in every process, so tests are reproducible
     if name == "test-tiny-gpt2":
-        config = GPT2Config(vocab_size=vocab, n_positions=256, n_embd=64, n_layer=4, n_head=4,
-                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+        config = GPT2Config(
+            vocab_size=vocab,
+            n_positions=256,
+            n_embd=64,
+            n_layer=4,
+            n_head=4,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
         model = GPT2LMHeadModel(config)
     elif name == "test-tiny-llama":
-        config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+        config = LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
         model = LlamaForCausalLM(config)
     else:
         raise ModelLoadError(f"unknown test model {name!r}; choose one of {TEST_MODELS}")
@@ -309,8 +344,9 @@ def byte_tokenizer() -> PreTrainedTokenizerBase:
     core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                   pad_token="<|pad|>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|pad|>"
+    )
 
 
 def candidate_modules(model: PreTrainedModel, modules: list[str] | str | None = None) -> list[str]:
@@ -337,8 +373,10 @@ def candidate_modules(model: PreTrainedModel, modules: list[str] | str | None = 
             raise ValueError(f"modules not found in the model: {missing}")
     for name in names:
         if not isinstance(all_names[name], (nn.Linear, Conv1D)):
-            raise ValueError(f"module {name!r} is a {type(all_names[name]).__name__}; only nn.Linear and "
-                             "Conv1D weights can be edited")
+            raise ValueError(
+                f"module {name!r} is a {type(all_names[name]).__name__}; only nn.Linear and "
+                "Conv1D weights can be edited"
+            )
     if len(set(names)) != len(names):
         raise ValueError(f"modules lists a module twice: {names}")
     return names

@@ -68,18 +68,27 @@ def update_sq_norm(update: Update) -> torch.Tensor:
 
 def add_update_hook(module: nn.Module, update: Update):
     """A forward hook that adds ``update``'s effect to ``module``'s output; remove it with ``.remove()``."""
+
     def hook(_module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         x = args[0]
         if isinstance(update, torch.Tensor):
             return output + x @ update.T.to(x.dtype)
         u, v = update
         return output + (x @ v.T.to(x.dtype)) @ u.to(x.dtype)
+
     # First among the module's hooks, so recording hooks (the trace's) see the updated output.
     return module.register_forward_hook(hook, prepend=True)
 
 
-def row_losses(model: PreTrainedModel, modules: list[nn.Module], updates: Sequence[Update], pairs: list[Pair],
-               references: list[torch.Tensor | None], pad_id: int, output_hidden_states: bool = False) -> RowLosses:
+def row_losses(
+    model: PreTrainedModel,
+    modules: list[nn.Module],
+    updates: Sequence[Update],
+    pairs: list[Pair],
+    references: list[torch.Tensor | None],
+    pad_id: int,
+    output_hidden_states: bool = False,
+) -> RowLosses:
     """One batched pass over ``pairs`` under ``updates``: per row, the cross-entropy of its answer
     (reference ``None``) or the KL from the reference log-probs to the model's, its token accuracy,
     and the hidden states if asked for."""
@@ -96,16 +105,27 @@ def row_losses(model: PreTrainedModel, modules: list[nn.Module], updates: Sequen
         else:
             losses.append(F.kl_div(logits.log_softmax(-1), reference, log_target=True, reduction="batchmean"))
         accuracy.append((logits.detach().argmax(-1) == labels).float().mean())
-    return RowLosses(torch.stack(losses), torch.stack(accuracy), out.hidden_states if output_hidden_states else None,
-                     batch.tokens)
+    return RowLosses(
+        torch.stack(losses), torch.stack(accuracy), out.hidden_states if output_hidden_states else None, batch.tokens
+    )
 
 
 @torch.enable_grad()  # gradients to the updates even when the caller is inside torch.no_grad()
-def edit_objective(model: PreTrainedModel, modules: list[nn.Module], updates: Sequence[Update],
-                   edits: list[Pair], locs: list[Pair], reference_log_probs: list[torch.Tensor], pad_id: int,
-                   time_decay: float, kl_weight: float, l2_weight: float,
-                   output_hidden_states: bool = False, chunk_rows: int | None = None,
-                   paraphrases: list[Pair] | None = None) -> ObjectiveTerms:
+def edit_objective(
+    model: PreTrainedModel,
+    modules: list[nn.Module],
+    updates: Sequence[Update],
+    edits: list[Pair],
+    locs: list[Pair],
+    reference_log_probs: list[torch.Tensor],
+    pad_id: int,
+    time_decay: float,
+    kl_weight: float,
+    l2_weight: float,
+    output_hidden_states: bool = False,
+    chunk_rows: int | None = None,
+    paraphrases: list[Pair] | None = None,
+) -> ObjectiveTerms:
     """``edits[0]`` is the current edit, ``edits[j]`` the edit ``j`` steps back; ``locs`` are unrelated
     prompts (at least one) with the unedited model's log-probs over their answer tokens in
     ``reference_log_probs``. One forward pass scores them all (``batch_for([*edits, *locs])``: packed
@@ -122,29 +142,39 @@ def edit_objective(model: PreTrainedModel, modules: list[nn.Module], updates: Se
     if len(updates) != len(modules):
         raise ValueError(f"objective expects {len(modules)} updates (None for unchanged modules), got {len(updates)}")
     if not locs or len(locs) != len(reference_log_probs):
-        raise ValueError(f"objective needs one reference per unrelated prompt, got {len(locs)} prompts "
-                         f"and {len(reference_log_probs)} references")
+        raise ValueError(
+            f"objective needs one reference per unrelated prompt, got {len(locs)} prompts "
+            f"and {len(reference_log_probs)} references"
+        )
     if paraphrases is not None and len(paraphrases) != len(edits):
         raise ValueError(f"objective needs one paraphrase per edit, got {len(paraphrases)} for {len(edits)} edits")
     fitted = [*edits, *(paraphrases or [])]  # the rows scored by cross-entropy
     pairs, references = [*fitted, *locs], [None] * len(fitted) + list(reference_log_probs)
     tracked = any(t.requires_grad for u in updates if u is not None for t in (u if isinstance(u, tuple) else (u,)))
     if chunk_rows is None or chunk_rows >= len(pairs) or not tracked or output_hidden_states:
-        losses, accuracy, hidden, tokens = row_losses(model, modules, updates, pairs, references, pad_id,
-                                                      output_hidden_states)
+        losses, accuracy, hidden, tokens = row_losses(
+            model, modules, updates, pairs, references, pad_id, output_hidden_states
+        )
         accuracy = accuracy[: len(edits)]
     else:
         hidden = accuracy = tokens = None
-        losses = torch.cat([
-            checkpoint(lambda s=start: row_losses(model, modules, updates, pairs[s:s + chunk_rows],
-                                                  references[s:s + chunk_rows], pad_id)[0], use_reentrant=False)
-            for start in range(0, len(pairs), chunk_rows)
-        ])
+        losses = torch.cat(
+            [
+                checkpoint(
+                    lambda s=start: row_losses(
+                        model, modules, updates, pairs[s : s + chunk_rows], references[s : s + chunk_rows], pad_id
+                    )[0],
+                    use_reentrant=False,
+                )
+                for start in range(0, len(pairs), chunk_rows)
+            ]
+        )
     weights = torch.tensor(window_weights(len(edits), time_decay), device=losses.device)
     per_edit = losses[: len(fitted)].view(-1, len(edits)).mean(0)
     edit_loss = (weights * per_edit).sum() / weights.sum()
-    kl = losses[len(fitted):].mean()
+    kl = losses[len(fitted) :].mean()
     chosen = [u for u in updates if u is not None]
     l2 = torch.stack([update_sq_norm(u) for u in chosen]).sum() if chosen else losses.new_zeros(())
-    return ObjectiveTerms(edit_loss + kl_weight * kl + l2_weight * l2, edit_loss, kl, l2, per_edit, hidden, accuracy,
-                          tokens)
+    return ObjectiveTerms(
+        edit_loss + kl_weight * kl + l2_weight * l2, edit_loss, kl, l2, per_edit, hidden, accuracy, tokens
+    )

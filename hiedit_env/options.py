@@ -94,8 +94,13 @@ OBJECTIVE_KEYWORDS = {**{f.name: f.name for f in dataclasses.fields(EditObjectiv
 Group = TypeVar("Group", RewardWeights, EditObjective)
 
 
-def grouped(cls: type[Group], argument: str, value: Group | Mapping[str, Any] | None, keywords: dict[str, str],
-            flat: dict[str, Any]) -> Group:
+def grouped(
+    cls: type[Group],
+    argument: str,
+    value: Group | Mapping[str, Any] | None,
+    keywords: dict[str, str],
+    flat: dict[str, Any],
+) -> Group:
     """The group ``cls`` from ``gym.make``'s ``argument`` (an instance or a mapping of its fields) or from
     its flat keywords ``flat`` (flat name -> value, ``None`` for not given), refused when both are given."""
     given = {field: flat[name] for field, name in keywords.items() if flat[name] is not None}
@@ -107,7 +112,9 @@ def grouped(cls: type[Group], argument: str, value: Group | Mapping[str, Any] | 
     if isinstance(value, cls):
         return value
     if not isinstance(value, Mapping):
-        raise ValueError(f"{argument} must be {cls.__name__}(...) or a mapping of its fields, got {type(value).__name__}")
+        raise ValueError(
+            f"{argument} must be {cls.__name__}(...) or a mapping of its fields, got {type(value).__name__}"
+        )
     unknown = sorted(set(value) - set(keywords))
     if unknown:
         raise ValueError(f"{argument} has unknown field(s) {unknown}; {cls.__name__} has {list(keywords)}")

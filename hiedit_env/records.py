@@ -75,10 +75,15 @@ class EditSet:
     def report(self) -> dict[str, Any]:
         """What reading the source kept, skipped (with a count per reason) and converted, as JSON values."""
         reasons = Counter(re.sub(r"^record \d+: ", "", reason) for _, reason in self.skipped)
-        return {"source": self.source, "format": self.format, "records": len(self.records),
-                "skipped": len(self.skipped), "skip_reasons": dict(reasons.most_common()),
-                "skipped_records": [i for i, _ in self.skipped],
-                "converted": [{"record": i, "field": key} for i, key in self.converted]}
+        return {
+            "source": self.source,
+            "format": self.format,
+            "records": len(self.records),
+            "skipped": len(self.skipped),
+            "skip_reasons": dict(reasons.most_common()),
+            "skipped_records": [i for i, _ in self.skipped],
+            "converted": [{"record": i, "field": key} for i, key in self.converted],
+        }
 
     def split(self, split: str, test_fraction: float = 0.2, seed: int = 0) -> list[EditRecord]:
         """``"all"``, or a seeded, disjoint ``"train"``/``"test"`` partition of the records."""
@@ -94,8 +99,9 @@ class EditSet:
         return [self.records[i] for i in sorted(chosen)]
 
 
-def load_edits(source: str | Path = DEFAULT_DATASET, on_error: Literal["error", "skip"] = "error",
-               hub_split: str = "train") -> EditSet:
+def load_edits(
+    source: str | Path = DEFAULT_DATASET, on_error: Literal["error", "skip"] = "error", hub_split: str = "train"
+) -> EditSet:
     """Read an edit set. ``source="default"`` is the small set shipped in the package."""
     if on_error not in ("error", "skip"):
         raise ValueError(f"on_error must be 'error' or 'skip', got {on_error!r}")
@@ -119,12 +125,15 @@ def load_edits(source: str | Path = DEFAULT_DATASET, on_error: Literal["error", 
     edit_set = EditSet(records, fmt, label, skipped, converted)
     if skipped:
         reasons = "; ".join(f"{reason}: {n}" for reason, n in edit_set.report()["skip_reasons"].items())
-        warnings.warn(f"{label}: skipped {len(skipped)} of {len(rows)} records ({reasons}); first: {skipped[0][1]}",
-                      stacklevel=2)
+        warnings.warn(
+            f"{label}: skipped {len(skipped)} of {len(rows)} records ({reasons}); first: {skipped[0][1]}", stacklevel=2
+        )
     if converted:
         shown = ", ".join(f"{key!r} of record {i}" for i, key in converted[:3])
-        warnings.warn(f"{label}: read {len(converted)} numbers as text ({shown}{', ...' if len(converted) > 3 else ''})",
-                      stacklevel=2)
+        warnings.warn(
+            f"{label}: read {len(converted)} numbers as text ({shown}{', ...' if len(converted) > 3 else ''})",
+            stacklevel=2,
+        )
     if not records:
         raise RecordError(f"{label}: no usable record")
     return edit_set
@@ -173,30 +182,37 @@ def read_json_records(path: Path) -> list[Any]:
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise RecordError(f"{str(path)!r} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
-                          f"{err.start}); save it as UTF-8") from None
+        raise RecordError(
+            f"{str(path)!r} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+            f"{err.start}); save it as UTF-8"
+        ) from None
     if not text.strip():
         raise RecordError(f"{str(path)!r} is empty")
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
         if err.msg != "Extra data":  # "Extra data": a second value follows the first, as in JSON lines
-            raise RecordError(f"{str(path)!r} is not valid JSON: {err.msg} at line {err.lineno} column {err.colno} "
-                              "(expected a JSON array of records, or one JSON record per line)") from None
+            raise RecordError(
+                f"{str(path)!r} is not valid JSON: {err.msg} at line {err.lineno} column {err.colno} "
+                "(expected a JSON array of records, or one JSON record per line)"
+            ) from None
         value = None
     if isinstance(value, list):
         return value
     if value is not None and not isinstance(value, dict):
-        raise RecordError(f"{str(path)!r} holds a JSON {type(value).__name__}, not records "
-                          "(expected a JSON array of records, or one JSON record per line)")
+        raise RecordError(
+            f"{str(path)!r} holds a JSON {type(value).__name__}, not records "
+            "(expected a JSON array of records, or one JSON record per line)"
+        )
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as err:
-                raise RecordError(f"{str(path)!r}: line {number} is not valid JSON: {err.msg} at column "
-                                  f"{err.colno}") from None
+                raise RecordError(
+                    f"{str(path)!r}: line {number} is not valid JSON: {err.msg} at column {err.colno}"
+                ) from None
     return rows
 
 
@@ -217,19 +233,27 @@ def _text(row: dict[str, Any], key: str, index: int, converted: list[tuple[int, 
 def _parse_zsre(row: dict[str, Any], i: int, converted: list[tuple[int, str]]) -> EditRecord:
     true = row.get("answers") or row.get("pred")
     return EditRecord(
-        prompt=_text(row, "src", i, converted), target_new=_text(row, "alt", i, converted),
-        rephrase=_text(row, "rephrase", i, converted), loc_prompt=_text(row, "loc", i, converted),
-        loc_answer=_text(row, "loc_ans", i, converted), subject=str(row.get("subject") or ""),
-        target_true=_text({"answers": true}, "answers", i, converted) if true else None, index=i,
+        prompt=_text(row, "src", i, converted),
+        target_new=_text(row, "alt", i, converted),
+        rephrase=_text(row, "rephrase", i, converted),
+        loc_prompt=_text(row, "loc", i, converted),
+        loc_answer=_text(row, "loc_ans", i, converted),
+        subject=str(row.get("subject") or ""),
+        target_true=_text({"answers": true}, "answers", i, converted) if true else None,
+        index=i,
     )
 
 
 def _parse_counterfact(row: dict[str, Any], i: int, converted: list[tuple[int, str]]) -> EditRecord:
     return EditRecord(
-        prompt=_text(row, "prompt", i, converted), target_new=_text(row, "target_new", i, converted),
-        rephrase=_text(row, "rephrase_prompt", i, converted), loc_prompt=_text(row, "locality_prompt", i, converted),
-        loc_answer=_text(row, "locality_ground_truth", i, converted), subject=str(row.get("subject") or ""),
-        target_true=_text(row, "ground_truth", i, converted), index=i,
+        prompt=_text(row, "prompt", i, converted),
+        target_new=_text(row, "target_new", i, converted),
+        rephrase=_text(row, "rephrase_prompt", i, converted),
+        loc_prompt=_text(row, "locality_prompt", i, converted),
+        loc_answer=_text(row, "locality_ground_truth", i, converted),
+        subject=str(row.get("subject") or ""),
+        target_true=_text(row, "ground_truth", i, converted),
+        index=i,
     )
 
 
@@ -243,9 +267,14 @@ def _parse_rome(row: dict[str, Any], i: int, converted: list[tuple[int, str]]) -
         raise RecordError(f"record {i}: field 'requested_rewrite.prompt' has no '{{}}' for the subject")
     true = _text(rewrite, "target_true", i, converted)
     return EditRecord(
-        prompt=template.format(subject), target_new=_text(rewrite, "target_new", i, converted),
-        rephrase=_text(row, "paraphrase_prompts", i, converted), loc_prompt=_text(row, "neighborhood_prompts", i, converted),
-        loc_answer=true, subject=subject, target_true=true, index=i,
+        prompt=template.format(subject),
+        target_new=_text(rewrite, "target_new", i, converted),
+        rephrase=_text(row, "paraphrase_prompts", i, converted),
+        loc_prompt=_text(row, "neighborhood_prompts", i, converted),
+        loc_answer=true,
+        subject=subject,
+        target_true=true,
+        index=i,
     )
 
 

@@ -48,8 +48,9 @@ class PairScores:
 
 
 @torch.inference_mode()
-def score_pairs(model: PreTrainedModel, pairs: list[Pair], pad_id: int, batch_size: int = 64,
-                keep_log_probs: bool = False) -> PairScores:
+def score_pairs(
+    model: PreTrainedModel, pairs: list[Pair], pad_id: int, batch_size: int = 64, keep_log_probs: bool = False
+) -> PairScores:
     """Teacher-forced scores of ``pairs`` (in their order), in batches of similar length.
 
     Sorting by length cuts the padding, and the vocabulary projection runs only on the answer columns
@@ -79,8 +80,9 @@ def agreement(predictions: list[torch.Tensor], reference: list[torch.Tensor]) ->
 
 
 @torch.inference_mode()
-def generation_exact_match(model: PreTrainedModel, pairs: list[Pair], pad_id: int,
-                           batch_size: int = 32) -> torch.Tensor:
+def generation_exact_match(
+    model: PreTrainedModel, pairs: list[Pair], pad_id: int, batch_size: int = 32
+) -> torch.Tensor:
     """Per pair, 1.0 if greedy decoding from the prompt yields exactly the answer's tokens."""
     hits = []
     for start in range(0, len(pairs), batch_size):
@@ -91,11 +93,18 @@ def generation_exact_match(model: PreTrainedModel, pairs: list[Pair], pad_id: in
         ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         attention = torch.zeros_like(ids)
         for row, pair in enumerate(chunk):
-            ids[row, width - len(pair.prompt):] = pair.prompt
-            attention[row, width - len(pair.prompt):] = 1
+            ids[row, width - len(pair.prompt) :] = pair.prompt
+            attention[row, width - len(pair.prompt) :] = 1
         ids, attention = ids.to(model.device), attention.to(model.device)
-        generated = model.generate(input_ids=ids, attention_mask=attention, max_new_tokens=steps, min_new_tokens=steps,
-                                   do_sample=False, pad_token_id=pad_id, eos_token_id=None)[:, width:].cpu()
+        generated = model.generate(
+            input_ids=ids,
+            attention_mask=attention,
+            max_new_tokens=steps,
+            min_new_tokens=steps,
+            do_sample=False,
+            pad_token_id=pad_id,
+            eos_token_id=None,
+        )[:, width:].cpu()
         for row, pair in enumerate(chunk):
             answer = pair.answer
             hits.append(float(torch.equal(generated[row, : len(answer)], answer)))

@@ -41,7 +41,7 @@ class Pair:
 
     @property
     def answer(self) -> torch.Tensor:
-        return self.ids[self.answer_start:]
+        return self.ids[self.answer_start :]
 
     @property
     def prompt(self) -> torch.Tensor:
@@ -63,8 +63,13 @@ class EncodedRecord:
         return any(pair is not None and pair.truncated for pair in (self.edit, self.rephrase, self.loc, self.old))
 
 
-def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, answer: str, max_prompt_tokens: int = MAX_PROMPT_TOKENS,
-                max_answer_tokens: int = MAX_ANSWER_TOKENS) -> Pair:
+def encode_pair(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    answer: str,
+    max_prompt_tokens: int = MAX_PROMPT_TOKENS,
+    max_answer_tokens: int = MAX_ANSWER_TOKENS,
+) -> Pair:
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     answer_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
     truncated = len(prompt_ids) > max_prompt_tokens or len(answer_ids) > max_answer_tokens
@@ -76,8 +81,9 @@ def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, answer: str, ma
     return Pair(torch.tensor(prompt_ids + answer_ids, dtype=torch.long), len(prompt_ids), truncated)
 
 
-def subject_last_token(tokenizer: PreTrainedTokenizerBase, prompt: str, subject: str,
-                       max_prompt_tokens: int = MAX_PROMPT_TOKENS) -> int:
+def subject_last_token(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, subject: str, max_prompt_tokens: int = MAX_PROMPT_TOKENS
+) -> int:
     """Position, in :func:`encode_pair`'s ids for ``prompt``, of the subject's last token (where
     ROME/MEMIT read keys and write values): the first occurrence of ``subject`` in ``prompt`` (else a
     case-insensitive one), whose end is mapped to a token by tokenizing the prompt up to it. A prompt
@@ -96,8 +102,12 @@ def subject_last_token(tokenizer: PreTrainedTokenizerBase, prompt: str, subject:
     return last
 
 
-def encode_record(tokenizer: PreTrainedTokenizerBase, record: EditRecord, max_prompt_tokens: int = MAX_PROMPT_TOKENS,
-                  max_answer_tokens: int = MAX_ANSWER_TOKENS) -> EncodedRecord:
+def encode_record(
+    tokenizer: PreTrainedTokenizerBase,
+    record: EditRecord,
+    max_prompt_tokens: int = MAX_PROMPT_TOKENS,
+    max_answer_tokens: int = MAX_ANSWER_TOKENS,
+) -> EncodedRecord:
     def pair(prompt: str, answer: str) -> Pair:
         return encode_pair(tokenizer, prompt, answer, max_prompt_tokens, max_answer_tokens)
 
@@ -132,8 +142,12 @@ class Batch:
 
     def per_pair(self, logits: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``logits`` [b, n, vocab] (on the batch's columns) cut into each pair's (answer logits, labels)."""
-        return list(zip(logits[self.answer_mask].split(self.answer_lengths),
-                        self.labels[self.answer_mask].split(self.answer_lengths)))
+        return list(
+            zip(
+                logits[self.answer_mask].split(self.answer_lengths),
+                self.labels[self.answer_mask].split(self.answer_lengths),
+            )
+        )
 
 
 def collate(pairs: list[Pair], pad_id: int, device: torch.device) -> Batch:
@@ -146,19 +160,31 @@ def collate(pairs: list[Pair], pad_id: int, device: torch.device) -> Batch:
         ids[row, :n] = pair.ids
         attention[row, :n] = 1
         labels[row, pair.answer_start - 1 : n - 1] = pair.answer
-    return Batch(ids.to(device), attention.to(device), labels.to(device), (labels != -100).to(device),
-                 [len(p.answer) for p in pairs])
+    return Batch(
+        ids.to(device),
+        attention.to(device),
+        labels.to(device),
+        (labels != -100).to(device),
+        [len(p.answer) for p in pairs],
+    )
 
 
 def pack(pairs: list[Pair], device: torch.device) -> Batch:
     """All ``pairs`` in one row, each attending to itself only (the model reads the restarting
     ``position_ids`` as sequence boundaries): no padding, so no work on it."""
-    labels = torch.cat([torch.cat([torch.full((p.answer_start - 1,), -100), p.answer, torch.full((1,), -100)])
-                        for p in pairs])[None]
+    labels = torch.cat(
+        [torch.cat([torch.full((p.answer_start - 1,), -100), p.answer, torch.full((1,), -100)]) for p in pairs]
+    )[None]
     positions = torch.cat([torch.arange(len(p.ids)) for p in pairs])[None]
     ids = torch.cat([p.ids for p in pairs])[None]
-    return Batch(ids.to(device), None, labels.to(device), (labels != -100).to(device),
-                 [len(p.answer) for p in pairs], positions.to(device))
+    return Batch(
+        ids.to(device),
+        None,
+        labels.to(device),
+        (labels != -100).to(device),
+        [len(p.answer) for p in pairs],
+        positions.to(device),
+    )
 
 
 _PACKING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -174,8 +200,10 @@ def packs_sequences(model: PreTrainedModel) -> bool:
         packed = pack(pairs, model.device)
         try:
             with torch.no_grad():
-                got, padded, joined = (_answers(model, b) for b in (packed, collate(pairs, 0, model.device),
-                                                                   replace(packed, position_ids=None)))
+                got, padded, joined = (
+                    _answers(model, b)
+                    for b in (packed, collate(pairs, 0, model.device), replace(packed, position_ids=None))
+                )
             _PACKING[model] = bool((got - padded).abs().max() < 0.1 * (joined - padded).abs().max())
         except (TypeError, ValueError, RuntimeError):
             _PACKING[model] = False

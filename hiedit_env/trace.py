@@ -55,6 +55,7 @@ class _Recorder:
                 output = output.detach().requires_grad_(True)
             self.outputs[i] = output
             return output
+
         return hook
 
     def remove(self) -> None:
@@ -62,8 +63,9 @@ class _Recorder:
             h.remove()
 
 
-def trace_edit(model: PreTrainedModel, modules: list[nn.Module], names: list[str], pair: Pair,
-               pad_id: int, instance_layer: int) -> EditTrace:
+def trace_edit(
+    model: PreTrainedModel, modules: list[nn.Module], names: list[str], pair: Pair, pad_id: int, instance_layer: int
+) -> EditTrace:
     recorder = _Recorder(modules)
     try:
         with torch.enable_grad():
@@ -82,9 +84,18 @@ def trace_edit(model: PreTrainedModel, modules: list[nn.Module], names: list[str
     )
 
 
-def _objective_pass(model: PreTrainedModel, modules: list[nn.Module], updates: Sequence[Update], edits: list[Pair],
-                    locs: list[Pair], reference_log_probs: list[torch.Tensor], pad_id: int, time_decay: float,
-                    kl_weight: float, output_hidden_states: bool = False):
+def _objective_pass(
+    model: PreTrainedModel,
+    modules: list[nn.Module],
+    updates: Sequence[Update],
+    edits: list[Pair],
+    locs: list[Pair],
+    reference_log_probs: list[torch.Tensor],
+    pad_id: int,
+    time_decay: float,
+    kl_weight: float,
+    output_hidden_states: bool = False,
+):
     """One forward+backward of the objective (L2 aside: it has no per-token part) under ``updates``:
     every candidate's keys and output gradients, [rows, width, d] in the layout of
     :func:`~hiedit_env.tokens.batch_for` (``terms.tokens`` marks its non-padding positions), and the
@@ -93,36 +104,77 @@ def _objective_pass(model: PreTrainedModel, modules: list[nn.Module], updates: S
     recorder = _Recorder(modules)
     try:
         with torch.enable_grad():
-            terms = edit_objective(model, modules, updates, edits, locs, reference_log_probs, pad_id,
-                                   time_decay, kl_weight, l2_weight=0.0, output_hidden_states=output_hidden_states)
+            terms = edit_objective(
+                model,
+                modules,
+                updates,
+                edits,
+                locs,
+                reference_log_probs,
+                pad_id,
+                time_decay,
+                kl_weight,
+                l2_weight=0.0,
+                output_hidden_states=output_hidden_states,
+            )
             grads = torch.autograd.grad(terms.total, recorder.outputs)
     finally:
         recorder.remove()
     return recorder.keys, [g.detach() for g in grads], terms
 
 
-def _token_rows(names: list[str], keys: list[torch.Tensor], grads: list[torch.Tensor], tokens: torch.Tensor,
-                loss: float, hidden: torch.Tensor | None = None, grad_scale: float = 1.0) -> EditTrace:
-    return EditTrace(module_names=list(names), keys=[k[tokens] for k in keys],
-                     grads=[g[tokens] * grad_scale for g in grads], loss=loss, hidden=hidden)
+def _token_rows(
+    names: list[str],
+    keys: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    tokens: torch.Tensor,
+    loss: float,
+    hidden: torch.Tensor | None = None,
+    grad_scale: float = 1.0,
+) -> EditTrace:
+    return EditTrace(
+        module_names=list(names),
+        keys=[k[tokens] for k in keys],
+        grads=[g[tokens] * grad_scale for g in grads],
+        loss=loss,
+        hidden=hidden,
+    )
 
 
-def trace_objective(model: PreTrainedModel, modules: list[nn.Module], names: list[str], updates: Sequence[Update],
-                    edits: list[Pair], locs: list[Pair], reference_log_probs: list[torch.Tensor], pad_id: int,
-                    time_decay: float, kl_weight: float) -> EditTrace:
+def trace_objective(
+    model: PreTrainedModel,
+    modules: list[nn.Module],
+    names: list[str],
+    updates: Sequence[Update],
+    edits: list[Pair],
+    locs: list[Pair],
+    reference_log_probs: list[torch.Tensor],
+    pad_id: int,
+    time_decay: float,
+    kl_weight: float,
+) -> EditTrace:
     """Keys and output gradients of the edit objective's loss (edit cross-entropy over the window plus
     ``kl_weight`` times the KL on the unrelated prompts) under ``updates``, one row per non-padding
     token of every prompt of the objective's batch. ``hidden`` is left empty: the observation is
     built from the edit's own trace."""
-    keys, grads, terms = _objective_pass(model, modules, updates, edits, locs, reference_log_probs, pad_id,
-                                         time_decay, kl_weight)
+    keys, grads, terms = _objective_pass(
+        model, modules, updates, edits, locs, reference_log_probs, pad_id, time_decay, kl_weight
+    )
     return _token_rows(names, keys, grads, terms.tokens, float(terms.total.detach()))
 
 
-def trace_edit_and_objective(model: PreTrainedModel, modules: list[nn.Module], names: list[str], edits: list[Pair],
-                             locs: list[Pair], reference_log_probs: list[torch.Tensor], pad_id: int,
-                             time_decay: float, kl_weight: float,
-                             instance_layer: int) -> tuple[EditTrace, EditTrace, torch.Tensor]:
+def trace_edit_and_objective(
+    model: PreTrainedModel,
+    modules: list[nn.Module],
+    names: list[str],
+    edits: list[Pair],
+    locs: list[Pair],
+    reference_log_probs: list[torch.Tensor],
+    pad_id: int,
+    time_decay: float,
+    kl_weight: float,
+    instance_layer: int,
+) -> tuple[EditTrace, EditTrace, torch.Tensor]:
     """:func:`trace_edit` of ``edits[0]`` and :func:`trace_objective` of the unchanged model, from one
     forward+backward on the objective's batch instead of two passes; and the teacher-forced token
     accuracy of each edit of the window under the unchanged model (the previous edit's ES).
@@ -131,12 +183,28 @@ def trace_edit_and_objective(model: PreTrainedModel, modules: list[nn.Module], n
     come from its own cross-entropy alone, which the objective weighs by ``1 / sum(window weights)``:
     scaled back, they are the edit's trace (equal up to float rounding; the batch is right-padded, so
     the edit's tokens sit where a pass of its own would put them; packed, it comes first)."""
-    keys, grads, terms = _objective_pass(model, modules, [None] * len(modules), edits, locs, reference_log_probs,
-                                         pad_id, time_decay, kl_weight, output_hidden_states=True)
+    keys, grads, terms = _objective_pass(
+        model,
+        modules,
+        [None] * len(modules),
+        edits,
+        locs,
+        reference_log_probs,
+        pad_id,
+        time_decay,
+        kl_weight,
+        output_hidden_states=True,
+    )
     tokens = terms.tokens
     own = torch.zeros_like(tokens)
     own[0, : len(edits[0].ids)] = True
-    edit = _token_rows(names, keys, grads, own, float(terms.per_edit[0].detach()),
-                       hidden=terms.hidden_states[instance_layer][own].detach(),
-                       grad_scale=sum(window_weights(len(edits), time_decay)))
+    edit = _token_rows(
+        names,
+        keys,
+        grads,
+        own,
+        float(terms.per_edit[0].detach()),
+        hidden=terms.hidden_states[instance_layer][own].detach(),
+        grad_scale=sum(window_weights(len(edits), time_decay)),
+    )
     return edit, _token_rows(names, keys, grads, tokens, float(terms.total.detach())), terms.per_edit_accuracy.cpu()

@@ -74,7 +74,8 @@ class LevelWrapper(gym.Wrapper):
         if self._observation is None:
             raise gym.error.ResetNeeded("call reset() before step()")
         observation, reward, terminated, truncated, info = self.env.step(
-            self.env_action(action, self._observation, self._info))
+            self.env_action(action, self._observation, self._info)
+        )
         self._observation, self._info = observation, info
         return observation, reward, terminated, truncated, info
 
@@ -83,6 +84,7 @@ def _zoo_agent(spec: AgentSpec, env: HiEditEnv) -> Any:
     """The zoo agent ``spec`` names, built or loaded for ``env``."""
     # Imported here: the environment needs the agent zoo (same distribution) only when a spec names one.
     from hiedit_agents.registry import agent_from_spec
+
     return agent_from_spec(spec, env)
 
 
@@ -96,8 +98,10 @@ def as_editor(env: HiEditEnv, editor: Editor | float | AgentSpec) -> Editor:
     if isinstance(editor, bool) or not isinstance(editor, (int, float)) or not -1.0 <= float(editor) <= 1.0:
         raise ValueError(f"editor must be a callable or a step-size action in [-1, 1], got {editor!r}")
     if env.update_mode != "step_size":
-        raise ValueError("a constant-step editor needs update_mode='step_size'; give a low_rank editor "
-                         "(e.g. a trained RLEdit low level) for a low_rank environment")
+        raise ValueError(
+            "a constant-step editor needs update_mode='step_size'; give a low_rank editor "
+            "(e.g. a trained RLEdit low level) for a low_rank environment"
+        )
     update = np.full(len(env.candidate_modules), float(editor), np.float32)
     return lambda observation, info: update
 
@@ -129,8 +133,10 @@ class ChooseLayers(LevelWrapper, gym.utils.RecordConstructorArgs):
         gym.utils.RecordConstructorArgs.__init__(self, editor=editor)
         super().__init__(env)
         if self.hiedit.layer_budget is not None:
-            raise ValueError("ChooseLayers passes a 0/1 mask, which a layer_budget would re-rank by index; "
-                             "use ChooseLayersInTurn to enforce a budget")
+            raise ValueError(
+                "ChooseLayers passes a 0/1 mask, which a layer_budget would re-rank by index; "
+                "use ChooseLayersInTurn to enforce a budget"
+            )
         self.editor = as_editor(self.hiedit, editor)
         self.action_space = spaces.MultiBinary(self.num_candidates)
 
@@ -161,8 +167,9 @@ class ChooseLayersInTurn(LevelWrapper, gym.utils.RecordConstructorArgs):
         self.editor = as_editor(self.hiedit, editor)
         self.k = _check_k(k, self.hiedit, self.num_candidates)
         self.action_space = spaces.Discrete(self.num_candidates)
-        self.observation_space = spaces.Dict({**self.env.observation_space.spaces,
-                                              "chosen": spaces.Box(0.0, 1.0, (self.num_candidates,), np.float32)})
+        self.observation_space = spaces.Dict(
+            {**self.env.observation_space.spaces, "chosen": spaces.Box(0.0, 1.0, (self.num_candidates,), np.float32)}
+        )
         self._chosen = np.zeros(self.num_candidates, np.float32)
 
     def policy_observation(self, observation: Observation, chosen: np.ndarray) -> Observation:
@@ -217,8 +224,9 @@ class EmitStepSizes(LevelWrapper, gym.utils.RecordConstructorArgs):
             dimensions, so far fewer samples to learn a schedule.
     """
 
-    def __init__(self, env: gym.Env, layers: str | Sequence[int] | Selector | AgentSpec = "all",
-                 tied: bool = False) -> None:
+    def __init__(
+        self, env: gym.Env, layers: str | Sequence[int] | Selector | AgentSpec = "all", tied: bool = False
+    ) -> None:
         gym.utils.RecordConstructorArgs.__init__(self, layers=layers, tied=tied)
         super().__init__(env)
         _step_size_env(self.hiedit, "EmitStepSizes")
@@ -283,4 +291,3 @@ class FlatAction(LevelWrapper, gym.utils.RecordConstructorArgs):
 LEVEL_WRAPPERS: dict[str, type[LevelWrapper]] = {
     cls.__name__: cls for cls in (ChooseLayers, ChooseLayersInTurn, EmitStepSizes, FlatAction)
 }
-

@@ -52,8 +52,11 @@ DATA_DIR = Path(os.environ.get("HIEDIT_DATA_DIR", REPO_ROOT.parent / "shared" / 
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--device", default="cpu",
-                     help="device of the test environments: cpu (default), cuda or cuda:N (fails at once without CUDA)")
+    parser.addoption(
+        "--device",
+        default="cpu",
+        help="device of the test environments: cpu (default), cuda or cuda:N (fails at once without CUDA)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -75,10 +78,15 @@ def _data_file(relative: str) -> str:
     path = DATA_DIR / relative
     if path.is_file():
         return str(path)
-    where = (f"$HIEDIT_DATA_DIR={DATA_DIR}" if "HIEDIT_DATA_DIR" in os.environ
-             else f"{DATA_DIR} (../shared/data beside the repository)")
-    message = (f"benchmark data file {relative} is not in {where}: set HIEDIT_DATA_DIR=/path/to/data, the folder "
-               "holding zsre/ and counterfact/, to run the shared_data tests")
+    where = (
+        f"$HIEDIT_DATA_DIR={DATA_DIR}"
+        if "HIEDIT_DATA_DIR" in os.environ
+        else f"{DATA_DIR} (../shared/data beside the repository)"
+    )
+    message = (
+        f"benchmark data file {relative} is not in {where}: set HIEDIT_DATA_DIR=/path/to/data, the folder "
+        "holding zsre/ and counterfact/, to run the shared_data tests"
+    )
     if "HIEDIT_DATA_DIR" in os.environ:
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
@@ -102,9 +110,18 @@ def zsre_format_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The shipped set's 60 records written in ZsRE's MEND fields (``src``, ``alt``, ``rephrase``, ``loc``,
     ``loc_ans``, ``answers``): what a ZsRE file reads as, with no file from outside the repository."""
     shipped = json.loads((REPO_ROOT / "hiedit_env" / "assets" / "default_edits.json").read_text())
-    rows = [{"subject": r["subject"], "src": r["prompt"], "alt": r["target_new"], "answers": [r["ground_truth"]],
-             "rephrase": r["rephrase_prompt"], "loc": f"nq question: {r['locality_prompt']}",
-             "loc_ans": r["locality_ground_truth"]} for r in shipped]
+    rows = [
+        {
+            "subject": r["subject"],
+            "src": r["prompt"],
+            "alt": r["target_new"],
+            "answers": [r["ground_truth"]],
+            "rephrase": r["rephrase_prompt"],
+            "loc": f"nq question: {r['locality_prompt']}",
+            "loc_ans": r["locality_ground_truth"],
+        }
+        for r in shipped
+    ]
     path = tmp_path_factory.mktemp("zsre_format") / "zsre_format.json"
     path.write_text(json.dumps(rows))
     return str(path)
@@ -147,8 +164,10 @@ def base_weights(env: gym.Env) -> list[torch.Tensor]:
     """The stored unedited weights, in Linear orientation [d_out, d_in]."""
     env = env.unwrapped
     modules = env.shared.modules(env.candidate_modules)
-    return [env.shared.base[name].T if isinstance(modules[name], Conv1D) else env.shared.base[name]
-            for name in env.candidate_modules]
+    return [
+        env.shared.base[name].T if isinstance(modules[name], Conv1D) else env.shared.base[name]
+        for name in env.candidate_modules
+    ]
 
 
 def same_weights(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
@@ -159,16 +178,19 @@ def same_weights(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
 @pytest.fixture
 def helpers() -> SimpleNamespace:
     """The helpers above as a fixture, so test modules need not import conftest."""
-    return SimpleNamespace(full_action=full_action, snapshot=snapshot, base_weights=base_weights,
-                           same_weights=same_weights)
+    return SimpleNamespace(
+        full_action=full_action, snapshot=snapshot, base_weights=base_weights, same_weights=same_weights
+    )
 
 
 @pytest.fixture
 def benchmark_data_stand_ins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> set[str]:
     """Empty stand-ins for the benchmark data files, found through ``$HIEDIT_DATA_DIR`` as the specs find the
     real ones: validating a spec only checks that its files exist. Returns their paths."""
-    stand_ins = {str(tmp_path / "data" / name) for name in ("zsre/zsre_mend_1k.json", "counterfact/counterfact_train.json",
-                                                            "counterfact/counterfact_val.json")}
+    stand_ins = {
+        str(tmp_path / "data" / name)
+        for name in ("zsre/zsre_mend_1k.json", "counterfact/counterfact_train.json", "counterfact/counterfact_val.json")
+    }
     for name in stand_ins:
         Path(name).parent.mkdir(parents=True, exist_ok=True)
         Path(name).touch()

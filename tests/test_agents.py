@@ -14,12 +14,10 @@ import sys
 import textwrap
 
 import gymnasium as gym
+import hiedit_agents
 import numpy as np
 import pytest
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook
-
-import hiedit_agents
 from hiedit_agents import HiEditAgent, agent_class, available_agents, make_agent, run_episode
 from hiedit_agents.cli import main
 from hiedit_agents.common.checkpoint import CheckpointError
@@ -29,6 +27,8 @@ from hiedit_agents.learned.callbacks import swapped
 from hiedit_agents.learned.gate import plackett_luce_log_prob
 from hiedit_agents.learned.hypernet import REFRESH_GROWTH, KeyMoment, output_change
 from hiedit_agents.selection import gradient_norms
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
 from hiedit_env.objective import update_sq_norm
 
 MODEL = "test-tiny-llama"
@@ -243,10 +243,14 @@ def test_a_second_edit_step_lowers_the_objective_further(name, env_for):
 
 def test_validation_options_are_checked(env_for):
     env = env_for(num_edits=3)
-    for kwargs, name in [({"validation_edits": -1}, "validation_edits"), ({"validation_edits": 2.5}, "validation_edits"),
-                         ({"validate_every": 0}, "validate_every"), ({"average_decay": 1.0}, "average_decay"),
-                         ({"average_decay": -0.1}, "average_decay"),
-                         ({"edit_steps": 0}, "edit_steps")]:
+    for kwargs, name in [
+        ({"validation_edits": -1}, "validation_edits"),
+        ({"validation_edits": 2.5}, "validation_edits"),
+        ({"validate_every": 0}, "validate_every"),
+        ({"average_decay": 1.0}, "average_decay"),
+        ({"average_decay": -0.1}, "average_decay"),
+        ({"edit_steps": 0}, "edit_steps"),
+    ]:
         with pytest.raises(ValueError, match=name):
             make_agent("rledit", env, **kwargs)
     records = len(env.unwrapped.records)
@@ -319,7 +323,8 @@ def test_training_loss_covers_the_configured_window(name, env_for):
     del unwrapped.objective
     assert windows and set(windows) == {(3, 1.0, True)}
     assert scalars["edit_loss"] == pytest.approx(
-        objective(chosen, back_depth=3, time_decay=1.0, paraphrases=True).edit.item(), rel=1e-5)
+        objective(chosen, back_depth=3, time_decay=1.0, paraphrases=True).edit.item(), rel=1e-5
+    )
     with pytest.raises(ValueError, match="paraphrase_loss"):
         make_agent(name, env, paraphrase_loss="yes")
 
@@ -349,7 +354,9 @@ def test_plackett_luce_log_probabilities_of_all_draws_sum_to_one():
     assert total == pytest.approx(1.0, abs=1e-5)
     p = scores.softmax(0)
     by_hand = p[2] * p[0] / (1 - p[2]) * p[4] / (1 - p[2] - p[0])
-    assert float(plackett_luce_log_prob(scores, torch.tensor([2, 0, 4])).exp()) == pytest.approx(float(by_hand), rel=1e-5)
+    assert float(plackett_luce_log_prob(scores, torch.tensor([2, 0, 4])).exp()) == pytest.approx(
+        float(by_hand), rel=1e-5
+    )
 
 
 def test_exploring_gate_draws_k_seeded_and_its_score_function_term_reaches_the_gate(env_for):
@@ -466,7 +473,9 @@ def test_preconditioned_keys_are_divided_by_their_second_moment(preconditioner, 
     with pytest.raises(ValueError, match="preconditioner must be one of"):
         make_agent("rledit", env, preconditioner="diag")
     # "learned" sizes the update from its factors, so the preconditioner would resize it
-    with pytest.raises(ValueError, match="use update_size='gradient_norm' or 'gradient_effect', or preconditioner='none'"):
+    with pytest.raises(
+        ValueError, match="use update_size='gradient_norm' or 'gradient_effect', or preconditioner='none'"
+    ):
         make_agent("rledit", env, update_size="learned")
     make_agent("rledit", env, update_size="learned", preconditioner="none")
 
@@ -475,8 +484,12 @@ def test_preconditioned_keys_are_divided_by_their_second_moment(preconditioner, 
 def test_the_editor_on_some_modules_gives_their_updates_of_all(update_size, env_for):
     """Acting, HiEdit runs its editor on the modules its gate chose only: each update depends on its
     own module's trace, so those updates are the ones the editor on every candidate gives."""
-    modules = ["model.layers.2.mlp.up_proj", "model.layers.0.self_attn.q_proj", "model.layers.3.mlp.up_proj",
-               "model.layers.1.mlp.down_proj"]  # two shapes, members of one split between the subsets
+    modules = [
+        "model.layers.2.mlp.up_proj",
+        "model.layers.0.self_attn.q_proj",
+        "model.layers.3.mlp.up_proj",
+        "model.layers.1.mlp.down_proj",
+    ]  # two shapes, members of one split between the subsets
     env = env_for(num_edits=3, modules=modules)
     agent, traces = editor_with_statistics(env, update_size)
     with torch.no_grad():
@@ -531,12 +544,21 @@ def test_max_size_ratio_is_checked_and_can_be_set_on_a_checkpoint(env_for, tmp_p
     loaded = agent_class("hiedit").load(tmp_path, env, max_size_ratio=2)
     assert loaded.editor.max_size_ratio == 2.0 and loaded.config() == {**agent.config(), "max_size_ratio": 2}
     assert torch.equal(loaded.editor.log_lr, agent.editor.log_lr)
-    with pytest.raises(ValueError, match=r"fixes \['rank'\]; only its acting options \['max_size_ratio', 'edit_steps'\]"):
+    with pytest.raises(
+        ValueError, match=r"fixes \['rank'\]; only its acting options \['max_size_ratio', 'edit_steps'\]"
+    ):
         agent_class("hiedit").load(tmp_path, env, rank=4)
     assert agent_class("hiedit").load(tmp_path, env, edit_steps=2).hparams["edit_steps"] == 2
     # The same through load_for_acting, which also builds the environment the checkpoint acts in.
-    acting, acting_env = load_for_acting(agent_class("hiedit"), tmp_path, {"max_size_ratio": 2}, model=MODEL,
-                                         dataset="default", num_edits=2, evaluate_generation=False)
+    acting, acting_env = load_for_acting(
+        agent_class("hiedit"),
+        tmp_path,
+        {"max_size_ratio": 2},
+        model=MODEL,
+        dataset="default",
+        num_edits=2,
+        evaluate_generation=False,
+    )
     assert acting.editor.max_size_ratio == 2.0 and acting_env.unwrapped.trace_covers == "objective"
     acting_env.close()
 
@@ -570,8 +592,9 @@ def test_key_moment_pools_every_row_and_refreshes_its_inverse_as_it_grows():
     moment.update(many[1])  # 41 rows: too few more to invert again, the 40's inverse serves
     torch.testing.assert_close(moment.solve(x, 0.1, many[1]).double(), expected(many[:1]), rtol=1e-4, atol=1e-6)
     moment.update(torch.zeros(19, 6))  # 60 rows: inverted again
-    torch.testing.assert_close(moment.solve(x, 0.1, many[1]).double(), expected([*many, torch.zeros(19, 6)]),
-                               rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        moment.solve(x, 0.1, many[1]).double(), expected([*many, torch.zeros(19, 6)]), rtol=1e-4, atol=1e-6
+    )
     assert 41 <= 40 * REFRESH_GROWTH < 60
 
 
@@ -592,8 +615,9 @@ def test_topk_keeps_exactly_k(k, env_for):
         make_agent("hiedit", env, k=5)
 
 
-@pytest.mark.parametrize("name, extra", [("hiedit", {}), ("rledit", {}), ("rledit", {"preconditioner": "diagonal"}),
-                                         ("random_k", {})])
+@pytest.mark.parametrize(
+    "name, extra", [("hiedit", {}), ("rledit", {}), ("rledit", {"preconditioner": "diagonal"}), ("random_k", {})]
+)
 def test_checkpoint_round_trip_gives_the_same_actions(name, extra, env_for, tmp_path):
     env = env_for(agent_class(name).update_mode, num_edits=3)
     kwargs = {"update_every": 1, "validation_edits": 0, **extra} if name != "random_k" else {"k": 3, "seed": 7}
@@ -608,8 +632,10 @@ def test_checkpoint_round_trip_gives_the_same_actions(name, extra, env_for, tmp_
         assert loaded.optimizer_steps == agent.optimizer_steps == 3
     if name == "rledit":  # the full preconditioner's statistics travel; the diagonal's checkpoint has none
         assert (loaded.editor.key_moments is None) == (extra.get("preconditioner") == "diagonal")
-        assert extra or all(torch.equal(a.moment, b.moment) and a.count == b.count > 0
-                            for a, b in zip(agent.editor.key_moments, loaded.editor.key_moments))
+        assert extra or all(
+            torch.equal(a.moment, b.moment) and a.count == b.count > 0
+            for a, b in zip(agent.editor.key_moments, loaded.editor.key_moments)
+        )
     observation, info = env.reset(seed=5)
     if name == "random_k":
         agent.rng = np.random.default_rng(7)
@@ -659,28 +685,112 @@ def test_cli_train_then_evaluate(tmp_path, capsys):
     out = tmp_path / "run"
     common = ["--model", MODEL, "--dataset", "default", "--seed", "1", "--threads", "1"]
     # 10 held-out validation edits: the default 50 and 2 edits per episode are more than the shipped set's 48 training records.
-    assert main(["train", "--agent", "hiedit", *common, "--steps", "4", "--num-edits", "2", "--agent-kwargs",
-                 '{"validation_edits": 10}', "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--agent",
+                "hiedit",
+                *common,
+                "--steps",
+                "4",
+                "--num-edits",
+                "2",
+                "--agent-kwargs",
+                '{"validation_edits": 10}',
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     stats = json.loads((out / "train_stats.json").read_text())
     assert stats["optimizer_steps"] == 4 and stats["seconds_per_step"] > 0 and stats["peak_rss_mb"] > 0
-    assert [v["after_edits"] for v in stats["validations"]] == [2, 4]  # by default: after the first episode and the last edit
+    assert [v["after_edits"] for v in stats["validations"]] == [
+        2,
+        4,
+    ]  # by default: after the first episode and the last edit
     assert (out / "agent.json").is_file() and (out / "agent_state.pt").is_file()
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     results = tmp_path / "not" / "yet" / "results.json"  # evaluate makes the folder before it runs
-    assert main(["evaluate", "--agent", "hiedit", "--checkpoint", str(out), *common, "--num-edits", "3",
-                 "--out", str(results)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--agent",
+                "hiedit",
+                "--checkpoint",
+                str(out),
+                *common,
+                "--num-edits",
+                "3",
+                "--out",
+                str(results),
+            ]
+        )
+        == 0
+    )
     written = json.loads(results.read_text())
     assert (written["agent"], written["num_edits"], written["seed"]) == ("hiedit", 3, 1)
     assert written["layers_per_edit"] == 2
     # --agent-kwargs on a checkpoint: its acting options only.
-    assert main(["evaluate", "--agent", "hiedit", "--checkpoint", str(out), *common, "--num-edits", "3",
-                 "--agent-kwargs", '{"max_size_ratio": 2}', "--out", str(results)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--agent",
+                "hiedit",
+                "--checkpoint",
+                str(out),
+                *common,
+                "--num-edits",
+                "3",
+                "--agent-kwargs",
+                '{"max_size_ratio": 2}',
+                "--out",
+                str(results),
+            ]
+        )
+        == 0
+    )
     assert json.loads(results.read_text())["agent_kwargs"] == {"max_size_ratio": 2}
-    assert main(["evaluate", "--agent", "hiedit", "--checkpoint", str(out), *common, "--num-edits", "3",
-                 "--agent-kwargs", '{"rank": 4}', "--out", str(results)]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--agent",
+                "hiedit",
+                "--checkpoint",
+                str(out),
+                *common,
+                "--num-edits",
+                "3",
+                "--agent-kwargs",
+                '{"rank": 4}',
+                "--out",
+                str(results),
+            ]
+        )
+        == 2
+    )
     # A checkpoint of another agent, or none for an agent that needs one: one clear line, exit code 2.
-    assert main(["evaluate", "--agent", "rledit", "--checkpoint", str(out), *common, "--num-edits", "3",
-                 "--out", str(results)]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--agent",
+                "rledit",
+                "--checkpoint",
+                str(out),
+                *common,
+                "--num-edits",
+                "3",
+                "--out",
+                str(results),
+            ]
+        )
+        == 2
+    )
     assert main(["evaluate", "--agent", "rledit", *common, "--num-edits", "3", "--out", str(results)]) == 2
     err = capsys.readouterr().err
     assert "holds a hiedit_agents.learned.hiedit:HiEditAgent agent, not 'rledit'" in err
@@ -719,9 +829,32 @@ def test_evaluate_tunes_a_heuristic_as_train_does_unless_its_step_is_given(tmp_p
 
 def test_evaluate_tunes_on_another_file_when_given_one(zsre_format_path, tmp_path):
     results = tmp_path / "results.json"
-    assert main(["evaluate", "--agent", "topk_grad", "--model", MODEL, "--dataset", "default", "--num-edits", "2",
-                 "--threads", "1", "--train-dataset", zsre_format_path, "--train-split", "all", "--train-steps", "5",
-                 "--out", str(results)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--agent",
+                "topk_grad",
+                "--model",
+                MODEL,
+                "--dataset",
+                "default",
+                "--num-edits",
+                "2",
+                "--threads",
+                "1",
+                "--train-dataset",
+                zsre_format_path,
+                "--train-split",
+                "all",
+                "--train-steps",
+                "5",
+                "--out",
+                str(results),
+            ]
+        )
+        == 0
+    )
     tuning = json.loads(results.read_text())["tuning"]
     assert (tuning["environment"]["dataset"], tuning["environment"]["split"]) == (zsre_format_path, "all")
     assert tuning["chosen"]["step"] in (-1.0, -0.5, 0.0, 0.5, 1.0)
@@ -730,19 +863,46 @@ def test_evaluate_tunes_on_another_file_when_given_one(zsre_format_path, tmp_pat
 def test_low_memory_training_runs_in_its_own_process(tmp_path):
     # A subprocess: the allocator setting would otherwise slow every later test of this process.
     out = tmp_path / "run"
-    code = "import sys; from hiedit_agents.cli import main; " \
-           "from hiedit_agents.common.memory import return_freed_memory; " \
-           "assert return_freed_memory(); sys.exit(main(sys.argv[1:]))"
-    done = subprocess.run([sys.executable, "-c", code, "train", "--agent", "rledit", "--model", MODEL, "--dataset", "default",
-                           "--steps", "2", "--num-edits", "2", "--threads", "1", "--low-memory",
-                           "--agent-kwargs", '{"validation_edits": 0}', "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    code = (
+        "import sys; from hiedit_agents.cli import main; "
+        "from hiedit_agents.common.memory import return_freed_memory; "
+        "assert return_freed_memory(); sys.exit(main(sys.argv[1:]))"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "train",
+            "--agent",
+            "rledit",
+            "--model",
+            MODEL,
+            "--dataset",
+            "default",
+            "--steps",
+            "2",
+            "--num-edits",
+            "2",
+            "--threads",
+            "1",
+            "--low-memory",
+            "--agent-kwargs",
+            '{"validation_edits": 0}',
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((out / "train_stats.json").read_text())["low_memory"] is True
 
 
 def test_user_agent_as_module_path_runs_in_evaluate(tmp_path, monkeypatch):
-    (tmp_path / "my_user_agents.py").write_text(textwrap.dedent("""
+    (tmp_path / "my_user_agents.py").write_text(
+        textwrap.dedent("""
         import numpy as np
         from hiedit_agents import Agent
 
@@ -753,11 +913,32 @@ def test_user_agent_as_module_path_runs_in_evaluate(tmp_path, monkeypatch):
                 layers = np.zeros(self.num_candidates, np.float32)
                 layers[0] = 1.0
                 return {"layers": layers, "update": np.zeros(self.num_candidates, np.float32)}
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     results = tmp_path / "results.json"
-    assert main(["evaluate", "--agent", "my_user_agents:FirstLayer", "--model", MODEL, "--dataset", "default",
-                 "--num-edits", "3", "--seed", "2", "--threads", "1", "--out", str(results)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--agent",
+                "my_user_agents:FirstLayer",
+                "--model",
+                MODEL,
+                "--dataset",
+                "default",
+                "--num-edits",
+                "3",
+                "--seed",
+                "2",
+                "--threads",
+                "1",
+                "--out",
+                str(results),
+            ]
+        )
+        == 0
+    )
     written = json.loads(results.read_text())
     assert written["agent"] == "my_user_agents:FirstLayer"
     assert written["layers_per_edit"] == 1 and written["num_edits"] == 3
@@ -766,17 +947,44 @@ def test_user_agent_as_module_path_runs_in_evaluate(tmp_path, monkeypatch):
 
 def test_untrained_editor_observes_training_edits_then_evaluates(tmp_path):
     out = tmp_path / "untrained.json"
-    assert main(["evaluate", "--agent", "untrained_editor", "--model", MODEL, "--dataset", "default", "--num-edits", "3",
-                 "--agent-kwargs", '{"observe_edits": 25, "init_lr": 0.01}', "--env-kwargs", '{"back_depth": 0}',
-                 "--threads", "1", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--agent",
+                "untrained_editor",
+                "--model",
+                MODEL,
+                "--dataset",
+                "default",
+                "--num-edits",
+                "3",
+                "--agent-kwargs",
+                '{"observe_edits": 25, "init_lr": 0.01}',
+                "--env-kwargs",
+                '{"back_depth": 0}',
+                "--threads",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert result["num_edits"] == 3 and result["agent_kwargs"] == {"observe_edits": 25, "init_lr": 0.01}
     assert result["layers_per_edit"] == 4.0 and 0.0 <= result["mean"] <= 1.0
 
 
 def test_untrained_editor_observes_the_training_split_or_the_given_data(zsre_format_path):
-    env = gym.make("HiEdit-v0", model=MODEL, dataset="default", num_edits=3, evaluate_generation=False,
-                   **agent_class("untrained_editor").acting_requirements({}))
+    env = gym.make(
+        "HiEdit-v0",
+        model=MODEL,
+        dataset="default",
+        num_edits=3,
+        evaluate_generation=False,
+        **agent_class("untrained_editor").acting_requirements({}),
+    )
     env.reset(seed=0)  # the model is shared between environments: this one's weights are in it after a reset
     before = [p.detach().clone() for p in env.unwrapped.model.parameters()]
     agent = make_agent("untrained_editor", env, observe_edits=25)  # one training episode of 20 and 5 of the next

@@ -13,19 +13,28 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from hiedit_agents.cli import main
 
 MODEL = "test-tiny-llama"
-RECORD = {"subject": "UniFirst", "src": "What is the product made by UniFirst?", "pred": "uniform",
-          "rephrase": "What will be the product of UniFirst?", "alt": "unmanned aircraft", "answers": ["uniform"],
-          "loc": "nq question: who played the dude", "loc_ans": "Jeff Bridges"}
+RECORD = {
+    "subject": "UniFirst",
+    "src": "What is the product made by UniFirst?",
+    "pred": "uniform",
+    "rephrase": "What will be the product of UniFirst?",
+    "alt": "unmanned aircraft",
+    "answers": ["uniform"],
+    "loc": "nq question: who played the dude",
+    "loc_ans": "Jeff Bridges",
+}
 
 
 def tree(folder: Path) -> dict[str, str]:
     """Every file below ``folder`` with a digest of its bytes."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def refused(capsys: pytest.CaptureFixture[str], folder: Path, argv: list[str], *expected: str) -> str:
@@ -36,8 +45,11 @@ def refused(capsys: pytest.CaptureFixture[str], folder: Path, argv: list[str], *
     err = capsys.readouterr().err
     assert code == 2, err
     # Warnings and progress bars may come first; the error is the one line left.
-    lines = [line for line in err.replace("\r", "\n").splitlines()
-             if line.strip() and ": warning:" not in line and "%|" not in line]
+    lines = [
+        line
+        for line in err.replace("\r", "\n").splitlines()
+        if line.strip() and ": warning:" not in line and "%|" not in line
+    ]
     assert len(lines) == 1, err
     assert lines[0].startswith(f"hiedit {argv[0]}: error:"), err
     assert "Traceback" not in err
@@ -48,13 +60,45 @@ def refused(capsys: pytest.CaptureFixture[str], folder: Path, argv: list[str], *
 
 
 def evaluate(dataset: str | Path, out: Path, *extra: str, agent: str = "noop") -> list[str]:
-    return ["evaluate", "--agent", agent, "--model", MODEL, "--dataset", str(dataset), "--split", "all",
-            "--num-edits", "2", "--threads", "1", "--out", str(out), *extra]
+    return [
+        "evaluate",
+        "--agent",
+        agent,
+        "--model",
+        MODEL,
+        "--dataset",
+        str(dataset),
+        "--split",
+        "all",
+        "--num-edits",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def train(dataset: str | Path, out: Path, agent: str, *extra: str) -> list[str]:
-    return ["train", "--agent", agent, "--model", MODEL, "--dataset", str(dataset), "--num-edits", "2", "--steps", "2",
-            "--threads", "1", "--out", str(out), *extra]
+    return [
+        "train",
+        "--agent",
+        agent,
+        "--model",
+        MODEL,
+        "--dataset",
+        str(dataset),
+        "--num-edits",
+        "2",
+        "--steps",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -67,26 +111,39 @@ def rledit_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def checkpoint_copy(rledit_checkpoint: Path, tmp_path: Path) -> Callable[[], Path]:
     """A fresh copy of the module's RLEdit checkpoint to damage."""
+
     def copy() -> Path:
         target = tmp_path / "checkpoint"
         target.mkdir()
         for name in ("agent.json", "agent_state.pt", "manifest.json"):
             (target / name).write_bytes((rledit_checkpoint / name).read_bytes())
         return target
+
     return copy
 
 
 # ----------------------------------------------------------------------------- data files
-@pytest.mark.parametrize("content, expected", [
-    (b"", "is empty"),
-    (b"  \n", "is empty"),
-    (json.dumps([RECORD, RECORD]).encode()[:-40], "is not valid JSON"),
-    (b"src,alt,rephrase\nWho?,me,Who is?\n", "is not valid JSON: Expecting value at line 1 column 1"),
-    (json.dumps([{**RECORD, "alt": "caf\u00e9"}]).encode("latin-1", errors="strict").replace(b"\\u00e9", b"\xe9"),
-     "is not UTF-8 text (byte 0xe9"),
-    (json.dumps(RECORD).encode() + b"\n{\"src\": \"broken\n" + json.dumps(RECORD).encode(), "line 2 is not valid JSON"),
-    (b"42", "holds a JSON int, not records"),
-], ids=["empty", "blank", "truncated-json", "csv", "latin-1", "jsonl-bad-line", "not-records"])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"", "is empty"),
+        (b"  \n", "is empty"),
+        (json.dumps([RECORD, RECORD]).encode()[:-40], "is not valid JSON"),
+        (b"src,alt,rephrase\nWho?,me,Who is?\n", "is not valid JSON: Expecting value at line 1 column 1"),
+        (
+            json.dumps([{**RECORD, "alt": "caf\u00e9"}])
+            .encode("latin-1", errors="strict")
+            .replace(b"\\u00e9", b"\xe9"),
+            "is not UTF-8 text (byte 0xe9",
+        ),
+        (
+            json.dumps(RECORD).encode() + b'\n{"src": "broken\n' + json.dumps(RECORD).encode(),
+            "line 2 is not valid JSON",
+        ),
+        (b"42", "holds a JSON int, not records"),
+    ],
+    ids=["empty", "blank", "truncated-json", "csv", "latin-1", "jsonl-bad-line", "not-records"],
+)
 def test_a_data_file_that_cannot_be_read(content, expected, tmp_path, capsys):
     data = tmp_path / ("edits.jsonl" if b"\n{" in content else "edits.json")
     data.write_bytes(content)
@@ -124,8 +181,12 @@ def test_records_cut_by_the_token_limits_are_reported_and_the_limits_are_argumen
     assert json.loads(results.read_text())["environment"]["data"]["truncated_records"] == [1]
     assert main(evaluate(data, results, "--env-kwargs", '{"max_prompt_tokens": 2000}')) == 0
     assert "records cut" not in capsys.readouterr().err
-    refused(capsys, tmp_path, evaluate(data, results, "--env-kwargs", '{"max_answer_tokens": 0}'),
-            "max_answer_tokens must be an integer >= 1, got 0")
+    refused(
+        capsys,
+        tmp_path,
+        evaluate(data, results, "--env-kwargs", '{"max_answer_tokens": 0}'),
+        "max_answer_tokens must be an integer >= 1, got 0",
+    )
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -138,37 +199,62 @@ def test_a_negative_seed_is_refused_before_anything_loads(tmp_path, capsys):
     assert tree(tmp_path) == {}
 
 
-@pytest.mark.parametrize("agent, extra", [("untrained_editor", ()), ("noop", ()),
-                                          ("all", ("--agent-kwargs", '{"step": 0.5}'))])
+@pytest.mark.parametrize(
+    "agent, extra", [("untrained_editor", ()), ("noop", ()), ("all", ("--agent-kwargs", '{"step": 0.5}'))]
+)
 def test_training_an_agent_that_acts_as_built(agent, extra, tmp_path, capsys):
     # untrained_editor inherits RLEdit's training: trained, it would be a trained RLEdit under the wrong name
-    refused(capsys, tmp_path, train("default", tmp_path / "run", agent, *extra),
-            f"agent '{agent}' acts as built", f"hiedit evaluate --agent {agent}")
+    refused(
+        capsys,
+        tmp_path,
+        train("default", tmp_path / "run", agent, *extra),
+        f"agent '{agent}' acts as built",
+        f"hiedit evaluate --agent {agent}",
+    )
 
 
 def test_an_unknown_env_kwargs_key(tmp_path, capsys):
-    refused(capsys, tmp_path, evaluate("default", tmp_path / "results.json", "--env-kwargs", '{"num_edit": 3}'),
-            "unknown --env-kwargs key(s) ['num_edit']", "'num_edits'")
+    refused(
+        capsys,
+        tmp_path,
+        evaluate("default", tmp_path / "results.json", "--env-kwargs", '{"num_edit": 3}'),
+        "unknown --env-kwargs key(s) ['num_edit']",
+        "'num_edits'",
+    )
 
 
 def test_cuda_without_cuda(tmp_path, capsys):
-    refused(capsys, tmp_path, evaluate("default", tmp_path / "results.json", "--env-kwargs", '{"device": "cuda"}'),
-            "device='cuda' but CUDA is not available")
+    refused(
+        capsys,
+        tmp_path,
+        evaluate("default", tmp_path / "results.json", "--env-kwargs", '{"device": "cuda"}'),
+        "device='cuda' but CUDA is not available",
+    )
 
 
-@pytest.mark.parametrize("kwargs, expected", [
-    ({"rank": 2.5}, "rank must be an integer >= 1, got 2.5"),
-    ({"rank": "4"}, "rank must be an integer >= 1, got '4'"),
-    ({"meta_lr": "1e-4"}, "meta_lr must be a finite number in (0, inf), got '1e-4'"),
-    ({"rnak": 4}, "bad arguments for agent 'rledit': "),
-], ids=["float-rank", "string-rank", "string-lr", "unknown-key"])
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        ({"rank": 2.5}, "rank must be an integer >= 1, got 2.5"),
+        ({"rank": "4"}, "rank must be an integer >= 1, got '4'"),
+        ({"meta_lr": "1e-4"}, "meta_lr must be a finite number in (0, inf), got '1e-4'"),
+        ({"rnak": 4}, "bad arguments for agent 'rledit': "),
+    ],
+    ids=["float-rank", "string-rank", "string-lr", "unknown-key"],
+)
 def test_wrong_typed_agent_arguments(kwargs, expected, tmp_path, capsys):
-    refused(capsys, tmp_path, train("default", tmp_path / "run", "rledit", "--agent-kwargs", json.dumps(kwargs)), expected)
+    refused(
+        capsys, tmp_path, train("default", tmp_path / "run", "rledit", "--agent-kwargs", json.dumps(kwargs)), expected
+    )
 
 
 def test_an_sb3_learning_rate_given_as_a_string(tmp_path, capsys):
-    refused(capsys, tmp_path, train("default", tmp_path / "run", "ppo", "--agent-kwargs", '{"learning_rate": "0.001"}'),
-            "hyperparameter 'learning_rate' of ppo must be a number, got '0.001'")
+    refused(
+        capsys,
+        tmp_path,
+        train("default", tmp_path / "run", "ppo", "--agent-kwargs", '{"learning_rate": "0.001"}'),
+        "hyperparameter 'learning_rate' of ppo must be a number, got '0.001'",
+    )
 
 
 # ----------------------------------------------------------------------------- output paths
@@ -191,36 +277,59 @@ def test_train_out_is_a_file(tmp_path, capsys):
 def test_a_config_without_its_state_never_loads_untrained(checkpoint_copy, tmp_path, capsys):
     checkpoint = checkpoint_copy()
     (checkpoint / "agent_state.pt").unlink()
-    refused(capsys, tmp_path, evaluate("default", tmp_path / "results.json", "--checkpoint", str(checkpoint),
-                                       agent="rledit"), "is incomplete: agent_state.pt is missing")
+    refused(
+        capsys,
+        tmp_path,
+        evaluate("default", tmp_path / "results.json", "--checkpoint", str(checkpoint), agent="rledit"),
+        "is incomplete: agent_state.pt is missing",
+    )
 
 
 def test_a_folder_an_interrupted_save_left(checkpoint_copy, tmp_path, capsys):
     checkpoint = checkpoint_copy()
     (checkpoint / "manifest.json").unlink()
-    refused(capsys, tmp_path, evaluate("default", tmp_path / "results.json", "--checkpoint", str(checkpoint),
-                                       agent="rledit"), "is incomplete: it has no manifest.json")
+    refused(
+        capsys,
+        tmp_path,
+        evaluate("default", tmp_path / "results.json", "--checkpoint", str(checkpoint), agent="rledit"),
+        "is incomplete: it has no manifest.json",
+    )
 
 
-@pytest.mark.parametrize("damage, expected", [
-    (lambda p: (p / "agent_state.pt").write_bytes(b""), "agent_state.pt' has 0 bytes, its manifest says"),
-    (lambda p: (p / "agent_state.pt").write_bytes(b"\x00" * (p / "agent_state.pt").stat().st_size),
-     "agent_state.pt' does not match its manifest's checksum"),
-], ids=["empty-state", "corrupt-state"])
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (lambda p: (p / "agent_state.pt").write_bytes(b""), "agent_state.pt' has 0 bytes, its manifest says"),
+        (
+            lambda p: (p / "agent_state.pt").write_bytes(b"\x00" * (p / "agent_state.pt").stat().st_size),
+            "agent_state.pt' does not match its manifest's checksum",
+        ),
+    ],
+    ids=["empty-state", "corrupt-state"],
+)
 def test_a_damaged_checkpoint_file_is_named(damage, expected, checkpoint_copy, tmp_path, capsys):
     checkpoint = checkpoint_copy()
     damage(checkpoint)
-    refused(capsys, tmp_path, evaluate("default", tmp_path / "results.json", "--checkpoint", str(checkpoint),
-                                       agent="rledit"), expected)
+    refused(
+        capsys,
+        tmp_path,
+        evaluate("default", tmp_path / "results.json", "--checkpoint", str(checkpoint), agent="rledit"),
+        expected,
+    )
 
 
 def test_a_broken_agent_json_is_named(tmp_path, capsys):
     """The config is read (to build the environment) before the manifest is checked: its error names it."""
     checkpoint = tmp_path / "checkpoint"
     checkpoint.mkdir()
-    (checkpoint / "agent.json").write_text("{\"agent\": ")
-    refused(capsys, tmp_path, evaluate("default", tmp_path / "results.json", "--checkpoint", str(checkpoint),
-                                       agent="rledit"), "agent checkpoint file", "agent.json' is not valid JSON")
+    (checkpoint / "agent.json").write_text('{"agent": ')
+    refused(
+        capsys,
+        tmp_path,
+        evaluate("default", tmp_path / "results.json", "--checkpoint", str(checkpoint), agent="rledit"),
+        "agent checkpoint file",
+        "agent.json' is not valid JSON",
+    )
 
 
 def test_a_corrupt_state_behind_a_matching_manifest_is_named(checkpoint_copy, tmp_path, capsys):
@@ -230,13 +339,16 @@ def test_a_corrupt_state_behind_a_matching_manifest_is_named(checkpoint_copy, tm
     manifest = json.loads((checkpoint / "manifest.json").read_text())
     manifest["files"]["agent_state.pt"] = {"size": 16, "sha256": hashlib.sha256(b"not a torch file").hexdigest()}
     (checkpoint / "manifest.json").write_text(json.dumps(manifest))
-    refused(capsys, tmp_path, evaluate("default", tmp_path / "results.json", "--checkpoint", str(checkpoint),
-                                       agent="rledit"), "agent_state.pt': it is empty or corrupt")
+    refused(
+        capsys,
+        tmp_path,
+        evaluate("default", tmp_path / "results.json", "--checkpoint", str(checkpoint), agent="rledit"),
+        "agent_state.pt': it is empty or corrupt",
+    )
 
 
 def test_a_diverged_editor_is_named_not_the_action(rledit_checkpoint, tmp_path, capsys, monkeypatch):
     import torch
-
     from hiedit_agents.learned import LearnedEditorAgent
 
     real_load = LearnedEditorAgent.load_state_dict
@@ -247,20 +359,33 @@ def test_a_diverged_editor_is_named_not_the_action(rledit_checkpoint, tmp_path, 
             self.editor.log_lr.fill_(float("inf"))
 
     monkeypatch.setattr(LearnedEditorAgent, "load_state_dict", diverged)
-    message = refused(capsys, tmp_path, evaluate("default", tmp_path / "results.json", "--checkpoint",
-                                                 str(rledit_checkpoint), agent="rledit"), "the editor diverged")
+    message = refused(
+        capsys,
+        tmp_path,
+        evaluate("default", tmp_path / "results.json", "--checkpoint", str(rledit_checkpoint), agent="rledit"),
+        "the editor diverged",
+    )
     assert "action" not in message
 
 
 # ----------------------------------------------------------------------------- resuming
 def test_resume_with_another_algorithm(rledit_checkpoint, tmp_path, capsys):
-    refused(capsys, rledit_checkpoint, train("default", rledit_checkpoint, "hiedit", "--resume"),
-            "holds a hiedit_agents.learned.rledit:RLEditAgent agent, not 'hiedit'")
+    refused(
+        capsys,
+        rledit_checkpoint,
+        train("default", rledit_checkpoint, "hiedit", "--resume"),
+        "holds a hiedit_agents.learned.rledit:RLEditAgent agent, not 'hiedit'",
+    )
 
 
 def test_resume_of_a_finished_run(rledit_checkpoint, capsys):
-    refused(capsys, rledit_checkpoint, train("default", rledit_checkpoint, "rledit", "--resume"),
-            "nothing to resume", "training_state")
+    refused(
+        capsys,
+        rledit_checkpoint,
+        train("default", rledit_checkpoint, "rledit", "--resume"),
+        "nothing to resume",
+        "training_state",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -271,11 +396,17 @@ def sac_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("damage, expected", [
-    (lambda p: (p / "replay_buffer.pkl").write_bytes((p / "replay_buffer.pkl").read_bytes()[:100]),
-     "replay_buffer.pkl' has 100 bytes"),
-    (lambda p: (p / "replay_buffer.pkl").unlink(), "is incomplete: replay_buffer.pkl is missing"),
-], ids=["truncated-buffer", "missing-buffer"])
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (
+            lambda p: (p / "replay_buffer.pkl").write_bytes((p / "replay_buffer.pkl").read_bytes()[:100]),
+            "replay_buffer.pkl' has 100 bytes",
+        ),
+        (lambda p: (p / "replay_buffer.pkl").unlink(), "is incomplete: replay_buffer.pkl is missing"),
+    ],
+    ids=["truncated-buffer", "missing-buffer"],
+)
 def test_sb3_resume_refuses_a_damaged_replay_buffer(damage, expected, sac_checkpoint, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
@@ -284,4 +415,3 @@ def test_sb3_resume_refuses_a_damaged_replay_buffer(damage, expected, sac_checkp
             (run / file.name).write_bytes(file.read_bytes())
     damage(run)
     refused(capsys, tmp_path, train("default", run, "sac", "--resume", "--steps", "4"), expected)
-

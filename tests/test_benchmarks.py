@@ -20,11 +20,17 @@ def run_script(name: str, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> N
 def test_untrained_editor_statistics_come_from_unedited_training_edits() -> None:
     import gymnasium as gym
     import torch
-
     from hiedit_agents import RLEditAgent
 
-    env = gym.make("HiEdit-v0", model="test-tiny-llama", dataset="default", split="train", num_edits=20,
-                   update_mode="low_rank", evaluate_generation=False)
+    env = gym.make(
+        "HiEdit-v0",
+        model="test-tiny-llama",
+        dataset="default",
+        split="train",
+        num_edits=20,
+        update_mode="low_rank",
+        evaluate_generation=False,
+    )
     agent = RLEditAgent(env)
     env.reset(seed=0)  # the model is shared between environments: this one's weights are in it after a reset
     before = [p.detach().clone() for p in env.unwrapped.model.parameters()]
@@ -39,20 +45,87 @@ def test_evaluate_and_speed_build_the_environment_a_checkpoint_needs(tmp_path: P
     from hiedit_agents.cli import main
 
     common = ["--model", "test-tiny-llama", "--dataset", "default", "--num-edits", "3", "--threads", "1"]
-    assert main(["train", "--agent", "rledit", *common, "--steps", "2", "--agent-kwargs", '{"validation_edits": 0}',
-                 "--out", str(tmp_path / "rledit")]) == 0
-    wrappers = [{"hiedit_env.wrappers:ChooseLayersInTurn": {"editor": {"agent": "rledit", "checkpoint": str(tmp_path / "rledit")}}}]
+    assert (
+        main(
+            [
+                "train",
+                "--agent",
+                "rledit",
+                *common,
+                "--steps",
+                "2",
+                "--agent-kwargs",
+                '{"validation_edits": 0}',
+                "--out",
+                str(tmp_path / "rledit"),
+            ]
+        )
+        == 0
+    )
+    wrappers = [
+        {
+            "hiedit_env.wrappers:ChooseLayersInTurn": {
+                "editor": {"agent": "rledit", "checkpoint": str(tmp_path / "rledit")}
+            }
+        }
+    ]
     kwargs = {"env_wrapper": wrappers, "n_steps": 8, "batch_size": 8, "eval_freq": 0}
     checkpoints = tmp_path / "checkpoints"
-    assert main(["train", "--agent", "maskable_ppo", *common, "--steps", "8", "--agent-kwargs", json.dumps(kwargs),
-                 "--out", str(checkpoints / "maskable_ppo")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--agent",
+                "maskable_ppo",
+                *common,
+                "--steps",
+                "8",
+                "--agent-kwargs",
+                json.dumps(kwargs),
+                "--out",
+                str(checkpoints / "maskable_ppo"),
+            ]
+        )
+        == 0
+    )
     evaluated = tmp_path / "evaluate.json"
-    assert main(["evaluate", "--agent", "maskable_ppo", "--checkpoint", str(checkpoints / "maskable_ppo"), *common,
-                 "--out", str(evaluated)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--agent",
+                "maskable_ppo",
+                "--checkpoint",
+                str(checkpoints / "maskable_ppo"),
+                *common,
+                "--out",
+                str(evaluated),
+            ]
+        )
+        == 0
+    )
     assert json.loads(evaluated.read_text())["layers_per_edit"] == 2
     speed = tmp_path / "speed.json"
-    assert main(["speed", "--model", "test-tiny-llama", "--dataset", "default", "--num-edits", "3", "--agent", "maskable_ppo",
-                 "--checkpoint", str(checkpoints / "maskable_ppo"), "--out", str(speed)]) == 0
+    assert (
+        main(
+            [
+                "speed",
+                "--model",
+                "test-tiny-llama",
+                "--dataset",
+                "default",
+                "--num-edits",
+                "3",
+                "--agent",
+                "maskable_ppo",
+                "--checkpoint",
+                str(checkpoints / "maskable_ppo"),
+                "--out",
+                str(speed),
+            ]
+        )
+        == 0
+    )
     assert json.loads(speed.read_text())["agent"] == "maskable_ppo"
 
 
@@ -68,21 +141,34 @@ def test_seeds_table_averages_the_agents_every_folder_has(tmp_path: Path, monkey
     run_script("seeds_table.py", [str(tmp_path / "seed0"), str(tmp_path / "seed1"), "--out", str(out)], monkeypatch)
     rows = out.read_text().splitlines()
     assert rows[0] == "| agent (n=2 episodes) | ES | GS | LS | mean |"
-    assert rows[2:] == ["| hiedit | 0.600 (0.141) | 0.600 (0.141) | 1.000 (0.000) | 0.600 (0.141) |",
-                        "| rledit | 0.500 (0.141) | 0.500 (0.141) | 1.000 (0.000) | 0.500 (0.141) |"]  # noop: one folder only
+    assert rows[2:] == [
+        "| hiedit | 0.600 (0.141) | 0.600 (0.141) | 1.000 (0.000) | 0.600 (0.141) |",
+        "| rledit | 0.500 (0.141) | 0.500 (0.141) | 1.000 (0.000) | 0.500 (0.141) |",
+    ]  # noop: one folder only
     with pytest.raises(SystemExit, match="not a folder"):
         run_script("seeds_table.py", [str(tmp_path / "nope")], monkeypatch)
 
 
-def test_seeds_table_rows_from_patterns_count_files_and_keep_the_lowest(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_seeds_table_rows_from_patterns_count_files_and_keep_the_lowest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for name, mean in (("hiedit_train_seed0", 0.5), ("hiedit_train_seed1", 0.7), ("rledit_train_seed0", 0.2)):
-        (tmp_path / f"{name}.json").write_text(json.dumps({"ES": mean, "GS": mean, "LS": 1.0, "mean": mean,
-                                                           "layers_per_edit": 9.0}))
+        (tmp_path / f"{name}.json").write_text(
+            json.dumps({"ES": mean, "GS": mean, "LS": 1.0, "mean": mean, "layers_per_edit": 9.0})
+        )
     (tmp_path / "stats.json").write_text(json.dumps({"not": "a result"}))
     out = tmp_path / "rows.md"
-    run_script("seeds_table.py", ["--rows", f"hiedit={tmp_path}/hiedit_*.json,{tmp_path}/stats.json",
-                                  f"rledit={tmp_path}/rledit_*.json", "--out", str(out)], monkeypatch)
+    run_script(
+        "seeds_table.py",
+        [
+            "--rows",
+            f"hiedit={tmp_path}/hiedit_*.json,{tmp_path}/stats.json",
+            f"rledit={tmp_path}/rledit_*.json",
+            "--out",
+            str(out),
+        ],
+        monkeypatch,
+    )
     rows = out.read_text().splitlines()
     assert rows[0] == "| agent | n | lowest mean | layers_per_edit | ES | GS | LS | mean |"
     assert rows[2] == "| hiedit | 2 | 0.500 | 9.0 | 0.600 (0.141) | 0.600 (0.141) | 1.000 (0.000) | 0.600 (0.141) |"
@@ -93,14 +179,30 @@ def test_seeds_table_rows_from_patterns_count_files_and_keep_the_lowest(tmp_path
         run_script("seeds_table.py", ["--rows", "no-equals-sign"], monkeypatch)
 
 
-def test_module_costs_measures_every_candidate_alone(tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_module_costs_measures_every_candidate_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "costs.json"
     # The tiny GPT-2: its modules' steps move the unrelated prompts' answers by a KL of about 2e-7 each on
     # the shipped set, well above float32 rounding (the tiny Llama's, about 1e-8, are not).
-    run_script("module_costs.py", ["--model", "test-tiny-gpt2", "--dataset", "default", "--num-edits", "2",
-                                   "--unrelated", "3", "--observe-edits", "4", "--threads", "1", "--out", str(out)],
-               monkeypatch)
+    run_script(
+        "module_costs.py",
+        [
+            "--model",
+            "test-tiny-gpt2",
+            "--dataset",
+            "default",
+            "--num-edits",
+            "2",
+            "--unrelated",
+            "3",
+            "--observe-edits",
+            "4",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ],
+        monkeypatch,
+    )
     result = json.loads(out.read_text())
     assert len(result["per_edit"]) == 2 and result["unrelated"] == 3
     assert len(result["mean"]) == len(result["modules"]) == 4
@@ -109,14 +211,31 @@ def test_module_costs_measures_every_candidate_alone(tmp_path: Path,
         assert module["edit_ce_drop"] > 0  # an untrained editor's step is a descent step on the edit
 
 
-def test_key_statistics_script_compares_sampled_text_with_the_data_prompts(tmp_path: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_key_statistics_script_compares_sampled_text_with_the_data_prompts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from hiedit_agents.locate import stats
 
     monkeypatch.setattr(stats, "DEFAULT_CACHE", tmp_path / "key_stats")
     out = tmp_path / "key_statistics.json"
-    run_script("key_statistics.py", ["--model", "test-tiny-llama", "--dataset", "default", "--records", "40", "--top", "8",
-                                     "--threads", "1", "--out", str(out)], monkeypatch)
+    run_script(
+        "key_statistics.py",
+        [
+            "--model",
+            "test-tiny-llama",
+            "--dataset",
+            "default",
+            "--records",
+            "40",
+            "--top",
+            "8",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ],
+        monkeypatch,
+    )
     result = json.loads(out.read_text())
     assert list(result["modules"]) == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
     assert result["prompts"] == 3 * 40  # the first 40 of the 48 training records, three prompts each
@@ -126,7 +245,8 @@ def test_key_statistics_script_compares_sampled_text_with_the_data_prompts(tmp_p
 
 
 def test_preconditioner_selection_spec_trains_both_forms_and_scores_only_the_training_split(
-        benchmark_data_stand_ins: set[str]) -> None:
+    benchmark_data_stand_ins: set[str],
+) -> None:
     from hiedit_agents.sweep.grid import expand
     from hiedit_agents.sweep.spec import load_spec
 
@@ -134,8 +254,11 @@ def test_preconditioner_selection_spec_trains_both_forms_and_scores_only_the_tra
     cells = expand(spec)
     assert all(c.eval_split == "train" and c.evaluations == [(1000, 100), (1001, 100), (1002, 100)] for c in cells)
     trained = {c.id for c in cells if c.training_seed is not None}
-    assert {f"smollm2-135m__zsre__{name}__train{seed}" for seed in (0, 100)
-            for name in ("hiedit-full", "hiedit-diagonal", "rledit-full+rledit-full-bounded", "rledit-diagonal")} <= trained
+    assert {
+        f"smollm2-135m__zsre__{name}__train{seed}"
+        for seed in (0, 100)
+        for name in ("hiedit-full", "hiedit-diagonal", "rledit-full+rledit-full-bounded", "rledit-diagonal")
+    } <= trained
     bounded = next(c for c in cells if c.id == "smollm2-135m__zsre__rledit-full+rledit-full-bounded__train0")
     assert bounded.agent_kwargs == {"preconditioner": "full"}
     assert bounded.variants == [("rledit-full", {}), ("rledit-full-bounded", {"max_size_ratio": 3})]

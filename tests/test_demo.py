@@ -25,8 +25,24 @@ def test_demo_compares_the_default_agents_on_the_same_edits(tmp_path, capsys):
 
 def test_demo_keeps_its_single_constant_step_form_and_refuses_agents_that_need_training(tmp_path, capsys):
     out = tmp_path / "demo.json"
-    assert main(["demo", "--model", MODEL, "--step", "0.5", "--num-edits", "4", "--plot", str(tmp_path / "c.png"),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--model",
+                MODEL,
+                "--step",
+                "0.5",
+                "--num-edits",
+                "4",
+                "--plot",
+                str(tmp_path / "c.png"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert list(json.loads(out.read_text())) == ["constant step 0.5"]
     assert main(["demo", "--model", MODEL, "--agents", "noop", "hiedit", "--plot", str(tmp_path / "d.png")]) == 2
     assert "agent 'hiedit' must be trained first" in capsys.readouterr().err

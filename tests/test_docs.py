@@ -28,10 +28,13 @@ def test_roles_become_optional_autorefs_resolved_in_their_scope():
         sphinx_roles.SphinxRoles().on_package(pkg=module, loader=None)
         assert module.docstring.value == (
             'See <autoref optional identifier="pkg.mod.Thing"><code>Thing</code></autoref> and '
-            '<autoref optional identifier="mod.helper"><code>helper</code></autoref>.')
+            '<autoref optional identifier="mod.helper"><code>helper</code></autoref>.'
+        )
         assert module["helper"].docstring.value == (
             'Calls <autoref optional identifier="mod.Thing.run"><code>Thing.run</code></autoref> and '
-            '<autoref optional identifier="os.PathLike"><code>os.PathLike</code></autoref>.')
+            '<autoref optional identifier="os.PathLike"><code>os.PathLike</code></autoref>.'
+        )
         assert module["Thing"].docstring.value == (
-            'Runs with <autoref optional identifier="mod.Thing.run"><code>run</code></autoref>.')
+            'Runs with <autoref optional identifier="mod.Thing.run"><code>run</code></autoref>.'
+        )
         assert module["Thing.run"].docstring.value == "Nothing to link here."

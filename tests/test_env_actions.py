@@ -15,10 +15,17 @@ from hiedit_env.action import parse_action, step_size_from_action
 ETA = (0.002, 0.2)
 
 
-@pytest.mark.parametrize("value,expected", [
-    (-1.0, 0.002), (1.0, 0.2), (0.0, math.sqrt(0.002 * 0.2)),
-    (-5.0, 0.002), (7.5, 0.2), (0.5, math.exp((math.log(0.002) * 1 + math.log(0.2) * 3) / 4)),
-])
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        (-1.0, 0.002),
+        (1.0, 0.2),
+        (0.0, math.sqrt(0.002 * 0.2)),
+        (-5.0, 0.002),
+        (7.5, 0.2),
+        (0.5, math.exp((math.log(0.002) * 1 + math.log(0.2) * 3) / 4)),
+    ],
+)
 def test_step_size_mapping(value, expected):
     assert step_size_from_action(value, ETA) == pytest.approx(expected, rel=1e-12)
 
@@ -84,8 +91,16 @@ def test_layer_budget_picks_exactly_the_top_k(make_env, helpers):
 def test_parse_action_top_k(k):
     rng = np.random.default_rng(k)
     scores = rng.random(6).astype(np.float32)
-    parsed = parse_action({"layers": scores, "update": np.zeros(6)}, 6, "step_size", [(4, 4)] * 6, k, ETA,
-                          torch.device("cpu"), torch.float32)
+    parsed = parse_action(
+        {"layers": scores, "update": np.zeros(6)},
+        6,
+        "step_size",
+        [(4, 4)] * 6,
+        k,
+        ETA,
+        torch.device("cpu"),
+        torch.float32,
+    )
     assert len(parsed.chosen) == k
     assert set(parsed.chosen) == set(np.argsort(-scores)[:k].tolist())
     assert parsed.chosen == sorted(parsed.chosen)
@@ -195,8 +210,10 @@ def test_low_rank_forms_apply_exactly_u_t_v(make_env, helpers, subtests, model):
     for form in LOW_RANK_FORMS:
         with subtests.test(form=form):
             rank = {"rank1": 1, "rank7": 7}.get(form, 4)  # the declared rank is 4: any rank is accepted
-            factors = [(0.02 * torch.randn(rank, d_out, generator=gen), 0.02 * torch.randn(rank, d_in, generator=gen))
-                       for d_in, d_out in env.module_dims()]
+            factors = [
+                (0.02 * torch.randn(rank, d_out, generator=gen), 0.02 * torch.randn(rank, d_in, generator=gen))
+                for d_in, d_out in env.module_dims()
+            ]
             expected = [u.T @ v for u, v in factors]
             if form == "numpy":
                 update = [(u.numpy(), v.numpy()) for u, v in factors]
@@ -227,8 +244,10 @@ def test_low_rank_none_for_unchosen_modules(make_env, helpers):
 def test_low_rank_tensor_requiring_grad_is_accepted(make_env):
     env = _low_rank_env(make_env, "test-tiny-gpt2")
     n = len(env.candidate_modules)
-    update = [(torch.zeros(2, d_out, requires_grad=True), torch.zeros(2, d_in, requires_grad=True))
-              for d_in, d_out in env.module_dims()]
+    update = [
+        (torch.zeros(2, d_out, requires_grad=True), torch.zeros(2, d_in, requires_grad=True))
+        for d_in, d_out in env.module_dims()
+    ]
     env.step({"layers": np.ones(n, np.float32), "update": update})
     assert not any(p.requires_grad for p in env.model.parameters())
 
@@ -238,8 +257,10 @@ def test_max_update_ratio_caps_a_huge_update(make_env, helpers, model):
     env = _low_rank_env(make_env, model, max_update_ratio=0.1)
     n = len(env.candidate_modules)
     gen = torch.Generator().manual_seed(2)
-    update = [(1e3 * torch.randn(4, d_out, generator=gen), 1e3 * torch.randn(4, d_in, generator=gen))
-              for d_in, d_out in env.module_dims()]
+    update = [
+        (1e3 * torch.randn(4, d_out, generator=gen), 1e3 * torch.randn(4, d_in, generator=gen))
+        for d_in, d_out in env.module_dims()
+    ]
     base = helpers.base_weights(env)
     *_, info = env.step({"layers": np.ones(n, np.float32), "update": update})
     for w, w0 in zip(env.candidate_weights(), base):

@@ -9,8 +9,7 @@ from hiedit_env.cli import main
 
 def test_demo_writes_metrics(tmp_path, capsys):
     out = tmp_path / "metrics.json"
-    code = main(["demo", "--model", "test-tiny-llama", "--dataset", "default", "--num-edits", "3",
-                 "--out", str(out)])
+    code = main(["demo", "--model", "test-tiny-llama", "--dataset", "default", "--num-edits", "3", "--out", str(out)])
     assert code == 0
     metrics = json.loads(out.read_text())
     assert 0.0 <= metrics["ES"] <= 1.0
@@ -20,8 +19,7 @@ def test_demo_writes_metrics(tmp_path, capsys):
 
 def test_bad_model_is_one_line_on_stderr(tmp_path, capsys):
     out = tmp_path / "metrics.json"
-    code = main(["demo", "--model", "no-such-model-xyz", "--dataset", "default", "--num-edits", "3",
-                 "--out", str(out)])
+    code = main(["demo", "--model", "no-such-model-xyz", "--dataset", "default", "--num-edits", "3", "--out", str(out)])
     assert code == 2
     captured = capsys.readouterr()
     err = captured.err.strip()

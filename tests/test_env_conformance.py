@@ -52,8 +52,9 @@ def test_sb3_step_outputs_have_python_types(make_env, helpers):
 def test_sync_vector_env():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        vec = gym.make_vec("HiEdit-v0", num_envs=2, vectorization_mode="sync", model="test-tiny-gpt2",
-                           dataset="default", num_edits=2)
+        vec = gym.make_vec(
+            "HiEdit-v0", num_envs=2, vectorization_mode="sync", model="test-tiny-gpt2", dataset="default", num_edits=2
+        )
     try:
         obs, _ = vec.reset(seed=0)
         n = len(vec.envs[0].unwrapped.candidate_modules)
@@ -80,8 +81,10 @@ def test_importing_the_environment_leaves_the_agents_libraries_out():
     import subprocess
     import sys
 
-    code = ("import sys, hiedit_env; print(sorted(m for m in ('stable_baselines3', 'sb3_contrib', 'matplotlib', 'ray', "
-            "'hiedit_agents') if m in sys.modules))")
+    code = (
+        "import sys, hiedit_env; print(sorted(m for m in ('stable_baselines3', 'sb3_contrib', 'matplotlib', 'ray', "
+        "'hiedit_agents') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"

@@ -13,8 +13,19 @@ from hiedit_env.env import REWARD_ARGUMENTS, REWARD_TERMS
 from hiedit_env.score import score_pairs
 from hiedit_env.tokens import encode_record
 
-FINAL_KEYS = ("ES", "GS", "LS", "LS_answer", "mean", "ES_gen", "GS_gen", "layers_per_edit", "candidates",
-              "seconds_per_edit", "ES_first_20pct")
+FINAL_KEYS = (
+    "ES",
+    "GS",
+    "LS",
+    "LS_answer",
+    "mean",
+    "ES_gen",
+    "GS_gen",
+    "layers_per_edit",
+    "candidates",
+    "seconds_per_edit",
+    "ES_first_20pct",
+)
 SHARE_KEYS = ("ES", "GS", "LS", "LS_answer", "mean", "ES_gen", "GS_gen", "ES_first_20pct")
 
 
@@ -67,10 +78,15 @@ def test_full_episode(make_env, helpers, model, zsre_format_path):
         w = env.unwrapped.reward
         # evaluation leaves exactly these arguments out (Agent.acting_requirements)
         assert set(REWARD_ARGUMENTS) == {"reward"} | {f"w_{name}" for name in vars(w)}
-        expected = (w.edit * info["edit_success"] + w.generalization * info["generalization"]
-                    + w.locality * info["locality"] + w.sparsity * info["sparsity"]
-                    + w.retention * info["retention"] - w.update_norm * info["update_norm"]
-                    + w.sequence * info["sequence_gain"])
+        expected = (
+            w.edit * info["edit_success"]
+            + w.generalization * info["generalization"]
+            + w.locality * info["locality"]
+            + w.sparsity * info["sparsity"]
+            + w.retention * info["retention"]
+            - w.update_norm * info["update_norm"]
+            + w.sequence * info["sequence_gain"]
+        )
         assert reward == pytest.approx(expected)
         assert ("episode_metrics" in info) is (t == 4)
         rewards.append(reward)
@@ -311,8 +327,9 @@ def test_render_ansi(make_env, helpers):
 @pytest.mark.parametrize("w_sequence", [0.0, 1.0])
 def test_retention_and_update_norm_terms(make_env, helpers, w_sequence):
     # With w_sequence the retention window is read from the whole-sequence pass: same numbers.
-    env = make_env("test-tiny-llama", num_edits=4, w_retention=1.0, retention_window=2,
-                   w_update_norm=0.5, w_sequence=w_sequence).unwrapped
+    env = make_env(
+        "test-tiny-llama", num_edits=4, w_retention=1.0, retention_window=2, w_update_norm=0.5, w_sequence=w_sequence
+    ).unwrapped
     env.reset(seed=0)
     pad = env.tokenizer.pad_token_id
     records = env.episode_records()
@@ -321,7 +338,7 @@ def test_retention_and_update_norm_terms(make_env, helpers, w_sequence):
     etas = [step_size_from_action(float(u), env.eta_range) for u in update]
     for t in range(4):
         *_, info = env.step({"layers": np.ones(n, np.float32), "update": update})
-        past = records[max(0, t - 2): t]  # the last retention_window edits before this one
+        past = records[max(0, t - 2) : t]  # the last retention_window edits before this one
         if t == 0:
             assert info["retention"] == 0.0  # nothing to retain yet
         else:
@@ -334,8 +351,9 @@ def test_retention_and_update_norm_terms(make_env, helpers, w_sequence):
 
 @pytest.mark.parametrize("model", ["test-tiny-gpt2", "test-tiny-llama"])
 def test_sequence_gain_adds_up_to_the_end_of_sequence_score(make_env, model):
-    env = make_env(model, num_edits=6, w_edit=0.0, w_generalization=0.0, w_locality=0.0, w_sparsity=0.0,
-                   w_sequence=1.0).unwrapped
+    env = make_env(
+        model, num_edits=6, w_edit=0.0, w_generalization=0.0, w_locality=0.0, w_sparsity=0.0, w_sequence=1.0
+    ).unwrapped
     env.reset(seed=3)
     n = len(env.candidate_modules)
     rewards, gains, totals, own = [], [], [], []

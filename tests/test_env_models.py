@@ -50,16 +50,22 @@ def test_modules_as_list_and_regex():
     assert candidate_modules(model, chosen) == chosen
     regex = r"model\.layers\.[12]\.mlp\.(gate|up)_proj"
     assert candidate_modules(model, regex) == [
-        "model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj",
-        "model.layers.2.mlp.gate_proj", "model.layers.2.mlp.up_proj",
+        "model.layers.1.mlp.gate_proj",
+        "model.layers.1.mlp.up_proj",
+        "model.layers.2.mlp.gate_proj",
+        "model.layers.2.mlp.up_proj",
     ]
 
 
 def test_modules_through_the_environment(make_env):
     env = make_env("test-tiny-gpt2", modules=r"transformer\.h\.[13]\.mlp\.c_(fc|proj)")
     names = env.unwrapped.candidate_modules
-    assert names == ["transformer.h.1.mlp.c_fc", "transformer.h.1.mlp.c_proj",
-                     "transformer.h.3.mlp.c_fc", "transformer.h.3.mlp.c_proj"]
+    assert names == [
+        "transformer.h.1.mlp.c_fc",
+        "transformer.h.1.mlp.c_proj",
+        "transformer.h.3.mlp.c_fc",
+        "transformer.h.3.mlp.c_proj",
+    ]
     assert env.action_space["layers"].shape == (4,)
     assert env.observation_space["layers"].shape[0] == 4
     env = make_env("test-tiny-gpt2", modules=["transformer.h.2.mlp.c_proj"])

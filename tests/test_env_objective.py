@@ -42,8 +42,10 @@ def test_gradients_flow_to_low_rank_factors(make_env, helpers, model):
     env.reset(seed=0)
     before = helpers.snapshot(env)
     gen = torch.Generator().manual_seed(0)
-    factors = [(0.01 * torch.randn(3, d_out, generator=gen), 0.01 * torch.randn(3, d_in, generator=gen))
-               for d_in, d_out in env.module_dims()]
+    factors = [
+        (0.01 * torch.randn(3, d_out, generator=gen), 0.01 * torch.randn(3, d_in, generator=gen))
+        for d_in, d_out in env.module_dims()
+    ]
     for u, v in factors:
         u.requires_grad_(True)
         v.requires_grad_(True)
@@ -106,8 +108,13 @@ def test_unedited_references_are_scored_in_chunks_and_dropped_behind_the_window(
     env = make_env("test-tiny-llama", num_edits=7, trace_covers="objective", locality_depth=1).unwrapped
     passes = []
     real = env_module.score_pairs
-    monkeypatch.setattr(env_module, "score_pairs", lambda model, pairs, *a, **k: passes.append(
-        (len(pairs), k.get("keep_log_probs", False))) or real(model, pairs, *a, **k))
+    monkeypatch.setattr(
+        env_module,
+        "score_pairs",
+        lambda model, pairs, *a, **k: (
+            passes.append((len(pairs), k.get("keep_log_probs", False))) or real(model, pairs, *a, **k)
+        ),
+    )
     env.reset(seed=0)
     fresh = real(env.model, [e.loc for e in env._episode], env._pad_id, keep_log_probs=True).log_probs
     held = []
@@ -146,7 +153,8 @@ def test_back_depth_covers_previous_edits_and_paraphrases_join_them(make_env, he
     assert deep.edit.item() == pytest.approx(window_mean(prompts), rel=1e-4)
     # Deeper than the episode so far just stops at edit 0.
     assert env.objective(updates, back_depth=10).edit.item() == pytest.approx(
-        env.objective(updates, back_depth=3).edit.item(), rel=1e-6)
+        env.objective(updates, back_depth=3).edit.item(), rel=1e-6
+    )
     # With paraphrases each edit's loss is the mean over its prompt and its paraphrase; the KL rows stay.
     both = [(loss + nll(encoded[3 - j].rephrase)) / 2 for j, loss in enumerate(prompts)]
     rephrased = env.objective(updates, back_depth=2, paraphrases=True)
@@ -247,9 +255,14 @@ def test_objective_trace_gives_the_objective_gradient(make_env, helpers, model):
     env.step({"layers": np.ones(n, np.float32), "update": np.full(n, 0.5, np.float32)})  # drift, then trace edit 2
     before = helpers.snapshot(env)
     generator = torch.Generator().manual_seed(1)
-    for updates in ([None] * n, [0.02 * torch.randn(d_out, d_in, generator=generator) for d_in, d_out in env.module_dims()]):
+    for updates in (
+        [None] * n,
+        [0.02 * torch.randn(d_out, d_in, generator=generator) for d_in, d_out in env.module_dims()],
+    ):
         trace = env.objective_trace(updates)
-        dense = [torch.zeros(d_out, d_in) if u is None else u.clone() for u, (d_in, d_out) in zip(updates, env.module_dims())]
+        dense = [
+            torch.zeros(d_out, d_in) if u is None else u.clone() for u, (d_in, d_out) in zip(updates, env.module_dims())
+        ]
         for d in dense:
             d.requires_grad_(True)
         expected = torch.autograd.grad(env.objective(dense).total, dense)
@@ -264,8 +277,9 @@ def test_objective_trace_gives_the_objective_gradient(make_env, helpers, model):
 def test_chunked_objective_gives_the_same_loss_and_gradients(make_env, model):
     """``objective_chunk``: the batch runs a few rows at a time, each recomputed in the backward pass."""
     whole = make_env(model, back_depth=3, locality_depth=1, num_edits=4, update_mode="step_size").unwrapped
-    chunked = make_env(model, back_depth=3, locality_depth=1, num_edits=4, update_mode="step_size",
-                       objective_chunk=2).unwrapped
+    chunked = make_env(
+        model, back_depth=3, locality_depth=1, num_edits=4, update_mode="step_size", objective_chunk=2
+    ).unwrapped
     n = len(whole.candidate_modules)
     for env in (whole, chunked):
         env.reset(seed=2)

@@ -14,18 +14,24 @@ ROME_RECORDS = [
     {
         "case_id": 0,
         "requested_rewrite": {
-            "prompt": "The mother tongue of {} is", "subject": "Danielle Darrieux",
-            "target_new": {"str": "English", "id": "Q1860"}, "target_true": {"str": "French", "id": "Q150"},
+            "prompt": "The mother tongue of {} is",
+            "subject": "Danielle Darrieux",
+            "target_new": {"str": "English", "id": "Q1860"},
+            "target_true": {"str": "French", "id": "Q150"},
         },
-        "paraphrase_prompts": ["Where Danielle Darrieux is from, people speak the language of",
-                               "Danielle Darrieux was born in"],
+        "paraphrase_prompts": [
+            "Where Danielle Darrieux is from, people speak the language of",
+            "Danielle Darrieux was born in",
+        ],
         "neighborhood_prompts": ["Michel Rocard is a native speaker of", "Jean Gabin spoke the language"],
     },
     {
         "case_id": 1,
         "requested_rewrite": {
-            "prompt": "{} is affiliated with the religion of", "subject": "Edwin of Northumbria",
-            "target_new": {"str": "Islam", "id": "Q432"}, "target_true": {"str": "Christianity", "id": "Q5043"},
+            "prompt": "{} is affiliated with the religion of",
+            "subject": "Edwin of Northumbria",
+            "target_new": {"str": "Islam", "id": "Q432"},
+            "target_true": {"str": "Christianity", "id": "Q5043"},
         },
         "paraphrase_prompts": ["Edwin of Northumbria follows the religion of"],
         "neighborhood_prompts": ["Christianity is the religion of Paul the Apostle, who follows"],
@@ -33,22 +39,50 @@ ROME_RECORDS = [
 ]
 
 FLAT_RECORDS = [
-    {"case_id": i, "prompt": f"Prompt {i} of", "target_new": f"New{i}", "subject": f"S{i}",
-     "ground_truth": f"Old{i}", "rephrase_prompt": f"Rephrased {i} of", "locality_prompt": f"Other {i} of",
-     "locality_ground_truth": f"Loc{i}"}
+    {
+        "case_id": i,
+        "prompt": f"Prompt {i} of",
+        "target_new": f"New{i}",
+        "subject": f"S{i}",
+        "ground_truth": f"Old{i}",
+        "rephrase_prompt": f"Rephrased {i} of",
+        "locality_prompt": f"Other {i} of",
+        "locality_ground_truth": f"Loc{i}",
+    }
     for i in range(5)
 ]
 
 ZSRE_RECORDS = [
-    {"subject": "UniFirst", "src": "What is the product made by UniFirst?", "pred": "uniform",
-     "rephrase": "What will be the product of UniFirst?", "alt": "unmanned aircraft", "answers": ["uniform"],
-     "loc": "nq question: who plays walter in the big lebowski", "loc_ans": "John Goodman"},
-    {"subject": "Sicily", "src": "Which country is Sicily in?", "pred": "Italy",
-     "rephrase": "Sicily is in which country?", "alt": "  Spain ", "answers": ["Italy"],
-     "loc": "nq question: capital of norway", "loc_ans": " Oslo"},
-    {"subject": "Oslo", "src": "Which country is Oslo in?", "pred": "Norway",
-     "rephrase": "Oslo belongs to which country?", "alt": "Sweden", "answers": ["Norway"],
-     "loc": "nq question: largest planet", "loc_ans": "Jupiter"},
+    {
+        "subject": "UniFirst",
+        "src": "What is the product made by UniFirst?",
+        "pred": "uniform",
+        "rephrase": "What will be the product of UniFirst?",
+        "alt": "unmanned aircraft",
+        "answers": ["uniform"],
+        "loc": "nq question: who plays walter in the big lebowski",
+        "loc_ans": "John Goodman",
+    },
+    {
+        "subject": "Sicily",
+        "src": "Which country is Sicily in?",
+        "pred": "Italy",
+        "rephrase": "Sicily is in which country?",
+        "alt": "  Spain ",
+        "answers": ["Italy"],
+        "loc": "nq question: capital of norway",
+        "loc_ans": " Oslo",
+    },
+    {
+        "subject": "Oslo",
+        "src": "Which country is Oslo in?",
+        "pred": "Norway",
+        "rephrase": "Oslo belongs to which country?",
+        "alt": "Sweden",
+        "answers": ["Norway"],
+        "loc": "nq question: largest planet",
+        "loc_ans": "Jupiter",
+    },
 ]
 
 
@@ -212,8 +246,14 @@ def test_default_shipped_set():
     assert (first.loc_prompt, first.loc_answer) == ("The capital of Austria is", "Vienna")
     assert (first.subject, first.index) == ("France", 0)
     for record in edits.records:
-        for text in (record.prompt, record.target_new, record.rephrase, record.loc_prompt, record.loc_answer,
-                     record.target_true):
+        for text in (
+            record.prompt,
+            record.target_new,
+            record.rephrase,
+            record.loc_prompt,
+            record.loc_answer,
+            record.target_true,
+        ):
             assert text and text == text.strip()
 
 

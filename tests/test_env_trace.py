@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from transformers.pytorch_utils import Conv1D
 
 from hiedit_env.models import build_test_model, weight_as_linear
-from hiedit_env.score import score_pairs
 from hiedit_env.objective import row_losses
+from hiedit_env.score import score_pairs
 from hiedit_env.tokens import answer_logits, batch_for, collate, encode_pair, encode_record, pack, packs_sequences
 from hiedit_env.trace import trace_edit
 
@@ -66,14 +65,19 @@ def _real_weight_gradients(name: str, modules: list[str], pair, pad_id: int) -> 
     return [w.grad.T if isinstance(model.get_submodule(m), Conv1D) else w.grad for m, w in zip(modules, weights)]
 
 
-@pytest.mark.parametrize("model,modules", [
-    ("test-tiny-gpt2", None),  # Conv1D c_proj of every block
-    ("test-tiny-llama", None),  # Linear down_proj of every block
-    # Unordered, several per block, different shapes: the graph must still start at the lowest one.
-    ("test-tiny-gpt2", ["transformer.h.3.mlp.c_proj", "transformer.h.1.mlp.c_fc", "transformer.h.1.attn.c_attn"]),
-    ("test-tiny-llama", ["model.layers.2.mlp.up_proj", "model.layers.0.self_attn.q_proj",
-                         "model.layers.2.mlp.gate_proj"]),
-])
+@pytest.mark.parametrize(
+    "model,modules",
+    [
+        ("test-tiny-gpt2", None),  # Conv1D c_proj of every block
+        ("test-tiny-llama", None),  # Linear down_proj of every block
+        # Unordered, several per block, different shapes: the graph must still start at the lowest one.
+        ("test-tiny-gpt2", ["transformer.h.3.mlp.c_proj", "transformer.h.1.mlp.c_fc", "transformer.h.1.attn.c_attn"]),
+        (
+            "test-tiny-llama",
+            ["model.layers.2.mlp.up_proj", "model.layers.0.self_attn.q_proj", "model.layers.2.mlp.gate_proj"],
+        ),
+    ],
+)
 def test_weight_gradient_equals_real_backward(make_env, model, modules):
     env = make_env(model, modules=modules).unwrapped
     env.reset(seed=0, options={"records": [3]})
@@ -141,8 +145,11 @@ class _NoPositions(torch.nn.Module):
 
 
 def _episode_pairs(env) -> list:
-    return [p for r in env.episode_records() for p in (encode_record(env.tokenizer, r).edit,
-                                                        encode_record(env.tokenizer, r).loc)]
+    return [
+        p
+        for r in env.episode_records()
+        for p in (encode_record(env.tokenizer, r).edit, encode_record(env.tokenizer, r).loc)
+    ]
 
 
 @pytest.mark.parametrize("model", ["test-tiny-gpt2", "test-tiny-llama"])
@@ -155,9 +162,13 @@ def test_packed_pairs_give_the_padded_logits(make_env, model):
     packed = pack(pairs, env.model.device)
     assert packed.input_ids.shape == (1, sum(len(p.ids) for p in pairs)) and packed.tokens.all()
     with torch.no_grad():
-        rows = [answer_logits(env.model, b) for b in (packed, collate(pairs, env.tokenizer.pad_token_id, env.model.device))]
+        rows = [
+            answer_logits(env.model, b) for b in (packed, collate(pairs, env.tokenizer.pad_token_id, env.model.device))
+        ]
     (got, got_batch), (want, want_batch) = rows
-    for (a, labels_a), (b, labels_b), pair in zip(got_batch.per_pair(got.logits), want_batch.per_pair(want.logits), pairs):
+    for (a, labels_a), (b, labels_b), pair in zip(
+        got_batch.per_pair(got.logits), want_batch.per_pair(want.logits), pairs
+    ):
         assert torch.equal(labels_a, pair.answer) and torch.equal(labels_b, pair.answer)
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
@@ -174,8 +185,10 @@ def test_a_model_blind_to_packing_gets_padded_batches_and_the_same_objective(mak
     modules = [env.model.get_submodule(n) for n in env.candidate_modules]
     update = torch.zeros_like(weight_as_linear(modules[0]), requires_grad=True)
     references = [None] * len(pairs)
-    losses = [row_losses(lm, modules, [update] + [None] * (len(modules) - 1), pairs, references, pad)[0]
-              for lm in (env.model, blind)]
+    losses = [
+        row_losses(lm, modules, [update] + [None] * (len(modules) - 1), pairs, references, pad)[0]
+        for lm in (env.model, blind)
+    ]
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-4, atol=1e-5)
     grads = [torch.autograd.grad(loss.sum(), update)[0] for loss in losses]
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-3, atol=1e-6)
@@ -188,14 +201,19 @@ def test_batched_scores_match_one_pair_at_a_time(make_env, model, slicing):
     env = make_env(model, num_edits=8).unwrapped
     env.reset(seed=1)
     pad = env.tokenizer.pad_token_id
-    pairs = [p for r in env.episode_records() for p in (encode_record(env.tokenizer, r).loc,
-                                                          encode_record(env.tokenizer, r).edit)]
+    pairs = [
+        p
+        for r in env.episode_records()
+        for p in (encode_record(env.tokenizer, r).loc, encode_record(env.tokenizer, r).edit)
+    ]
     assert len({len(p.ids) for p in pairs}) > 3  # lengths differ, so sorting reorders them
     lm = env.model if slicing else _NoLogitSlicing(env.model)
     batched = score_pairs(lm, pairs, pad, batch_size=5, keep_log_probs=True)
     for i, pair in enumerate(pairs):
         batch = collate([pair], pad, env.model.device)
-        logits = env.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[0][batch.answer_mask[0]]
+        logits = env.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[0][
+            batch.answer_mask[0]
+        ]
         labels = batch.labels[0][batch.answer_mask[0]]
         assert torch.equal(batched.predictions[i], logits.argmax(-1))
         assert float(batched.nll[i]) == pytest.approx(float(F.cross_entropy(logits, labels)), abs=1e-5)
@@ -235,11 +253,14 @@ def test_objective_pass_gives_the_edit_trace_and_the_objective_trace(make_env, h
         update = [(g[:1].clone(), k[:1].clone() * 1e-2) for g, k in zip(a.grads, a.keys)]
         action = {"layers": np.ones(n, np.float32), "update": update}
         passes.clear()
-        hook = fused.model.register_forward_pre_hook(lambda _m, args, kwargs, passes=passes: passes.append(kwargs["input_ids"].shape),
-                                                     with_kwargs=True)
+        hook = fused.model.register_forward_pre_hook(
+            lambda _m, args, kwargs, passes=passes: passes.append(kwargs["input_ids"].shape), with_kwargs=True
+        )
         try:
             (obs_fused, reward_fused, *_, info_fused), (obs_plain, reward_plain, *_, info_plain) = (
-                fused.step(action), plain.step(action))
+                fused.step(action),
+                plain.step(action),
+            )
         finally:
             hook.remove()
         observations = [obs_fused, obs_plain]
@@ -263,8 +284,9 @@ def test_edit_success_is_reused_only_when_the_next_pass_ran_the_edit(make_env, h
     action = helpers.full_action(fused, 1.0, 0.5)
     for t in range(3):
         rows = []
-        hook = fused.model.register_forward_pre_hook(lambda _m, args, kw, rows=rows: rows.append(kw["input_ids"].shape[0]),
-                                                     with_kwargs=True)
+        hook = fused.model.register_forward_pre_hook(
+            lambda _m, args, kw, rows=rows: rows.append(kw["input_ids"].shape[0]), with_kwargs=True
+        )
         try:
             info = fused.step(action)[-1]
         finally:

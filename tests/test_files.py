@@ -6,9 +6,14 @@ import json
 import os
 
 import pytest
+from hiedit_agents.common.checkpoint import (
+    CheckpointError,
+    CheckpointWriter,
+    progress_folder,
+    save_swapped,
+    verify_checkpoint,
+)
 
-from hiedit_agents.common.checkpoint import (CheckpointError, CheckpointWriter, progress_folder, save_swapped,
-                                      verify_checkpoint)
 from hiedit_env.files import atomic_write, check_output_dir, check_output_file, write_json
 
 

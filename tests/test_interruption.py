@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from hiedit_agents import agent_class
 from hiedit_agents.common.checkpoint import CheckpointError
 
@@ -24,13 +23,38 @@ AGENT_KWARGS = json.dumps({"validation_edits": 2, "validate_every": 4})
 
 
 def train_args(out: Path, steps: int, *extra: str) -> list[str]:
-    return ["train", "--agent", "rledit", "--model", MODEL, "--dataset", "default", "--num-edits", "2",
-            "--steps", str(steps), "--seed", "3", "--threads", "1", "--checkpoint-every", "2", "--out", str(out), *extra]
+    return [
+        "train",
+        "--agent",
+        "rledit",
+        "--model",
+        MODEL,
+        "--dataset",
+        "default",
+        "--num-edits",
+        "2",
+        "--steps",
+        str(steps),
+        "--seed",
+        "3",
+        "--threads",
+        "1",
+        "--checkpoint-every",
+        "2",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def hiedit(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "hiedit_agents.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.Popen(
+        [sys.executable, "-m", "hiedit_agents.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 240) -> None:

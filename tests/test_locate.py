@@ -9,14 +9,21 @@ from pathlib import Path
 import gymnasium as gym
 import pytest
 import torch
-
 from hiedit_agents import agent_class, make_agent, run_episode
 from hiedit_agents.cli import main as hiedit_main
 from hiedit_agents.locate import stats
 from hiedit_agents.locate.agents import MLP_OUT_MODULES
-from hiedit_agents.locate.solve import (alphaedit_absorb, alphaedit_directions, factors, memit_directions, memit_factor,
-                                        null_space_basis, null_space_inverse)
+from hiedit_agents.locate.solve import (
+    alphaedit_absorb,
+    alphaedit_directions,
+    factors,
+    memit_directions,
+    memit_factor,
+    null_space_basis,
+    null_space_inverse,
+)
 from hiedit_agents.locate.values import ValueObjective, edit_inputs, keys_and_hidden, optimise_value
+
 from hiedit_env.models import load_shared_model
 from hiedit_env.tokens import answer_logits, collate, encode_pair, subject_last_token
 
@@ -38,7 +45,7 @@ def test_subject_last_token_points_at_the_subjects_last_token() -> None:
     prompt = "What is the product made by UniFirst?"
     pair = encode_pair(tokenizer, prompt, "uniform")
     position = subject_last_token(tokenizer, prompt, "UniFirst")
-    assert tokenizer.decode(pair.ids[position - 7: position + 1]) == "UniFirst"
+    assert tokenizer.decode(pair.ids[position - 7 : position + 1]) == "UniFirst"
     assert subject_last_token(tokenizer, prompt, "unifirst") == position  # case-insensitive fallback
     assert subject_last_token(tokenizer, prompt, "Paris") == pair.answer_start - 1  # absent: the prompt's last token
 
@@ -51,12 +58,32 @@ def test_value_step_lowers_the_new_answers_loss(make_env) -> None:
     module = env.model.get_submodule("model.layers.1.mlp.down_proj")
     # The random model's answer distribution is nearly uniform and hardly depends on one position's
     # hidden state, so the drop is small; the clamp is wide to let the value move.
-    target, report = optimise_value(env.model, module, 1, inputs, int(env.tokenizer.pad_token_id), steps=20, lr=0.5,
-                                    kl_weight=0.0625, weight_decay=0.0, clamp=100.0)
+    target, report = optimise_value(
+        env.model,
+        module,
+        1,
+        inputs,
+        int(env.tokenizer.pad_token_id),
+        steps=20,
+        lr=0.5,
+        kl_weight=0.0625,
+        weight_decay=0.0,
+        clamp=100.0,
+    )
     assert report["nll_after"] < report["nll_before"] - 5e-3
     assert target.shape == (env.model.config.hidden_size,) and 0 < report["delta_ratio"] <= 100.0 + 1e-4
-    _, clamped = optimise_value(env.model, module, 1, inputs, int(env.tokenizer.pad_token_id), steps=5, lr=0.5,
-                                kl_weight=0.0625, weight_decay=0.0, clamp=0.5)
+    _, clamped = optimise_value(
+        env.model,
+        module,
+        1,
+        inputs,
+        int(env.tokenizer.pad_token_id),
+        steps=5,
+        lr=0.5,
+        kl_weight=0.0625,
+        weight_decay=0.0,
+        clamp=0.5,
+    )
     assert clamped["delta_ratio"] == pytest.approx(0.5, rel=1e-4)
 
 
@@ -66,7 +93,10 @@ def test_null_space_projection_keeps_preserved_outputs_and_moves_the_edited_one(
     preserved = basis @ torch.randn(10, 200, generator=generator, dtype=torch.float64)  # keys in a 10-dim subspace
     second_moment = preserved @ preserved.T / 200
     basis = null_space_basis(second_moment, 6 / 16)  # the 6 directions the preserved keys leave empty
-    key, residual = torch.randn(16, 1, generator=generator, dtype=torch.float64), torch.randn(8, 1, generator=generator, dtype=torch.float64)
+    key, residual = (
+        torch.randn(16, 1, generator=generator, dtype=torch.float64),
+        torch.randn(8, 1, generator=generator, dtype=torch.float64),
+    )
     u, v = factors(residual, alphaedit_directions(basis, null_space_inverse(basis, 1e-3), key), torch.float64)
     update = u.T @ v
     assert (update @ preserved).norm() < 1e-8 * preserved.norm()
@@ -95,8 +125,9 @@ def test_kept_factors_give_the_direct_solves_over_a_long_sequence() -> None:
         keys = 3 * torch.randn(d, 1, generator=generator, dtype=torch.float64)
         direct_memit = torch.linalg.solve(weighted + keys @ keys.T, keys)
         assert torch.allclose(memit_directions(factor, keys), direct_memit, rtol=1e-9, atol=1e-12)
-        direct = torch.linalg.solve(projector @ (keys @ keys.T + past_gram) + l2 * torch.eye(d, dtype=torch.float64),
-                                    projector @ keys)
+        direct = torch.linalg.solve(
+            projector @ (keys @ keys.T + past_gram) + l2 * torch.eye(d, dtype=torch.float64), projector @ keys
+        )
         assert torch.allclose(alphaedit_directions(basis, inverse, keys), direct, rtol=1e-8, atol=1e-12)
         inverse, past_gram = alphaedit_absorb(basis, inverse, keys), past_gram + keys @ keys.T
     keys = torch.randn(d, 2, generator=generator, dtype=torch.float64)
@@ -117,13 +148,17 @@ def test_value_objective_gives_the_full_pass_logits_and_gradients(make_env, mode
     env.reset(seed=0)
     record = env.current_record
     # Prefixes of different lengths, and a one-token subject in the KL prompt (nothing cached for that row).
-    inputs = edit_inputs(env.tokenizer, record.prompt, record.subject, record.target_new, ["", "The cat sat on it. ", "I. "])
+    inputs = edit_inputs(
+        env.tokenizer, record.prompt, record.subject, record.target_new, ["", "The cat sat on it. ", "I. "]
+    )
     inputs = type(inputs)(inputs.rewrites, inputs.positions, encode_pair(env.tokenizer, "X", "is a"))
     module = env.model.get_submodule(env.candidate_modules[1])
     pad = int(env.tokenizer.pad_token_id)
     delta = torch.randn(env.model.config.hidden_size, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
     cached, _ = ValueObjective(env.model, module, inputs, pad)(delta)
-    grad_cached = torch.autograd.grad(sum(lg.log_softmax(-1).gather(1, lb[:, None]).sum() for lg, lb in cached), delta)[0]
+    grad_cached = torch.autograd.grad(sum(lg.log_softmax(-1).gather(1, lb[:, None]).sum() for lg, lb in cached), delta)[
+        0
+    ]
 
     pairs = [*inputs.rewrites, inputs.kl]
     rows, columns = torch.arange(len(pairs)), torch.tensor([*inputs.positions, inputs.kl.answer_start - 1])
@@ -182,8 +217,9 @@ def test_alphaedit_accumulates_keys_across_steps_and_reset_clears_them(make_env)
     assert all(torch.linalg.matrix_rank(g, rtol=1e-8) == 1 for g in past_grams())  # the new sequence's one key
 
 
-def test_statistics_are_cached_reused_and_refused_for_another_key(make_env, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_statistics_are_cached_reused_and_refused_for_another_key(
+    make_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     env = make_env("test-tiny-llama").unwrapped
     calls: list[int] = []
     compute = stats.sampled_second_moments
@@ -195,8 +231,12 @@ def test_statistics_are_cached_reused_and_refused_for_another_key(make_env, tmp_
     monkeypatch.setattr(stats, "sampled_second_moments", counted)
     names = ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
     cache = tmp_path / "cache"
-    first = stats.key_second_moments(env.model, env.tokenizer, "test-tiny-llama", names, samples=8, length=8, cache_dir=cache)
-    again = stats.key_second_moments(env.model, env.tokenizer, "test-tiny-llama", names, samples=8, length=8, cache_dir=cache)
+    first = stats.key_second_moments(
+        env.model, env.tokenizer, "test-tiny-llama", names, samples=8, length=8, cache_dir=cache
+    )
+    again = stats.key_second_moments(
+        env.model, env.tokenizer, "test-tiny-llama", names, samples=8, length=8, cache_dir=cache
+    )
     assert len(calls) == 1 and len(list(cache.glob("*.pt"))) == 2
     assert all(torch.equal(first[n], again[n]) for n in names)
     assert first[names[0]].shape == (128, 128) and torch.allclose(first[names[0]], first[names[0]].T)
@@ -204,42 +244,77 @@ def test_statistics_are_cached_reused_and_refused_for_another_key(make_env, tmp_
     for folder, text in (("a", "the cat sat on the mat\nthe dog ran\n"), ("b", "something else entirely\n")):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "texts.txt").write_text(text)
-    stats.key_second_moments(env.model, env.tokenizer, "test-tiny-llama", names[:1], str(tmp_path / "a" / "texts.txt"),
-                             samples=2, length=8, cache_dir=cache)
+    stats.key_second_moments(
+        env.model,
+        env.tokenizer,
+        "test-tiny-llama",
+        names[:1],
+        str(tmp_path / "a" / "texts.txt"),
+        samples=2,
+        length=8,
+        cache_dir=cache,
+    )
     with pytest.raises(ValueError, match="was computed for .* delete it or pass another stats_dir"):
-        stats.key_second_moments(env.model, env.tokenizer, "test-tiny-llama", names[:1], str(tmp_path / "b" / "texts.txt"),
-                                 samples=2, length=8, cache_dir=cache)
+        stats.key_second_moments(
+            env.model,
+            env.tokenizer,
+            "test-tiny-llama",
+            names[:1],
+            str(tmp_path / "b" / "texts.txt"),
+            samples=2,
+            length=8,
+            cache_dir=cache,
+        )
 
 
 def test_statistics_read_jsonl_and_refuse_unknown_sources(make_env, tmp_path: Path) -> None:
     env = make_env("test-tiny-llama").unwrapped
     texts = tmp_path / "texts.jsonl"
     texts.write_text(json.dumps({"text": "a first text"}) + "\n\n" + json.dumps({"text": "a second one"}) + "\n")
-    moments = stats.key_second_moments(env.model, env.tokenizer, "test-tiny-llama", ["model.layers.0.mlp.down_proj"],
-                                       str(texts), samples=5, length=8, cache_dir=tmp_path)
+    moments = stats.key_second_moments(
+        env.model,
+        env.tokenizer,
+        "test-tiny-llama",
+        ["model.layers.0.mlp.down_proj"],
+        str(texts),
+        samples=5,
+        length=8,
+        cache_dir=tmp_path,
+    )
     assert moments["model.layers.0.mlp.down_proj"].shape == (128, 128)
     with pytest.raises(ValueError, match="neither 'model', 'hf:ID\\[:CONFIG\\]' nor an existing file"):
-        stats.key_second_moments(env.model, env.tokenizer, "test-tiny-llama", ["model.layers.0.mlp.down_proj"],
-                                 str(tmp_path / "missing.txt"), cache_dir=tmp_path)
+        stats.key_second_moments(
+            env.model,
+            env.tokenizer,
+            "test-tiny-llama",
+            ["model.layers.0.mlp.down_proj"],
+            str(tmp_path / "missing.txt"),
+            cache_dir=tmp_path,
+        )
 
 
 def test_compare_second_moments_is_zero_for_equal_matrices_and_positive_otherwise() -> None:
     a = torch.randn(12, 40, generator=torch.Generator().manual_seed(0))
     first, second = a @ a.T, (a + 1) @ (a + 1).T
     same = stats.compare_second_moments(first, first, top=4)
-    assert same["relative_frobenius"] == pytest.approx(0.0, abs=1e-12) and same["top_subspace_overlap"] == pytest.approx(1.0)
+    assert same["relative_frobenius"] == pytest.approx(0.0, abs=1e-12) and same[
+        "top_subspace_overlap"
+    ] == pytest.approx(1.0)
     other = stats.compare_second_moments(first, second, top=4)
     assert other["relative_frobenius"] > 0.1 and other["top_subspace_overlap"] < 1.0
 
 
-@pytest.mark.parametrize(("name", "kwargs", "message"), [
-    ("memit", {"layers": [3]}, r"layers must be blocks in \[0, 2\]"),
-    ("memit", {"layers": [1, 0]}, "ascending list"),
-    ("alphaedit", {"null_space_fraction": 0.0}, r"null_space_fraction must be a finite number in \(0, 1\]"),
-    ("memit", {"value_lr": -1}, "value_lr must be"),
-    ("rome", {"layers": [0, 1]}, "rome edits one block"),
-    ("memit", {"lr": 0.1}, r"unknown hyperparameters \['lr'\]"),
-])
+@pytest.mark.parametrize(
+    ("name", "kwargs", "message"),
+    [
+        ("memit", {"layers": [3]}, r"layers must be blocks in \[0, 2\]"),
+        ("memit", {"layers": [1, 0]}, "ascending list"),
+        ("alphaedit", {"null_space_fraction": 0.0}, r"null_space_fraction must be a finite number in \(0, 1\]"),
+        ("memit", {"value_lr": -1}, "value_lr must be"),
+        ("rome", {"layers": [0, 1]}, "rome edits one block"),
+        ("memit", {"lr": 0.1}, r"unknown hyperparameters \['lr'\]"),
+    ],
+)
 def test_bad_hyperparameters_are_refused_clearly(make_env, name: str, kwargs: dict, message: str) -> None:
     env = locate_env(make_env, name)
     with pytest.raises(ValueError, match=message):
@@ -257,8 +332,9 @@ def test_a_layer_that_is_not_a_candidate_is_refused(make_env) -> None:
 def test_locate_agents_edit_through_the_environment(make_env, name: str, model: str) -> None:
     env = locate_env(make_env, name, model)
     agent = make_agent(name, env)
-    assert env.unwrapped.candidate_modules == [n for n, _ in env.unwrapped.model.named_modules()
-                                               if re.fullmatch(MLP_OUT_MODULES, n)]
+    assert env.unwrapped.candidate_modules == [
+        n for n, _ in env.unwrapped.model.named_modules() if re.fullmatch(MLP_OUT_MODULES, n)
+    ]
     metrics = run_episode(agent, env, seed=0, progress=False)
     assert metrics["num_edits"] == 3 and metrics["layers_per_edit"] == len(agent.blocks)
     chosen = {env.unwrapped.candidate_modules[i] for i in agent.indices}
@@ -285,26 +361,82 @@ def test_environment_runs_on_unedited_weights_inside_unedited(make_env, helpers)
 @pytest.mark.parametrize("name", ["rome", "memit", "alphaedit"])
 def test_hiedit_evaluate_runs_the_locate_agents(tmp_path: Path, name: str) -> None:
     out = tmp_path / f"{name}.json"
-    assert hiedit_main(["evaluate", "--agent", name, "--model", "test-tiny-gpt2", "--dataset", "default",
-                        "--num-edits", "2", "--threads", "1", "--out", str(out)]) == 0
+    assert (
+        hiedit_main(
+            [
+                "evaluate",
+                "--agent",
+                name,
+                "--model",
+                "test-tiny-gpt2",
+                "--dataset",
+                "default",
+                "--num-edits",
+                "2",
+                "--threads",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert result["agent"] == name and result["num_edits"] == 2 and "ES_gen" in result and result["peak_rss_mb"] > 0
 
 
-def test_hiedit_evaluate_refuses_bad_locate_hyperparameters_in_one_line(tmp_path: Path,
-                                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    code = hiedit_main(["evaluate", "--agent", "alphaedit", "--model", "test-tiny-gpt2", "--dataset", "default",
-                        "--num-edits", "2", "--agent-kwargs", '{"null_space_fraction": 2}', "--out", str(tmp_path / "x.json")])
+def test_hiedit_evaluate_refuses_bad_locate_hyperparameters_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = hiedit_main(
+        [
+            "evaluate",
+            "--agent",
+            "alphaedit",
+            "--model",
+            "test-tiny-gpt2",
+            "--dataset",
+            "default",
+            "--num-edits",
+            "2",
+            "--agent-kwargs",
+            '{"null_space_fraction": 2}',
+            "--out",
+            str(tmp_path / "x.json"),
+        ]
+    )
     assert code == 2
     assert "hiedit evaluate: error: null_space_fraction must be a finite number in (0, 1]" in capsys.readouterr().err
 
 
-def test_residual_tool_reports_more_of_the_residual_realised_at_a_smaller_mom2_weight(zsre_path: str, tmp_path: Path) -> None:
+def test_residual_tool_reports_more_of_the_residual_realised_at_a_smaller_mom2_weight(
+    zsre_path: str, tmp_path: Path
+) -> None:
     from hiedit_agents.locate.residual import main as residual_main
 
     out = tmp_path / "residual.json"
-    assert residual_main(["--model", "test-tiny-llama", "--dataset", zsre_path, "--num-edits", "2", "--seed", "0",
-                          "--mom2-weights", "10000", "10", "--threads", "1", "--out", str(out)]) == 0
+    assert (
+        residual_main(
+            [
+                "--model",
+                "test-tiny-llama",
+                "--dataset",
+                zsre_path,
+                "--num-edits",
+                "2",
+                "--seed",
+                "0",
+                "--mom2-weights",
+                "10000",
+                "10",
+                "--threads",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     large, small = json.loads(out.read_text())["per_weight"]
     assert all(0 < a < b < 1 for a, b in zip(large["gain_per_block"], small["gain_per_block"]))
     assert large["realised_share"] < small["realised_share"] and len(small["realised_share_per_edit"]) == 2

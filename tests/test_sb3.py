@@ -10,17 +10,19 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env as gym_check_env
-from stable_baselines3.common.env_checker import check_env as sb3_check_env
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
 from hiedit_agents import agent_class
 from hiedit_agents.cli import main
 from hiedit_agents.sb3 import SB3_AGENTS, load_hyperparams
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
 from hiedit_env.wrappers import ChooseLayers, ChooseLayersInTurn, EmitStepSizes, FlatAction
 
 MODEL = "test-tiny-llama"  # 4 candidate modules
-pytestmark = [pytest.mark.filterwarnings("ignore:.*Box (observation|action) space (minimum|maximum) value"),
-              pytest.mark.filterwarnings("ignore:.*is different from the unwrapped version")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*Box (observation|action) space (minimum|maximum) value"),
+    pytest.mark.filterwarnings("ignore:.*is different from the unwrapped version"),
+]
 
 
 WRAPPERS = {
@@ -66,7 +68,9 @@ def test_flat_action_takes_the_top_k_scores_and_their_step_sizes(make_env):
     wrapped = FlatAction(env, k=2)
     observation, info = wrapped.reset(seed=0)
     action = wrapped.env_action(np.array([0.1, 0.9, -0.5, 0.9, 0.2, -0.3, 0.4, 1.0], np.float32), observation, info)
-    assert action["layers"].tolist() == [0, 1, 0, 1] and action["update"].tolist() == pytest.approx([0.2, -0.3, 0.4, 1.0])
+    assert action["layers"].tolist() == [0, 1, 0, 1] and action["update"].tolist() == pytest.approx(
+        [0.2, -0.3, 0.4, 1.0]
+    )
     with pytest.raises(ValueError, match="expects 8 numbers"):
         wrapped.env_action(np.zeros(4), observation, info)
     with pytest.raises(ValueError, match="NaN"):
@@ -106,20 +110,68 @@ def test_wrappers_refuse_bad_arguments(make_env):
 
 
 def _train(out, agent: str, steps: int, kwargs: dict, *extra: str) -> int:
-    return main(["train", "--agent", agent, "--model", MODEL, "--dataset", "default", "--num-edits", "5",
-                 "--steps", str(steps), "--seed", "0", "--threads", "1", "--out", str(out),
-                 "--agent-kwargs", json.dumps(kwargs), *extra])
+    return main(
+        [
+            "train",
+            "--agent",
+            agent,
+            "--model",
+            MODEL,
+            "--dataset",
+            "default",
+            "--num-edits",
+            "5",
+            "--steps",
+            str(steps),
+            "--seed",
+            "0",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+            "--agent-kwargs",
+            json.dumps(kwargs),
+            *extra,
+        ]
+    )
 
 
 def _evaluate(checkpoint, agent: str, results) -> dict:
-    assert main(["evaluate", "--agent", agent, "--checkpoint", str(checkpoint), "--model", MODEL, "--dataset", "default",
-                 "--num-edits", "6", "--seed", "3", "--threads", "1", "--out", str(results)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--agent",
+                agent,
+                "--checkpoint",
+                str(checkpoint),
+                "--model",
+                MODEL,
+                "--dataset",
+                "default",
+                "--num-edits",
+                "6",
+                "--seed",
+                "3",
+                "--threads",
+                "1",
+                "--out",
+                str(results),
+            ]
+        )
+        == 0
+    )
     return json.loads(results.read_text())
 
 
 # Small rollouts and an early start so a few hundred agent steps are many updates.
-SMALL = {"ppo": {"n_steps": 32, "batch_size": 32}, "a2c": {"n_steps": 8}, "maskable_ppo": {"n_steps": 64, "batch_size": 32},
-         "sac": {"learning_starts": 20}, "td3": {"learning_starts": 20}}
+SMALL = {
+    "ppo": {"n_steps": 32, "batch_size": 32},
+    "a2c": {"n_steps": 8},
+    "maskable_ppo": {"n_steps": 64, "batch_size": 32},
+    "sac": {"learning_starts": 20},
+    "td3": {"learning_starts": 20},
+}
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
@@ -139,8 +191,14 @@ def test_each_algorithm_trains_saves_loads_and_evaluates(name, tmp_path):
 
     # Loading rebuilds the same policy: the same actions on the same edits.
     cls = agent_class(name)
-    env = gym.make("HiEdit-v0", model=MODEL, dataset="default", num_edits=3, split="test",
-                   **cls.env_requirements(json.loads((out / "agent.json").read_text())["config"]))
+    env = gym.make(
+        "HiEdit-v0",
+        model=MODEL,
+        dataset="default",
+        num_edits=3,
+        split="test",
+        **cls.env_requirements(json.loads((out / "agent.json").read_text())["config"]),
+    )
     first, second = cls.load(out, env), cls.load(out, env)
     observation, info = env.reset(seed=0)
     a, b = first.act(observation, info), second.act(observation, info)
@@ -167,8 +225,12 @@ def test_resume_continues_to_the_total_and_logs_reward_terms(tmp_path):
 def test_sequence_reward_trains_and_evaluation_leaves_the_reward_out(tmp_path):
     out = tmp_path / "maskable_ppo"
     reward = {"w_edit": 0.0, "w_generalization": 0.0, "w_locality": 0.0, "w_sparsity": 0.0, "w_sequence": 1.0}
-    kwargs = {**SMALL["maskable_ppo"], "env_kwargs": {**reward, "eta_range": [1e-3, 1e-2]}, "eval_freq": 0,
-              "checkpoint_freq": 0}
+    kwargs = {
+        **SMALL["maskable_ppo"],
+        "env_kwargs": {**reward, "eta_range": [1e-3, 1e-2]},
+        "eval_freq": 0,
+        "checkpoint_freq": 0,
+    }
     assert _train(out, "maskable_ppo", 20, kwargs) == 0
     events = EventAccumulator(str(next((out / "tensorboard").glob("maskable_ppo_*")))).Reload()
     assert "edit/sequence_gain" in events.Tags()["scalars"]
@@ -192,8 +254,12 @@ def test_evaluation_callback_needs_held_out_edits(tmp_path, capsys):
 
 def test_cli_overrides_and_bad_hyperparameters(tmp_path, capsys):
     out = tmp_path / "ppo"
-    assert _train(out, "ppo", 32, {"n_steps": 32, "batch_size": 16, "learning_rate": 0.005,
-                                              "eval_freq": 0, "normalize": True}) == 0
+    assert (
+        _train(
+            out, "ppo", 32, {"n_steps": 32, "batch_size": 16, "learning_rate": 0.005, "eval_freq": 0, "normalize": True}
+        )
+        == 0
+    )
     config = json.loads((out / "agent.json").read_text())["config"]
     assert config["learning_rate"] == 0.005 and config["policy"] == "MultiInputPolicy"  # the rest from ppo.yml
     assert (out / "vecnormalize.pkl").is_file()
@@ -212,8 +278,12 @@ def test_flattened_observations_and_two_envs_in_one_process(tmp_path):
     out = tmp_path / "a2c"
     wrappers = [{"hiedit_env.wrappers:ChooseLayers": {"editor": 0.0}}, "gymnasium.wrappers:FlattenObservation"]
     assert _train(tmp_path / "bad", "a2c", 8, {"env_wrapper": wrappers}) == 2  # a Dict policy on a Box
-    assert _train(out, "a2c", 40, {"env_wrapper": wrappers, "policy": "MlpPolicy", "n_envs": 2, "n_steps": 4,
-                                              "eval_freq": 0}) == 0
+    assert (
+        _train(
+            out, "a2c", 40, {"env_wrapper": wrappers, "policy": "MlpPolicy", "n_envs": 2, "n_steps": 4, "eval_freq": 0}
+        )
+        == 0
+    )
     assert json.loads((out / "train_stats.json").read_text())["agent_steps"] >= 40
     assert _evaluate(out, "a2c", tmp_path / "results.json")["num_edits"] == 6
 
@@ -228,13 +298,38 @@ def test_copies_in_subprocesses(tmp_path):
 
 def test_trained_low_level_as_the_editor_of_a_layer_selector(tmp_path):
     editor_dir = tmp_path / "rledit"
-    assert main(["train", "--agent", "rledit", "--model", MODEL, "--dataset", "default", "--num-edits", "3",
-                 "--steps", "3", "--threads", "1", "--agent-kwargs", '{"validation_edits": 0}', "--out", str(editor_dir)]) == 0
-    wrappers = [{"hiedit_env.wrappers:ChooseLayersInTurn": {"editor": {"agent": "rledit", "checkpoint": str(editor_dir)}}}]
+    assert (
+        main(
+            [
+                "train",
+                "--agent",
+                "rledit",
+                "--model",
+                MODEL,
+                "--dataset",
+                "default",
+                "--num-edits",
+                "3",
+                "--steps",
+                "3",
+                "--threads",
+                "1",
+                "--agent-kwargs",
+                '{"validation_edits": 0}',
+                "--out",
+                str(editor_dir),
+            ]
+        )
+        == 0
+    )
+    wrappers = [
+        {"hiedit_env.wrappers:ChooseLayersInTurn": {"editor": {"agent": "rledit", "checkpoint": str(editor_dir)}}}
+    ]
     assert agent_class("maskable_ppo").env_requirements({"env_wrapper": wrappers})["update_mode"] == "low_rank"
     out = tmp_path / "maskable"
-    assert _train(out, "maskable_ppo", 20, {"env_wrapper": wrappers, "n_steps": 16, "batch_size": 16,
-                                                       "eval_freq": 0}) == 0
+    assert (
+        _train(out, "maskable_ppo", 20, {"env_wrapper": wrappers, "n_steps": 16, "batch_size": 16, "eval_freq": 0}) == 0
+    )
     results = _evaluate(out, "maskable_ppo", tmp_path / "results.json")
     assert results["layers_per_edit"] == 2
 

@@ -16,11 +16,11 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from hiedit_agents import agent_class
+from hiedit_agents.cli import main
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from hiedit_agents import agent_class
-from hiedit_agents.cli import main
 from hiedit_env.env import LAYER_FEATURES
 from hiedit_env.models import SHAPE_MODELS, load_shared_model, module_dims, shape_config
 
@@ -48,12 +48,16 @@ def test_shaped_models_have_the_published_sizes_and_candidates():
     assert module_dims(block.self_attn.k_proj) == (4096, 1024)  # 8 key-value heads of 128
     assert not llama.config.tie_word_embeddings  # as in Llama-3-8B: a separate output layer
     # gate_proj 11-15 and up_proj 18-24 of 32 blocks, at the same relative depth in 2.
-    assert SHAPE_MODELS["shape:llama-3-8b-2layers"].preset() == ["model.layers.0.mlp.gate_proj",
-                                                                 "model.layers.1.mlp.up_proj"]
+    assert SHAPE_MODELS["shape:llama-3-8b-2layers"].preset() == [
+        "model.layers.0.mlp.gate_proj",
+        "model.layers.1.mlp.up_proj",
+    ]
 
 
-@pytest.mark.parametrize("name,widths,factor", [("gpt2-xl", ("n_embd",), 16),
-                                                ("llama-3-8b-2layers", ("hidden_size", "intermediate_size"), 64)])
+@pytest.mark.parametrize(
+    "name,widths,factor",
+    [("gpt2-xl", ("n_embd",), 16), ("llama-3-8b-2layers", ("hidden_size", "intermediate_size"), 64)],
+)
 def test_narrowed_copies_keep_depth_heads_and_preset(name, widths, factor, device):
     shared = load_shared_model(f"test-shape-{name}", device=device)
     full, _ = shape_config(f"shape:{name}")
@@ -109,7 +113,9 @@ def test_bfloat16_weights_run_the_step_objective_trace_and_agents(make_env):
     assert np.isfinite(stats["final_running"]["loss"])
     assert all(w.dtype == torch.bfloat16 for w in unwrapped.candidate_weights())
     observation, info = env.reset(seed=0)
-    updates = [(torch.zeros(1, d_out, requires_grad=True), torch.randn(1, d_in)) for d_in, d_out in unwrapped.module_dims()]
+    updates = [
+        (torch.zeros(1, d_out, requires_grad=True), torch.randn(1, d_in)) for d_in, d_out in unwrapped.module_dims()
+    ]
     terms = unwrapped.objective(updates)
     terms.total.backward()
     assert all(u.grad is not None and torch.isfinite(u.grad).all() and u.grad.abs().sum() > 0 for u, _ in updates)
@@ -130,8 +136,9 @@ def test_steps_that_round_away_are_measured_and_reported(dtype, make_env, helper
     else:
         observation, _, _, _, info = env.step(helpers.full_action(env))
     changed = observation["layers"][:, LAYER_FEATURES.index("changed")]
-    real = np.array([float((w.float() - b.float()).norm() / b.float().norm())
-                     for w, b in zip(helpers.snapshot(env), base)])
+    real = np.array(
+        [float((w.float() - b.float()).norm() / b.float().norm()) for w, b in zip(helpers.snapshot(env), base)]
+    )
     np.testing.assert_allclose(changed, real, rtol=0.02, atol=1e-9)
     if dtype == "float32":
         assert info["applied_ratio"] == 1.0
@@ -153,9 +160,31 @@ def test_cuda_asked_for_without_cuda_is_one_clear_error(monkeypatch, capsys):
 
 def test_speed_reports_step_reset_memory_and_the_preconditioners(device, tmp_path, capsys):
     out = tmp_path / "llama.json"
-    assert main(["speed", "--model", "test-shape-llama-3-8b-2layers", "--dataset", "default", "--num-edits", "3",
-                 "--editors", "full", "diagonal", "--editor-warmup", "1", "--device", device, "--threads", "1",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "speed",
+                "--model",
+                "test-shape-llama-3-8b-2layers",
+                "--dataset",
+                "default",
+                "--num-edits",
+                "3",
+                "--editors",
+                "full",
+                "diagonal",
+                "--editor-warmup",
+                "1",
+                "--device",
+                device,
+                "--threads",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     run = json.loads(out.read_text())
     assert run["edits_timed"] == 2 and run["candidates"] == 2 and run["dtype"] == "float32"
     assert run["ratio"] == pytest.approx(run["median_step_s"] / run["median_floor_s"])
@@ -179,12 +208,27 @@ def test_speed_reports_step_reset_memory_and_the_preconditioners(device, tmp_pat
 
 
 def test_gpu_script_runs_the_table_on_the_cpu_with_tiny_models(tmp_path):
-    runs = ('tiny-llama test-tiny-llama float32 {}\n'
-            'tiny-llama-down_proj test-shape-llama-3-8b-2layers bfloat16 {"modules": ["model.layers.1.mlp.down_proj"]}')
-    env = {**os.environ, "PYTHON": sys.executable, "HIEDIT_DEVICE": "cpu", "HIEDIT_SPEED_EDITS": "2",
-           "HIEDIT_SPEED_DATASET": "default", "HIEDIT_SPEED_RUNS": runs, "HIEDIT_SPEED_LIMIT": "400", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), str(tmp_path)], env=env,
-                          capture_output=True, text=True, timeout=600)
+    runs = (
+        "tiny-llama test-tiny-llama float32 {}\n"
+        'tiny-llama-down_proj test-shape-llama-3-8b-2layers bfloat16 {"modules": ["model.layers.1.mlp.down_proj"]}'
+    )
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "HIEDIT_DEVICE": "cpu",
+        "HIEDIT_SPEED_EDITS": "2",
+        "HIEDIT_SPEED_DATASET": "default",
+        "HIEDIT_SPEED_RUNS": runs,
+        "HIEDIT_SPEED_LIMIT": "400",
+        "OMP_NUM_THREADS": "1",
+    }
+    done = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu.sh"), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     llama = json.loads((tmp_path / "tiny-llama-down_proj.json").read_text())
     assert llama["dtype"] == "bfloat16" and llama["modules"] == ["model.layers.1.mlp.down_proj"]

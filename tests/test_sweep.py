@@ -15,10 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from hiedit_agents.cli import main
-from hiedit_agents.sweep import (SpecError, build_report, expand, load_spec, probability_of_improvement,
-                                 stratified_bootstrap_interval, sweep, tune_spec)
+from hiedit_agents.sweep import (
+    SpecError,
+    build_report,
+    expand,
+    load_spec,
+    probability_of_improvement,
+    stratified_bootstrap_interval,
+    sweep,
+    tune_spec,
+)
 from hiedit_agents.sweep.cell import evaluate, run_cell
 from hiedit_agents.sweep.report import leaderboard
 
@@ -32,11 +39,18 @@ def write_spec(folder: Path, **overrides: object) -> Path:
     spec = {
         "name": "test-sweep",
         "models": ["test-tiny-gpt2"],
-        "datasets": [{"name": "default", "train": {"source": "default", "split": "train"},
-                      "evaluate": {"source": "default", "split": "test"}}],
-        "agents": [{"name": "noop", "agent": "noop"},
-                   {"name": "rledit", "agent": "rledit", "agent-kwargs": TINY},
-                   {"name": "rledit-bounded", "agent": "rledit", "agent-kwargs": TINY, "acting": {"max_size_ratio": 3}}],
+        "datasets": [
+            {
+                "name": "default",
+                "train": {"source": "default", "split": "train"},
+                "evaluate": {"source": "default", "split": "test"},
+            }
+        ],
+        "agents": [
+            {"name": "noop", "agent": "noop"},
+            {"name": "rledit", "agent": "rledit", "agent-kwargs": TINY},
+            {"name": "rledit-bounded", "agent": "rledit", "agent-kwargs": TINY, "acting": {"max_size_ratio": 3}},
+        ],
         "training": {"seeds": [0, 1], "steps": 4, "num_edits": 3},
         "evaluation": {"seeds": [0, 1], "num_edits": [3], "curve_points": 3},
         "compare": [["rledit-bounded", "noop"]],
@@ -64,10 +78,13 @@ def test_smoke_spec_is_valid_and_expands_to_one_training_per_seed() -> None:
     cells = expand(spec)
     # noop is evaluated only; `all` tunes its step on the training split per seed; rledit and
     # rledit-bounded share one training per seed
-    assert [c.id for c in cells] == ["test-tiny-gpt2__default__noop", "test-tiny-gpt2__default__all__train0",
-                                     "test-tiny-gpt2__default__all__train1",
-                                     "test-tiny-gpt2__default__rledit+rledit-bounded__train0",
-                                     "test-tiny-gpt2__default__rledit+rledit-bounded__train1"]
+    assert [c.id for c in cells] == [
+        "test-tiny-gpt2__default__noop",
+        "test-tiny-gpt2__default__all__train0",
+        "test-tiny-gpt2__default__all__train1",
+        "test-tiny-gpt2__default__rledit+rledit-bounded__train0",
+        "test-tiny-gpt2__default__rledit+rledit-bounded__train1",
+    ]
     assert cells[3].variants == [("rledit", {}), ("rledit-bounded", {"max_size_ratio": 3})]
     assert all(c.evaluations == [(0, 4), (1, 4)] for c in cells)
 
@@ -90,34 +107,66 @@ def test_leaderboard_specs_are_valid(spec_name: str, benchmark_data_stand_ins: s
 def test_thousand_edit_spec_is_valid_and_draws_from_the_file_no_agent_trains_on() -> None:
     spec = load_spec(REPO_ROOT / "benchmarks" / "specs" / "cf-1000.yaml")
     assert spec.evaluation_num_edits == [1000] and spec.training_seeds == [0, 100, 200]
-    assert [a.name for a in spec.agents] == ["hiedit", "rledit-bounded", "untrained_editor", "ft_l", "all", "memit", "alphaedit"]
+    assert [a.name for a in spec.agents] == [
+        "hiedit",
+        "rledit-bounded",
+        "untrained_editor",
+        "ft_l",
+        "all",
+        "memit",
+        "alphaedit",
+    ]
     data = spec.datasets[0]
-    assert data.train.source.endswith("counterfact_train.json") and data.evaluate.source.endswith("counterfact_val.json")
+    assert data.train.source.endswith("counterfact_train.json") and data.evaluate.source.endswith(
+        "counterfact_val.json"
+    )
     # the untrained editor observes the training file (a path relative to the spec, made absolute)
     observe = spec.agents[2].agent_kwargs["observe_dataset"]
     assert observe == data.train.source
     assert len(expand(spec)) == 3 * 3 + 4
 
 
-def test_agents_acting_untrained_are_evaluated_only_and_heuristics_are_tuned_unless_given_a_step(tmp_path: Path) -> None:
-    agents = [{"name": "all", "agent": "all"}, {"name": "all-half", "agent": "all", "agent-kwargs": {"step": 0.5}},
-              {"name": "untrained_editor", "agent": "untrained_editor"}, {"name": "ft_l", "agent": "ft_l"}]
+def test_agents_acting_untrained_are_evaluated_only_and_heuristics_are_tuned_unless_given_a_step(
+    tmp_path: Path,
+) -> None:
+    agents = [
+        {"name": "all", "agent": "all"},
+        {"name": "all-half", "agent": "all", "agent-kwargs": {"step": 0.5}},
+        {"name": "untrained_editor", "agent": "untrained_editor"},
+        {"name": "ft_l", "agent": "ft_l"},
+    ]
     cells = expand(load_spec(write_spec(tmp_path, agents=agents, compare=[])))
-    assert [c.id for c in cells] == ["test-tiny-gpt2__default__all__train0", "test-tiny-gpt2__default__all__train1",
-                                     "test-tiny-gpt2__default__all-half", "test-tiny-gpt2__default__untrained_editor",
-                                     "test-tiny-gpt2__default__ft_l"]
+    assert [c.id for c in cells] == [
+        "test-tiny-gpt2__default__all__train0",
+        "test-tiny-gpt2__default__all__train1",
+        "test-tiny-gpt2__default__all-half",
+        "test-tiny-gpt2__default__untrained_editor",
+        "test-tiny-gpt2__default__ft_l",
+    ]
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"agents": [{"name": "x", "agent": "no_such_agent"}]}, "agents[0].agent: unknown agent 'no_such_agent'"),
-    ({"datasets": [{"name": "d", "evaluate": {"source": "missing/edits.json"}}]}, "datasets[0].evaluate.source: no such file"),
-    ({"training": {"seeds": [0, "one"]}}, "training.seeds[1]: expected int, got str 'one'"),
-    ({"evaluation": {"num_edits": "many"}}, "evaluation.num_edits: expected a non-empty list of integers"),
-    ({"agents": [{"name": "a", "agent": "all"}, {"name": "a", "agent": "noop"}]}, "agents[1].name: duplicate entry name 'a'"),
-    ({"agents": [{"agent": "all", "acting": {"step": 1}}]}, "agents[0].acting: a checkpoint of 'all' fixes ['step']"),
-    ({"compare": [["all", "nobody"]]}, "compare[0]: 'nobody' is not an agent entry name"),
-    ({"extra": 1}, "spec.extra: unknown key"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"agents": [{"name": "x", "agent": "no_such_agent"}]}, "agents[0].agent: unknown agent 'no_such_agent'"),
+        (
+            {"datasets": [{"name": "d", "evaluate": {"source": "missing/edits.json"}}]},
+            "datasets[0].evaluate.source: no such file",
+        ),
+        ({"training": {"seeds": [0, "one"]}}, "training.seeds[1]: expected int, got str 'one'"),
+        ({"evaluation": {"num_edits": "many"}}, "evaluation.num_edits: expected a non-empty list of integers"),
+        (
+            {"agents": [{"name": "a", "agent": "all"}, {"name": "a", "agent": "noop"}]},
+            "agents[1].name: duplicate entry name 'a'",
+        ),
+        (
+            {"agents": [{"agent": "all", "acting": {"step": 1}}]},
+            "agents[0].acting: a checkpoint of 'all' fixes ['step']",
+        ),
+        ({"compare": [["all", "nobody"]]}, "compare[0]: 'nobody' is not an agent entry name"),
+        ({"extra": 1}, "spec.extra: unknown key"),
+    ],
+)
 def test_spec_errors_name_their_key_path(tmp_path: Path, overrides: dict, message: str) -> None:
     with pytest.raises(SpecError) as err:
         load_spec(write_spec(tmp_path, **overrides))
@@ -146,16 +195,26 @@ def test_sweep_refuses_an_agents_filter_naming_no_entry(tmp_path: Path) -> None:
 
 def test_agent_keyword_paths_are_relative_to_the_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TEST_SWEEP_DATA", raising=False)
-    agents = [{"name": "u", "agent": "untrained_editor",
-               "agent-kwargs": {"observe_dataset": "${TEST_SWEEP_DATA:-../data}/edits.json", "observe_edits": 4}}]
+    agents = [
+        {
+            "name": "u",
+            "agent": "untrained_editor",
+            "agent-kwargs": {"observe_dataset": "${TEST_SWEEP_DATA:-../data}/edits.json", "observe_edits": 4},
+        }
+    ]
     (tmp_path / "spec").mkdir()
     kwargs = load_spec(write_spec(tmp_path / "spec", agents=agents, compare=[])).agents[0].agent_kwargs
     assert kwargs == {"observe_dataset": str(tmp_path / "data" / "edits.json"), "observe_edits": 4}
     monkeypatch.setenv("TEST_SWEEP_DATA", "/elsewhere")
-    assert load_spec(write_spec(tmp_path / "spec", agents=agents, compare=[])).agents[0].agent_kwargs["observe_dataset"] == "/elsewhere/edits.json"
+    assert (
+        load_spec(write_spec(tmp_path / "spec", agents=agents, compare=[])).agents[0].agent_kwargs["observe_dataset"]
+        == "/elsewhere/edits.json"
+    )
 
 
-def test_data_paths_expand_environment_variables_relative_to_the_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_data_paths_expand_environment_variables_relative_to_the_spec(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = tmp_path / "data" / "edits.json"
     data.parent.mkdir()
     data.write_text((REPO_ROOT / "hiedit_env" / "assets" / "default_edits.json").read_text())
@@ -171,7 +230,11 @@ def test_data_paths_expand_environment_variables_relative_to_the_spec(tmp_path: 
 
 
 def _files(folder: Path) -> dict[str, tuple[int, bytes]]:
-    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_sweep_interrupted_after_one_cell_resumes_without_touching_it(tmp_path: Path, ray_local) -> None:
@@ -201,10 +264,24 @@ def test_sweep_interrupted_after_one_cell_resumes_without_touching_it(tmp_path: 
     # noop: 2 sequences; rledit and rledit-bounded: 2 training seeds x 2 sequences each
     assert sorted((r["agent"], r["training_seed"], r["evaluation_seed"]) for r in rows) == sorted(
         [("noop", "", "0"), ("noop", "", "1")]
-        + [(a, t, s) for a in ("rledit", "rledit-bounded") for t in ("0", "1") for s in ("0", "1")])
+        + [(a, t, s) for a in ("rledit", "rledit-bounded") for t in ("0", "1") for s in ("0", "1")]
+    )
     for r in rows:
-        for column in ("ES", "GS", "LS", "mean", "ES_first_20pct", "layers_per_edit", "seconds_per_edit",
-                       "agent_seconds_per_edit", "peak_rss_mb", "versions", "git_commit", "machine", "device"):
+        for column in (
+            "ES",
+            "GS",
+            "LS",
+            "mean",
+            "ES_first_20pct",
+            "layers_per_edit",
+            "seconds_per_edit",
+            "agent_seconds_per_edit",
+            "peak_rss_mb",
+            "versions",
+            "git_commit",
+            "machine",
+            "device",
+        ):
             assert r[column] != "", column
         assert r["spec"] == "test-sweep" and r["model"] == "test-tiny-gpt2" and r["num_edits"] == "3"
     jsonl = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
@@ -246,8 +323,10 @@ def test_a_cell_names_the_checkpoint_file_it_cannot_read(tmp_path: Path) -> None
 
 def exhaustive_stratified_interval(strata: list[list[float]], confidence: float = 0.95) -> tuple[float, float]:
     """The exact percentile interval: every resample of every stratum enumerated, each equally likely."""
-    means = [np.mean(sum(choice, ())) for choice in itertools.product(
-        *[list(itertools.product(values, repeat=len(values))) for values in strata])]
+    means = [
+        np.mean(sum(choice, ()))
+        for choice in itertools.product(*[list(itertools.product(values, repeat=len(values))) for values in strata])
+    ]
     alpha = (1 - confidence) / 2
     return tuple(np.quantile(means, [alpha, 1 - alpha]))
 
@@ -265,45 +344,88 @@ def test_probability_of_improvement_counts_ties_as_half() -> None:
     assert probability_of_improvement([0.5, 0.7], [0.5, 0.6]) == pytest.approx((0.5 + 0 + 1 + 1) / 4)
 
 
-def write_sweep_folder(folder: Path, name: str, dataset: str, scores: dict[str, dict[int | None, list[float]]],
-                       planned: dict[str, int]) -> Path:
+def write_sweep_folder(
+    folder: Path, name: str, dataset: str, scores: dict[str, dict[int | None, list[float]]], planned: dict[str, int]
+) -> Path:
     """A sweep folder as `hiedit sweep` leaves it, from a fixed table: {entry: {training seed: [mean per sequence]}}."""
     folder.mkdir(parents=True)
-    meta = {"name": name, "spec": f"/specs/{name}.yaml", "compare": [], "cells": [], "models": ["smollm2-135m"],
-            "datasets": [dataset], "entries": list(planned), "planned": planned, "training_seeds": [0, 100],
-            "evaluation_seeds": [0, 1], "evaluation_num_edits": [100]}
+    meta = {
+        "name": name,
+        "spec": f"/specs/{name}.yaml",
+        "compare": [],
+        "cells": [],
+        "models": ["smollm2-135m"],
+        "datasets": [dataset],
+        "entries": list(planned),
+        "planned": planned,
+        "training_seeds": [0, 100],
+        "evaluation_seeds": [0, 1],
+        "evaluation_num_edits": [100],
+    }
     (folder / "sweep.json").write_text(json.dumps(meta))
-    rows = [{"spec": name, "model": "smollm2-135m", "dataset": dataset, "agent": entry, "training_seed": seed,
-             "evaluation_seed": i, "num_edits": 100, "mean": value, "ES": value, "GS": value, "LS": value,
-             "candidates": 18, "layers_per_edit": 9.0, "seconds_per_edit": 1.0, "agent_seconds_per_edit": 0.1,
-             "machine": "vm x86_64 Linux", "device": "cpu"}
-            for entry, by_seed in scores.items() for seed, values in by_seed.items() for i, value in enumerate(values)]
+    rows = [
+        {
+            "spec": name,
+            "model": "smollm2-135m",
+            "dataset": dataset,
+            "agent": entry,
+            "training_seed": seed,
+            "evaluation_seed": i,
+            "num_edits": 100,
+            "mean": value,
+            "ES": value,
+            "GS": value,
+            "LS": value,
+            "candidates": 18,
+            "layers_per_edit": 9.0,
+            "seconds_per_edit": 1.0,
+            "agent_seconds_per_edit": 0.1,
+            "machine": "vm x86_64 Linux",
+            "device": "cpu",
+        }
+        for entry, by_seed in scores.items()
+        for seed, values in by_seed.items()
+        for i, value in enumerate(values)
+    ]
     (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder
 
 
-def test_leaderboard_renders_unfinished_sweeps_into_the_readme_between_its_markers(tmp_path: Path,
-                                                                                  capsys: pytest.CaptureFixture) -> None:
-    zsre = write_sweep_folder(tmp_path / "zsre-100", "zsre-100", "zsre",
-                              {"hiedit": {0: [0.80, 0.78], 100: [0.82, 0.79]}, "noop": {None: [0.40, 0.42]}},
-                              {"hiedit": 4, "rledit": 4, "noop": 2})
+def test_leaderboard_renders_unfinished_sweeps_into_the_readme_between_its_markers(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    zsre = write_sweep_folder(
+        tmp_path / "zsre-100",
+        "zsre-100",
+        "zsre",
+        {"hiedit": {0: [0.80, 0.78], 100: [0.82, 0.79]}, "noop": {None: [0.40, 0.42]}},
+        {"hiedit": 4, "rledit": 4, "noop": 2},
+    )
     # half of hiedit's cells finished; memit is only in the CounterFact spec
-    cf = write_sweep_folder(tmp_path / "cf-100", "cf-100", "counterfact", {"hiedit": {0: [0.50, 0.46]}},
-                            {"hiedit": 4, "memit": 2})
+    cf = write_sweep_folder(
+        tmp_path / "cf-100", "cf-100", "counterfact", {"hiedit": {0: [0.50, 0.46]}}, {"hiedit": 4, "memit": 2}
+    )
     readme = tmp_path / "README.md"
     readme.write_text("# Title\n\n<!-- leaderboard:start -->\nold table\n<!-- leaderboard:end -->\n\nafter\n")
     assert main(["report", str(zsre), str(cf), "--out", str(tmp_path / "report"), "--readme", str(readme)]) == 0
     text = readme.read_text()
-    assert text.startswith("# Title\n\n<!-- leaderboard:start -->\n| agent | zsre, 100 edits | counterfact, 100 edits |")
+    assert text.startswith(
+        "# Title\n\n<!-- leaderboard:start -->\n| agent | zsre, 100 edits | counterfact, 100 edits |"
+    )
     assert text.endswith("<!-- leaderboard:end -->\n\nafter\n") and "old table" not in text
     low, high = stratified_bootstrap_interval([[0.80, 0.78], [0.82, 0.79]])
     lines = text.splitlines()
-    assert f"| hiedit | {np.mean([0.80, 0.78, 0.82, 0.79]):.3f} [{low:.3f}, {high:.3f}] · 4/4 | 0.480 [0.460, 0.500] · 2/4 |" in lines
+    assert (
+        f"| hiedit | {np.mean([0.80, 0.78, 0.82, 0.79]):.3f} [{low:.3f}, {high:.3f}] · 4/4 | 0.480 [0.460, 0.500] · 2/4 |"
+        in lines
+    )
     assert "| rledit | — |  |" in lines  # planned, no cells yet; not in the CounterFact spec
     assert "| noop | 0.410 [0.400, 0.420] · 2/2 |  |" in lines
     assert "| memit |  | — |" in lines
     caption = next(line for line in lines if line.startswith("mean(ES, GS, LS)"))
-    assert "zsre-100: training seeds 0, 100, evaluation sequences 0, 1" in caption and "vm x86_64 Linux (cpu)" in caption
+    assert (
+        "zsre-100: training seeds 0, 100, evaluation sequences 0, 1" in caption and "vm x86_64 Linux (cpu)" in caption
+    )
     assert f"`hiedit report {zsre} {cf} --out {tmp_path / 'report'} --readme {readme}`" in caption
     assert (tmp_path / "report" / "leaderboard.md").read_text() in text
 
@@ -318,7 +440,9 @@ def test_leaderboard_renders_unfinished_sweeps_into_the_readme_between_its_marke
     assert not (tmp_path / "report2" / "report.md").exists()
 
 
-def test_an_unstarted_sweep_shows_its_planned_entries_on_the_leaderboard(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_an_unstarted_sweep_shows_its_planned_entries_on_the_leaderboard(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "planned"
     assert main(["sweep", str(write_spec(tmp_path)), "--out", str(out), "--max-cells", "0"]) == 0  # runs no cell
     assert "3 cells: 0 already finished, 0 run now" in capsys.readouterr().out
@@ -331,7 +455,9 @@ def test_an_unstarted_sweep_shows_its_planned_entries_on_the_leaderboard(tmp_pat
 
 def test_leaderboard_of_a_sweep_folder_from_before_sweep_json_listed_its_entries(tmp_path: Path) -> None:
     folder = write_sweep_folder(tmp_path / "old", "old", "zsre", {"noop": {None: [0.40, 0.42]}}, {"noop": 2})
-    (folder / "sweep.json").write_text(json.dumps({"name": "old", "spec": "/specs/old.yaml", "compare": [], "cells": []}))
+    (folder / "sweep.json").write_text(
+        json.dumps({"name": "old", "spec": "/specs/old.yaml", "compare": [], "cells": []})
+    )
     board = build_report([folder], tmp_path / "report").with_name("leaderboard.md").read_text()
     assert "| noop | 0.410 [0.400, 0.420] · 2 |" in board.splitlines()  # no planned count to show
     assert "old: training seeds none, evaluation sequences 0, 1" in board
@@ -341,9 +467,12 @@ def test_leaderboard_of_a_sweep_folder_from_before_sweep_json_listed_its_entries
 
 
 def test_tune_writes_a_best_configuration_a_spec_can_include(tmp_path: Path, ray_local) -> None:
-    path = write_spec(tmp_path, agents=[{"name": "ft_l", "agent": "ft_l", "agent-kwargs": {"iterations": 2}}], compare=[],
-                      search={"agent-kwargs": {"lr": {"loguniform": [0.001, 0.1]}},
-                              "validation": {"seeds": [0, 1], "num_edits": 2}})
+    path = write_spec(
+        tmp_path,
+        agents=[{"name": "ft_l", "agent": "ft_l", "agent-kwargs": {"iterations": 2}}],
+        compare=[],
+        search={"agent-kwargs": {"lr": {"loguniform": [0.001, 0.1]}}, "validation": {"seeds": [0, 1], "num_edits": 2}},
+    )
     summary = tune_spec(path, trials=3, out=tmp_path / "tune")
     assert summary["trials"] == 3 and summary["errors"] == 0
     # the first trial runs the entry's own values: ft_l's default lr with the entry's iterations
@@ -358,8 +487,12 @@ def test_tune_writes_a_best_configuration_a_spec_can_include(tmp_path: Path, ray
 
 
 def test_tune_keeps_a_searched_heuristic_step_instead_of_tuning_it_away(tmp_path: Path, ray_local) -> None:
-    path = write_spec(tmp_path, agents=[{"name": "all", "agent": "all"}], compare=[],
-                      search={"agent-kwargs": {"step": {"choice": [0.0, 1.0]}}, "validation": {"seeds": [0], "num_edits": 10}})
+    path = write_spec(
+        tmp_path,
+        agents=[{"name": "all", "agent": "all"}],
+        compare=[],
+        search={"agent-kwargs": {"step": {"choice": [0.0, 1.0]}}, "validation": {"seeds": [0], "num_edits": 10}},
+    )
     summary = tune_spec(path, trials=2, out=tmp_path / "tune")
     trials = list(csv.DictReader((tmp_path / "tune" / "trials.csv").open()))
     steps = [float(t["config/params/step"]) for t in trials]

@@ -50,7 +50,7 @@ LOOK_ALIKES = [
     '"sha256": "9f2c41ab0e5d7c3b1a2f4e6d8c0b9a7f5e3d1c2b4a6f8e0d2c4b6a8f0e2d4c6b"',
     "peak 1.67 GB, the diagonal form in the same session 1.49 s",
     "hiedit train --out runs/zsre/hiedit  # runs/sb3/ppo as well",
-    "@pytest.fixture(scope=\"session\")  # one per test session",
+    '@pytest.fixture(scope="session")  # one per test session',
     "after 1234567 edits, at 5e3 steps, from 2026-12-07",
     "This issue of the journal; issues are welcome.",
 ]
@@ -102,4 +102,3 @@ def test_the_command_checks_only_tracked_files_and_exits_1(tmp_path: Path) -> No
 def test_a_missing_folder_is_one_line_and_exit_2(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "missing")], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.strip() == f"vocabulary: error: {tmp_path / 'missing'} is not a folder"
-

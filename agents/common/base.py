@@ -19,8 +19,18 @@ import gymnasium as gym
 from hiedit_env import HiEditEnv
 from hiedit_env.env import REWARD_ARGUMENTS
 
-from .checkpoint import (CONFIG_FILE, PROGRESS_DIR, PROGRESS_FILE, STATE_FILE, CheckpointError, CheckpointWriter,
-                         load_torch, read_checkpoint_meta, save_swapped, verify_checkpoint)
+from .checkpoint import (
+    CONFIG_FILE,
+    PROGRESS_DIR,
+    PROGRESS_FILE,
+    STATE_FILE,
+    CheckpointError,
+    CheckpointWriter,
+    load_torch,
+    read_checkpoint_meta,
+    save_swapped,
+    verify_checkpoint,
+)
 
 UpdateMode = Literal["step_size", "low_rank"]
 # Sized for SmolLM2-135M on 2 CPU cores: a HiEdit training edit there (env step + objective
@@ -68,8 +78,10 @@ class Agent:
     def __init__(self, env: gym.Env) -> None:
         self.env: HiEditEnv = env.unwrapped
         if self.env.update_mode != self.update_mode:
-            raise ValueError(f"agent {self.name!r} needs an environment with update_mode={self.update_mode!r}, "
-                             f"got {self.env.update_mode!r}")
+            raise ValueError(
+                f"agent {self.name!r} needs an environment with update_mode={self.update_mode!r}, "
+                f"got {self.env.update_mode!r}"
+            )
         self.num_candidates = len(self.env.candidate_modules)
 
     @classmethod
@@ -100,8 +112,9 @@ class Agent:
         layers themselves (:mod:`hiedit_env.wrappers`). Default: ``act(...)["update"]``."""
         return self.act(observation, info)["update"]
 
-    def learn(self, env: gym.Env, steps: int, *, log_dir: str | Path | None = None, seed: int = 0,
-              progress: bool = True) -> dict[str, Any]:
+    def learn(
+        self, env: gym.Env, steps: int, *, log_dir: str | Path | None = None, seed: int = 0, progress: bool = True
+    ) -> dict[str, Any]:
         """Train on ``steps`` edits of ``env`` (a training split); returns statistics. Default: nothing to learn."""
         return {"steps": 0, "optimizer_steps": 0}
 
@@ -127,8 +140,12 @@ class Agent:
     def write_checkpoint(self, writer: CheckpointWriter) -> None:
         """The files of :meth:`save` (the manifest aside) through ``writer``."""
         cls = type(self)
-        meta = {"agent": self.name, "class": f"{cls.__module__}:{cls.__qualname__}", "config": self.config(),
-                "candidate_modules": list(self.env.candidate_modules)}
+        meta = {
+            "agent": self.name,
+            "class": f"{cls.__module__}:{cls.__qualname__}",
+            "config": self.config(),
+            "candidate_modules": list(self.env.candidate_modules),
+        }
         writer.write_json(CONFIG_FILE, meta)
         state = self.state_dict()
         if state:
@@ -139,10 +156,12 @@ class Agent:
         """Save the agent as it is now, with ``extras`` (what else training carries, as ``training_state.pt``),
         into ``out/training_state``, which holds a complete checkpoint at every moment
         (:func:`~hiedit_agents.common.checkpoint.save_swapped`): what ``hiedit train --resume`` continues from."""
+
         def write(writer: CheckpointWriter) -> None:
             self.write_checkpoint(writer)
             if extras is not None:
                 writer.write_torch(PROGRESS_FILE, extras)
+
         return save_swapped(Path(out) / PROGRESS_DIR, write)
 
     def save_files(self, writer: CheckpointWriter) -> None:
@@ -157,8 +176,10 @@ class Agent:
         """Raise unless every key of ``overrides`` is one of :attr:`acting_options`."""
         fixed = sorted(set(overrides) - set(cls.acting_options))
         if fixed:
-            raise ValueError(f"a checkpoint of {cls.name!r} fixes {fixed}; only its acting options "
-                             f"{list(cls.acting_options)} can be changed when loading it")
+            raise ValueError(
+                f"a checkpoint of {cls.name!r} fixes {fixed}; only its acting options "
+                f"{list(cls.acting_options)} can be changed when loading it"
+            )
 
     @classmethod
     def load(cls, directory: str | Path, env: gym.Env, **overrides: Any) -> Agent:
@@ -171,8 +192,10 @@ class Agent:
         manifest = verify_checkpoint(directory)
         meta = read_checkpoint_meta(directory)
         if meta["candidate_modules"] != list(env.unwrapped.candidate_modules):
-            raise ValueError(f"checkpoint {str(directory)!r} was trained on modules {meta['candidate_modules']}, "
-                             f"the environment edits {env.unwrapped.candidate_modules}")
+            raise ValueError(
+                f"checkpoint {str(directory)!r} was trained on modules {meta['candidate_modules']}, "
+                f"the environment edits {env.unwrapped.candidate_modules}"
+            )
         agent = build_agent(cls, env, {**meta["config"], **overrides})
         if STATE_FILE in manifest["files"]:
             state_file = directory / STATE_FILE
@@ -181,11 +204,13 @@ class Agent:
                 agent.load_state_dict(state)
             except (KeyError, RuntimeError, TypeError) as err:
                 reason = " ".join(str(err).split())[:300]
-                raise CheckpointError(f"{str(state_file)!r} does not fit a {cls.name!r} agent built from "
-                                      f"{CONFIG_FILE}: {reason}") from None
+                raise CheckpointError(
+                    f"{str(state_file)!r} does not fit a {cls.name!r} agent built from {CONFIG_FILE}: {reason}"
+                ) from None
         elif agent.state_dict() and cls.requires_training:
-            raise CheckpointError(f"checkpoint {str(directory)!r} has no {STATE_FILE}: a {cls.name!r} agent "
-                                  "must not act untrained")
+            raise CheckpointError(
+                f"checkpoint {str(directory)!r} has no {STATE_FILE}: a {cls.name!r} agent must not act untrained"
+            )
         agent.load_files(directory, manifest["files"])
         return agent
 

@@ -80,8 +80,10 @@ class CheckpointWriter:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is not None:
             return
-        entries = {name: {"size": (self.directory / name).stat().st_size, "sha256": _sha256(self.directory / name)}
-                   for name in self.files}
+        entries = {
+            name: {"size": (self.directory / name).stat().st_size, "sha256": _sha256(self.directory / name)}
+            for name in self.files
+        }
         write_json(self.directory / MANIFEST_FILE, {"format_version": FORMAT_VERSION, "files": entries})
 
 
@@ -93,25 +95,32 @@ def verify_checkpoint(directory: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"no checkpoint folder {str(directory)!r}")
     path = directory / MANIFEST_FILE
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(directory)!r} is incomplete: it has no {MANIFEST_FILE} (a save was "
-                              "interrupted, or it was written before checkpoints carried one); train it again")
+        raise CheckpointError(
+            f"checkpoint {str(directory)!r} is incomplete: it has no {MANIFEST_FILE} (a save was "
+            "interrupted, or it was written before checkpoints carried one); train it again"
+        )
     manifest = read_json(path, "checkpoint manifest")
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise CheckpointError(f"{str(path)!r} is not a checkpoint manifest (no 'files' table)")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{str(path)!r} has format version {manifest.get('format_version')!r}; this version "
-                              f"of hiedit-gym reads version {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{str(path)!r} has format version {manifest.get('format_version')!r}; this version "
+            f"of hiedit-gym reads version {FORMAT_VERSION}"
+        )
     for name, entry in manifest["files"].items():
         file = directory / name
         if not file.is_file():
             raise CheckpointError(f"checkpoint {str(directory)!r} is incomplete: {name} is missing")
         size = file.stat().st_size
         if size != entry.get("size"):
-            raise CheckpointError(f"checkpoint file {str(file)!r} has {size} bytes, its manifest says "
-                                  f"{entry.get('size')}: it was changed or cut short after the save")
+            raise CheckpointError(
+                f"checkpoint file {str(file)!r} has {size} bytes, its manifest says "
+                f"{entry.get('size')}: it was changed or cut short after the save"
+            )
         if _sha256(file) != entry.get("sha256"):
-            raise CheckpointError(f"checkpoint file {str(file)!r} does not match its manifest's checksum: "
-                                  "it was changed after the save")
+            raise CheckpointError(
+                f"checkpoint file {str(file)!r} does not match its manifest's checksum: it was changed after the save"
+            )
     return manifest
 
 
@@ -122,8 +131,9 @@ def read_json(path: Path, what: str) -> Any:
     except UnicodeDecodeError as err:
         raise CheckpointError(f"{what} {str(path)!r} is not UTF-8 text: {err.reason} at byte {err.start}") from None
     except json.JSONDecodeError as err:
-        raise CheckpointError(f"{what} {str(path)!r} is not valid JSON: {err.msg} at line {err.lineno} "
-                              f"column {err.colno}") from None
+        raise CheckpointError(
+            f"{what} {str(path)!r} is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}"
+        ) from None
 
 
 def read_checkpoint_meta(directory: str | Path) -> dict[str, Any]:
@@ -133,8 +143,11 @@ def read_checkpoint_meta(directory: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"no agent checkpoint in {str(directory)!r} (missing {CONFIG_FILE})")
     meta = read_json(path, "agent checkpoint file")
-    missing = [key for key in ("agent", "class", "config", "candidate_modules")
-               if not isinstance(meta, dict) or key not in meta]
+    missing = [
+        key
+        for key in ("agent", "class", "config", "candidate_modules")
+        if not isinstance(meta, dict) or key not in meta
+    ]
     if missing or not isinstance(meta["config"], dict):
         raise CheckpointError(f"agent checkpoint file {str(path)!r} lacks {missing or ['a config object']}")
     return meta
@@ -155,7 +168,10 @@ def save_swapped(directory: str | Path, write: Callable[[CheckpointWriter], None
     moved aside (``.previous``), the new one moved in, the old one removed. A kill between the two
     moves leaves ``.previous``, which :func:`progress_folder` falls back on."""
     directory = Path(directory)
-    partial, previous = directory.with_name(directory.name + ".partial"), directory.with_name(directory.name + ".previous")
+    partial, previous = (
+        directory.with_name(directory.name + ".partial"),
+        directory.with_name(directory.name + ".previous"),
+    )
     shutil.rmtree(partial, ignore_errors=True)
     with CheckpointWriter(partial) as writer:
         write(writer)

@@ -56,12 +56,17 @@ def train_agent(args: argparse.Namespace, progress: bool = True) -> dict[str, An
     if cls.resumable and args.checkpoint_every is not None:
         extra["checkpoint_every"] = args.checkpoint_every
     started = time.perf_counter()
-    previous = signal.signal(signal.SIGTERM, _as_interrupt) if threading.current_thread() is threading.main_thread() else None
+    previous = (
+        signal.signal(signal.SIGTERM, _as_interrupt) if threading.current_thread() is threading.main_thread() else None
+    )
     try:
         stats = agent.learn(env, steps, log_dir=out / "tensorboard", seed=args.seed, progress=progress, **extra)
     except TrainingInterrupted as stop:
-        where = (f"progress up to the last checkpoint is in {out}; continue with the same command and --resume"
-                 if stop.saved else "nothing was saved")
+        where = (
+            f"progress up to the last checkpoint is in {out}; continue with the same command and --resume"
+            if stop.saved
+            else "nothing was saved"
+        )
         raise KeyboardInterrupt(f"interrupted after {stop.step} of {stop.steps} training edits; {where}") from None
     finally:
         if previous is not None:
@@ -70,8 +75,15 @@ def train_agent(args: argparse.Namespace, progress: bool = True) -> dict[str, An
     agent.save(out)
     remove_progress(out)  # only now: until the finished agent is saved, the progress is what a rerun resumes
     trained = stats.get("steps_this_run", steps)
-    stats.update(agent=args.agent, seed=args.seed, low_memory=args.low_memory, total_seconds=seconds,
-                 seconds_per_step=seconds / max(trained, 1), environment=env_description(env), **peak_memory_mb())
+    stats.update(
+        agent=args.agent,
+        seed=args.seed,
+        low_memory=args.low_memory,
+        total_seconds=seconds,
+        seconds_per_step=seconds / max(trained, 1),
+        environment=env_description(env),
+        **peak_memory_mb(),
+    )
     write_json(out / "train_stats.json", stats)
     env.close()
     return stats

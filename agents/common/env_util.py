@@ -25,8 +25,9 @@ from .memory import return_freed_memory
 JSON_TYPES = (str, int, float, bool, list, tuple, dict, type(None))
 
 
-def load_for_acting(cls: type[Agent], checkpoint: str | Path, overrides: dict[str, Any] | None = None,
-                    **env_kwargs: Any) -> tuple[Agent, gym.Env]:
+def load_for_acting(
+    cls: type[Agent], checkpoint: str | Path, overrides: dict[str, Any] | None = None, **env_kwargs: Any
+) -> tuple[Agent, gym.Env]:
     """``checkpoint`` loaded into a new ``HiEdit-v0`` built from what the checkpoint's configuration needs to
     act (:meth:`Agent.acting_requirements`) and ``env_kwargs`` (which have the last word, as ``--env-kwargs``
     in ``hiedit evaluate``); ``overrides`` set acting options (:meth:`Agent.load`)."""
@@ -47,8 +48,15 @@ def make_env(args: argparse.Namespace, cls: type[Agent], config: dict[str, Any],
         warnings.warn("--low-memory needs glibc (Linux); ignored here", stacklevel=2)
     check_env_kwargs(args.env_kwargs)
     requirements = cls.acting_requirements(config) if evaluation else cls.env_requirements(config)
-    kwargs = {"model": args.model, "dataset": args.dataset, "num_edits": args.num_edits, "split": args.split,
-              "evaluate_generation": evaluation, **requirements, **args.env_kwargs}
+    kwargs = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "num_edits": args.num_edits,
+        "split": args.split,
+        "evaluate_generation": evaluation,
+        **requirements,
+        **args.env_kwargs,
+    }
     return gym.make("HiEdit-v0", **kwargs)
 
 
@@ -66,8 +74,13 @@ def env_description(env: gym.Env) -> dict[str, Any]:
     unwrapped: HiEditEnv = env.unwrapped
     kwargs = dict(env.spec.kwargs) if env.spec is not None else {}
     recorded = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in kwargs.items()}
-    return {"model": unwrapped.shared.name, "dataset": unwrapped.edit_set.source, "split": unwrapped.split,
-            "num_edits": unwrapped.num_edits, "update_mode": unwrapped.update_mode,
-            "candidate_modules": list(unwrapped.candidate_modules),
-            "env_kwargs": {k: v for k, v in recorded.items() if isinstance(v, JSON_TYPES)},
-            "data": unwrapped.data_report()}
+    return {
+        "model": unwrapped.shared.name,
+        "dataset": unwrapped.edit_set.source,
+        "split": unwrapped.split,
+        "num_edits": unwrapped.num_edits,
+        "update_mode": unwrapped.update_mode,
+        "candidate_modules": list(unwrapped.candidate_modules),
+        "env_kwargs": {k: v for k, v in recorded.items() if isinstance(v, JSON_TYPES)},
+        "data": unwrapped.data_report(),
+    }

@@ -16,8 +16,14 @@ from hiedit_env.score import CORE_METRICS
 from .base import Agent
 
 
-def run_episode(agent: Agent, env: gym.Env, seed: int, progress: bool = True,
-                on_step: Callable[[dict[str, Any], bool], None] | None = None, curve_points: int = 0) -> dict[str, Any]:
+def run_episode(
+    agent: Agent,
+    env: gym.Env,
+    seed: int,
+    progress: bool = True,
+    on_step: Callable[[dict[str, Any], bool], None] | None = None,
+    curve_points: int = 0,
+) -> dict[str, Any]:
     """Run one full episode with ``agent`` and return the environment's ``episode_metrics``, plus
     ``agent_seconds_per_edit`` (the agent's own ``act`` time, which ``seconds_per_edit`` leaves out).
 

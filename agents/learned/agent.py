@@ -30,10 +30,17 @@ from hiedit_env.checks import check_int, check_range
 from hiedit_env.score import EPISODE_SUMMARY
 
 from ..common.base import Agent
-from ..common.checkpoint import (PROGRESS_DIR, PROGRESS_FILE, CheckpointError, load_torch, progress_folder,
-                                 remove_progress, verify_checkpoint)
-from .gate import Selection
+from ..common.checkpoint import (
+    PROGRESS_DIR,
+    PROGRESS_FILE,
+    CheckpointError,
+    load_torch,
+    progress_folder,
+    remove_progress,
+    verify_checkpoint,
+)
 from .callbacks import Checkpointing, Validation, WeightAveraging
+from .gate import Selection
 from .hypernet import DEFAULT_INIT_LR, DEFAULT_PRECONDITIONER_DAMPING, HyperEditor, Preconditioner, UpdateSize
 from .training import EditorDivergedError, ScalarLog, TrainingCallback, TrainingLoop, TrainingState
 
@@ -100,14 +107,30 @@ class LearnedEditorAgent(Agent):
     resumable = True
     acting_options = ("max_size_ratio", "edit_steps")
 
-    def __init__(self, env: gym.Env, rank: int = 32, num_blocks: int = 2, init_lr: float = DEFAULT_INIT_LR,
-                 max_lr: float | None = None, meta_lr: float = 1e-4, lr_lr: float = 1e-3, update_every: int = 1,
-                 grad_clip: float = 1.0, update_size: UpdateSize = "gradient_norm",
-                 editor_reads: Literal["edit", "objective"] = "objective", loss_back_depth: int | None = None,
-                 loss_time_decay: float | None = None, validation_edits: int = 50, validate_every: int = 75,
-                 average_decay: float = 0.0, max_size_ratio: float | None = None, edit_steps: int = 1,
-                 preconditioner: Preconditioner = "full",
-                 preconditioner_damping: float = DEFAULT_PRECONDITIONER_DAMPING, paraphrase_loss: bool = False) -> None:
+    def __init__(
+        self,
+        env: gym.Env,
+        rank: int = 32,
+        num_blocks: int = 2,
+        init_lr: float = DEFAULT_INIT_LR,
+        max_lr: float | None = None,
+        meta_lr: float = 1e-4,
+        lr_lr: float = 1e-3,
+        update_every: int = 1,
+        grad_clip: float = 1.0,
+        update_size: UpdateSize = "gradient_norm",
+        editor_reads: Literal["edit", "objective"] = "objective",
+        loss_back_depth: int | None = None,
+        loss_time_decay: float | None = None,
+        validation_edits: int = 50,
+        validate_every: int = 75,
+        average_decay: float = 0.0,
+        max_size_ratio: float | None = None,
+        edit_steps: int = 1,
+        preconditioner: Preconditioner = "full",
+        preconditioner_damping: float = DEFAULT_PRECONDITIONER_DAMPING,
+        paraphrase_loss: bool = False,
+    ) -> None:
         super().__init__(env)
         if editor_reads not in ("edit", "objective"):
             raise ValueError(f"editor_reads must be 'edit' or 'objective', got {editor_reads!r}")
@@ -122,8 +145,9 @@ class LearnedEditorAgent(Agent):
         check_int("validate_every", validate_every, 1)
         check_int("edit_steps", edit_steps, 1)
         if edit_steps > 1 and editor_reads != "objective":
-            raise ValueError("edit_steps > 1 reads the objective's trace under the updates so far: "
-                             "it needs editor_reads='objective'")
+            raise ValueError(
+                "edit_steps > 1 reads the objective's trace under the updates so far: it needs editor_reads='objective'"
+            )
         if not isinstance(paraphrase_loss, bool):
             raise ValueError(f"paraphrase_loss must be true or false, got {paraphrase_loss!r}")
         check_range("average_decay", average_decay, 0, 1)
@@ -133,17 +157,39 @@ class LearnedEditorAgent(Agent):
             check_range("max_lr", max_lr, 0, None, low_open=True)
         if max_lr is not None and max_lr < init_lr:
             raise ValueError(f"max_lr must be >= init_lr, got {max_lr} < {init_lr}")
-        self.hparams = {"rank": rank, "num_blocks": num_blocks, "init_lr": init_lr, "max_lr": max_lr,
-                        "meta_lr": meta_lr, "lr_lr": lr_lr, "update_every": update_every, "grad_clip": grad_clip,
-                        "update_size": update_size, "editor_reads": editor_reads, "loss_back_depth": loss_back_depth,
-                        "loss_time_decay": loss_time_decay, "validation_edits": int(validation_edits),
-                        "validate_every": int(validate_every), "average_decay": float(average_decay),
-                        "max_size_ratio": max_size_ratio, "edit_steps": int(edit_steps),
-                        "preconditioner": preconditioner, "preconditioner_damping": preconditioner_damping,
-                        "paraphrase_loss": paraphrase_loss}
-        self.editor = HyperEditor(self.env.module_dims(), self.env.base_weight_norms(), rank, num_blocks, init_lr,
-                                  update_size, max_size_ratio, preconditioner,
-                                  preconditioner_damping).to(self.env.model.device)
+        self.hparams = {
+            "rank": rank,
+            "num_blocks": num_blocks,
+            "init_lr": init_lr,
+            "max_lr": max_lr,
+            "meta_lr": meta_lr,
+            "lr_lr": lr_lr,
+            "update_every": update_every,
+            "grad_clip": grad_clip,
+            "update_size": update_size,
+            "editor_reads": editor_reads,
+            "loss_back_depth": loss_back_depth,
+            "loss_time_decay": loss_time_decay,
+            "validation_edits": int(validation_edits),
+            "validate_every": int(validate_every),
+            "average_decay": float(average_decay),
+            "max_size_ratio": max_size_ratio,
+            "edit_steps": int(edit_steps),
+            "preconditioner": preconditioner,
+            "preconditioner_damping": preconditioner_damping,
+            "paraphrase_loss": paraphrase_loss,
+        }
+        self.editor = HyperEditor(
+            self.env.module_dims(),
+            self.env.base_weight_norms(),
+            rank,
+            num_blocks,
+            init_lr,
+            update_size,
+            max_size_ratio,
+            preconditioner,
+            preconditioner_damping,
+        ).to(self.env.model.device)
         self.optimizer_steps = 0
 
     @classmethod
@@ -154,14 +200,16 @@ class LearnedEditorAgent(Agent):
         return {**super().env_requirements(config), "trace_covers": covers}
 
     # ------------------------------------------------------------------ what subclasses decide
-    def select(self, observation: dict[str, Any], trace: EditTrace,
-               explore: torch.Generator | None = None) -> Selection:
+    def select(
+        self, observation: dict[str, Any], trace: EditTrace, explore: torch.Generator | None = None
+    ) -> Selection:
         """Which modules to change; ``mask`` may carry gradient to a high-level policy. While training,
         ``explore`` is a seeded generator a stochastic high level may draw its choice with."""
         raise NotImplementedError
 
-    def training_loss(self, env: HiEditEnv, updates: list[LowRank],
-                      selection: Selection) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_loss(
+        self, env: HiEditEnv, updates: list[LowRank], selection: Selection
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """The scalar to minimise for the current edit, and the terms to log."""
         raise NotImplementedError
 
@@ -172,8 +220,10 @@ class LearnedEditorAgent(Agent):
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Optimiser groups: the learned step sizes move in log space and get their own learning rate."""
         rest = [p for p in self.editor.parameters() if p is not self.editor.log_lr]
-        return [{"params": rest, "lr": self.hparams["meta_lr"]},
-                {"params": [self.editor.log_lr], "lr": self.hparams["lr_lr"]}]
+        return [
+            {"params": rest, "lr": self.hparams["meta_lr"]},
+            {"params": [self.editor.log_lr], "lr": self.hparams["lr_lr"]},
+        ]
 
     def loss_objective(self, env: HiEditEnv, updates: list[LowRank]) -> ObjectiveTerms:
         """``env.objective`` over the training loss's window: ``loss_back_depth`` earlier edits weighted
@@ -182,8 +232,12 @@ class LearnedEditorAgent(Agent):
         episode it breaks, which the trace does not show. With ``paraphrase_loss`` each edit's
         cross-entropy averages its prompt and its paraphrase; the trace, what the editor reads, never
         includes the paraphrase, since a deployed editor does not have it."""
-        return env.objective(updates, back_depth=self.hparams["loss_back_depth"],
-                             time_decay=self.hparams["loss_time_decay"], paraphrases=self.hparams["paraphrase_loss"])
+        return env.objective(
+            updates,
+            back_depth=self.hparams["loss_back_depth"],
+            time_decay=self.hparams["loss_time_decay"],
+            paraphrases=self.hparams["paraphrase_loss"],
+        )
 
     def read_trace(self, env: HiEditEnv) -> EditTrace:
         """What the editor reads (``editor_reads``) for the current edit."""
@@ -202,8 +256,10 @@ class LearnedEditorAgent(Agent):
         updates = self.editor(self.read_trace(env), chosen)
         for _ in range(self.hparams["edit_steps"] - 1):
             more = self.editor(env.objective_trace(self.action_for(updates, hard)["update"]), chosen)
-            updates = [None if u is None else (torch.cat([u[0], du[0]]), torch.cat([u[1], du[1]]))
-                       for u, du in zip(updates, more)]
+            updates = [
+                None if u is None else (torch.cat([u[0], du[0]]), torch.cat([u[1], du[1]]))
+                for u, du in zip(updates, more)
+            ]
         return self.action_for(updates, hard)
 
     def proposed_update(self, observation: dict[str, Any], info: dict[str, Any]) -> list[LowRank]:
@@ -219,9 +275,12 @@ class LearnedEditorAgent(Agent):
                 raise EditorDivergedError(
                     f"{self.name}: the editor's update for {self.env.candidate_modules[i]} is not finite: the "
                     "editor diverged (when acting, max_size_ratio bounds its updates; when training, lower "
-                    "meta_lr or lr_lr)")
-        return {"layers": chosen,
-                "update": [(u[0].detach(), u[1].detach()) if chosen[i] > 0.5 else None for i, u in enumerate(updates)]}
+                    "meta_lr or lr_lr)"
+                )
+        return {
+            "layers": chosen,
+            "update": [(u[0].detach(), u[1].detach()) if chosen[i] > 0.5 else None for i, u in enumerate(updates)],
+        }
 
     def observe_unedited(self, env: gym.Env, edits: int) -> None:
         """Fill the editor's statistics from the traces of ``edits`` edits of ``env`` (whole episodes,
@@ -239,9 +298,18 @@ class LearnedEditorAgent(Agent):
             seed += 1
 
     # ------------------------------------------------------------------ learning
-    def learn(self, env: gym.Env, steps: int, *, log_dir: str | Path | None = None, seed: int = 0,
-              progress: bool = True, checkpoint_dir: str | Path | None = None, checkpoint_every: int = 100,
-              resume: bool = False) -> dict[str, Any]:
+    def learn(
+        self,
+        env: gym.Env,
+        steps: int,
+        *,
+        log_dir: str | Path | None = None,
+        seed: int = 0,
+        progress: bool = True,
+        checkpoint_dir: str | Path | None = None,
+        checkpoint_every: int = 100,
+        resume: bool = False,
+    ) -> dict[str, Any]:
         """Train on ``steps`` consecutive edits of ``env`` and keep the editor that validated best.
 
         Episodes are seeded ``seed, seed+1, ...``; with ``validation_edits`` > 0 they draw from the
@@ -285,8 +353,18 @@ class LearnedEditorAgent(Agent):
             checkpointing = Checkpointing(checkpoint_every, lambda loop: self._save_training(out, loop, weights))
             callbacks.append(checkpointing)
         state = TrainingState(seed=seed, next_checkpoint=checkpoint_every)
-        loop = TrainingLoop(self, env, steps, state, torch.optim.Adam(self.parameter_groups()), params,
-                            torch.Generator().manual_seed(seed), pool, callbacks, progress)
+        loop = TrainingLoop(
+            self,
+            env,
+            steps,
+            state,
+            torch.optim.Adam(self.parameter_groups()),
+            params,
+            torch.Generator().manual_seed(seed),
+            pool,
+            callbacks,
+            progress,
+        )
         if resume:
             if checkpoint_dir is None:
                 raise ValueError("resume=True needs the checkpoint_dir of the interrupted run")
@@ -302,15 +380,24 @@ class LearnedEditorAgent(Agent):
             loop.log.close()
         seconds = time.perf_counter() - started
         state, trained = loop.state, steps - start_step
-        return {"steps": steps, "steps_this_run": trained, "resumed_at": start_step if resume else None,
-                "optimizer_steps": state.optimizer_steps, "seconds": seconds, "seconds_per_step": seconds / max(trained, 1),
-                "checkpoint_seconds": checkpointing.seconds if checkpointing is not None else 0.0,
-                "episodes": state.episodes, "final_running": state.running, "validations": state.validations,
-                "kept_after_edits": state.best[1] if state.best else steps,
-                "kept_validation_mean": state.best[0] if state.best else None}
+        return {
+            "steps": steps,
+            "steps_this_run": trained,
+            "resumed_at": start_step if resume else None,
+            "optimizer_steps": state.optimizer_steps,
+            "seconds": seconds,
+            "seconds_per_step": seconds / max(trained, 1),
+            "checkpoint_seconds": checkpointing.seconds if checkpointing is not None else 0.0,
+            "episodes": state.episodes,
+            "final_running": state.running,
+            "validations": state.validations,
+            "kept_after_edits": state.best[1] if state.best else steps,
+            "kept_validation_mean": state.best[0] if state.best else None,
+        }
 
-    def _save_training(self, out: Path, loop: TrainingLoop,
-                       weights: Callable[[], AbstractContextManager[None]]) -> None:
+    def _save_training(
+        self, out: Path, loop: TrainingLoop, weights: Callable[[], AbstractContextManager[None]]
+    ) -> None:
         """Save the run's progress (:meth:`save_progress`: the current editor and all else training carries,
         :meth:`TrainingLoop.state_dict`) and, into ``out`` itself, the agent as it would be kept now (its best
         validated editor, or the current one, or its moving average: what ``weights`` puts in place),
@@ -334,8 +421,10 @@ class LearnedEditorAgent(Agent):
         (``hiedit train --resume`` loads it from :func:`progress_folder`)."""
         folder = progress_folder(out)
         if folder is None:
-            raise CheckpointError(f"nothing to resume in {str(out)!r}: it has no {PROGRESS_DIR} "
-                                  "(the run finished, or stopped before its first checkpoint)")
+            raise CheckpointError(
+                f"nothing to resume in {str(out)!r}: it has no {PROGRESS_DIR} "
+                "(the run finished, or stopped before its first checkpoint)"
+            )
         files = verify_checkpoint(folder)["files"]
         if PROGRESS_FILE not in files:
             raise CheckpointError(f"{str(folder)!r} lacks {PROGRESS_FILE}: it is not a learned editor's training run")
@@ -344,8 +433,9 @@ class LearnedEditorAgent(Agent):
         if saved.seed != loop.state.seed:
             raise ValueError(f"the run in {str(out)!r} was started with seed {saved.seed}, not {loop.state.seed}")
         if saved.step >= loop.steps:
-            raise ValueError(f"the run in {str(out)!r} has trained {saved.step} edits already; "
-                             f"--steps {loop.steps} asks for no more")
+            raise ValueError(
+                f"the run in {str(out)!r} has trained {saved.step} edits already; --steps {loop.steps} asks for no more"
+            )
         loop.load_state_dict(extras)
 
     def _hold_out(self, env: HiEditEnv, seed: int) -> tuple[list[int], list[int] | None]:
@@ -354,8 +444,10 @@ class LearnedEditorAgent(Agent):
         if n_val == 0:
             return [], None
         if n_val + env.num_edits > len(env.records):
-            raise ValueError(f"validation_edits={n_val} plus num_edits={env.num_edits} is more than the "
-                             f"{len(env.records)} training records; lower one of them (validation_edits=0 turns it off)")
+            raise ValueError(
+                f"validation_edits={n_val} plus num_edits={env.num_edits} is more than the "
+                f"{len(env.records)} training records; lower one of them (validation_edits=0 turns it off)"
+            )
         order = np.random.default_rng(seed).permutation(len(env.records)).tolist()
         return order[:n_val], order[n_val:]
 

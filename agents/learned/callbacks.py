@@ -81,8 +81,14 @@ class Validation(TrainingCallback):
     :meth:`WeightAveraging.swapped`); by default the trained weights themselves.
     """
 
-    def __init__(self, records: list[int], seed: int, every: int, progress: bool,
-                 weights: Callable[[], AbstractContextManager[None]] = nullcontext) -> None:
+    def __init__(
+        self,
+        records: list[int],
+        seed: int,
+        every: int,
+        progress: bool,
+        weights: Callable[[], AbstractContextManager[None]] = nullcontext,
+    ) -> None:
         self.records, self.seed, self.every, self.progress, self.weights = records, seed, every, progress, weights
 
     def validate(self, loop: TrainingLoop, after: int) -> None:

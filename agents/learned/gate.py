@@ -58,8 +58,16 @@ def trace_features(trace: EditTrace, base_norms: torch.Tensor, changed: np.ndarr
     key_norm = torch.stack([k.float().norm(dim=-1).mean() for k in trace.keys])
     grad_tokens = [g.float().norm(dim=-1) for g in trace.grads]
     weight_grad = gradient_norms(trace)
-    stats = torch.stack([key_norm, torch.stack([t.mean() for t in grad_tokens]), weight_grad,
-                         weight_grad / base_norms, torch.stack([t.max() for t in grad_tokens])], dim=-1)
+    stats = torch.stack(
+        [
+            key_norm,
+            torch.stack([t.mean() for t in grad_tokens]),
+            weight_grad,
+            weight_grad / base_norms,
+            torch.stack([t.max() for t in grad_tokens]),
+        ],
+        dim=-1,
+    )
     stats = torch.log10(stats + 1e-12)
     standardised = (stats - stats.mean(0)) / stats.std(0, unbiased=False).clamp_min(1e-6)
     n = stats.shape[0]

@@ -42,8 +42,15 @@ class HiEditAgent(LearnedEditorAgent):
 
     name = "hiedit"
 
-    def __init__(self, env: gym.Env, k: int | None = None, gate_hidden: int = 32, gate_lr: float = 1e-2,
-                 gate_reinforce: float = 1.0, **editor_kwargs: Any) -> None:
+    def __init__(
+        self,
+        env: gym.Env,
+        k: int | None = None,
+        gate_hidden: int = 32,
+        gate_lr: float = 1e-2,
+        gate_reinforce: float = 1.0,
+        **editor_kwargs: Any,
+    ) -> None:
         super().__init__(env, **editor_kwargs)
         if gate_lr <= 0:
             raise ValueError(f"gate_lr must be > 0, got {gate_lr}")
@@ -54,19 +61,26 @@ class HiEditAgent(LearnedEditorAgent):
         self._base_norms = torch.tensor(self.env.base_weight_norms(), device=self.env.model.device)
         self._reward_baseline: float | None = None  # running mean of the intrinsic reward while exploring
 
-    def select(self, observation: dict[str, Any], trace: EditTrace,
-               explore: torch.Generator | None = None) -> Selection:
+    def select(
+        self, observation: dict[str, Any], trace: EditTrace, explore: torch.Generator | None = None
+    ) -> Selection:
         features = trace_features(trace, self._base_norms, changed_from_observation(observation))
         return self.gate(features, explore if self.hparams["gate_reinforce"] > 0 else None)
 
-    def training_loss(self, env: HiEditEnv, updates: list[LowRank],
-                      selection: Selection) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_loss(
+        self, env: HiEditEnv, updates: list[LowRank], selection: Selection
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         sparse = self.loss_objective(env, masked(updates, selection.mask))
         dense = self.loss_objective(env, detached(updates)).total  # no graph: every input is detached
         loss = sparse.total - dense
         reward = -loss.item()
-        scalars = {"loss": sparse.total.item(), "edit_loss": sparse.edit.item(),
-                   "locality_kl": sparse.locality.item(), "dense_loss": dense.item(), "intrinsic_reward": reward}
+        scalars = {
+            "loss": sparse.total.item(),
+            "edit_loss": sparse.edit.item(),
+            "locality_kl": sparse.locality.item(),
+            "dense_loss": dense.item(),
+            "intrinsic_reward": reward,
+        }
         if selection.log_prob is not None:
             baseline = reward if self._reward_baseline is None else self._reward_baseline
             loss = loss - self.hparams["gate_reinforce"] * (reward - baseline) * selection.log_prob

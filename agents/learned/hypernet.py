@@ -181,8 +181,9 @@ class KeyMoment(nn.Module):
         ``REFRESH_GROWTH`` since the last inversion: while training, a solve uses the moment of at least
         1 / REFRESH_GROWTH of the tokens seen, for one inversion every few edits; when acting, one in all."""
         count = float(self.count)
-        if count < 1 or (self._inverted is not None and self._inverted[0] == damping
-                         and count <= self._inverted[1] * REFRESH_GROWTH):
+        if count < 1 or (
+            self._inverted is not None and self._inverted[0] == damping and count <= self._inverted[1] * REFRESH_GROWTH
+        ):
             return
         # float64: when the mean key dominates C, the damped matrix's condition number is about
         # d_in / damping (15 000 for a SmolLM2 down_proj).
@@ -260,16 +261,24 @@ class ShapeEditor(nn.Module):
         """Pseudo keys [m, n, d_in] and pseudo gradients [m, n, d_out] from ``x`` [m, n, d_in + d_out]."""
         for block in self.blocks:
             x = block(x, slots)
-        return x[..., : self.d_in], x[..., self.d_in:]
+        return x[..., : self.d_in], x[..., self.d_in :]
 
 
 class HyperEditor(nn.Module):
     """Traces in, one low-rank update ``(U [n, d_out], V [n, d_in])`` per candidate module out."""
 
-    def __init__(self, dims: list[tuple[int, int]], base_norms: list[float], rank: int = 32, num_blocks: int = 2,
-                 init_lr: float = DEFAULT_INIT_LR, update_size: UpdateSize = "gradient_norm",
-                 max_size_ratio: float | None = None, preconditioner: Preconditioner = "full",
-                 preconditioner_damping: float = DEFAULT_PRECONDITIONER_DAMPING) -> None:
+    def __init__(
+        self,
+        dims: list[tuple[int, int]],
+        base_norms: list[float],
+        rank: int = 32,
+        num_blocks: int = 2,
+        init_lr: float = DEFAULT_INIT_LR,
+        update_size: UpdateSize = "gradient_norm",
+        max_size_ratio: float | None = None,
+        preconditioner: Preconditioner = "full",
+        preconditioner_damping: float = DEFAULT_PRECONDITIONER_DAMPING,
+    ) -> None:
         super().__init__()
         check_int("rank", rank, 1)
         check_int("num_blocks", num_blocks, 1)
@@ -280,9 +289,11 @@ class HyperEditor(nn.Module):
             raise ValueError(f"preconditioner must be one of {PRECONDITIONERS}, got {preconditioner!r}")
         check_range("preconditioner_damping", preconditioner_damping, 0, None, low_open=True)
         if preconditioner != "none" and update_size == "learned":
-            raise ValueError("the key preconditioner reshapes the update's direction; update_size='learned' would take "
-                             "its size from the reshaped factors: use update_size='gradient_norm' or 'gradient_effect', "
-                             "or preconditioner='none'")
+            raise ValueError(
+                "the key preconditioner reshapes the update's direction; update_size='learned' would take "
+                "its size from the reshaped factors: use update_size='gradient_norm' or 'gradient_effect', "
+                "or preconditioner='none'"
+            )
         self.preconditioner, self.damping = preconditioner, float(preconditioner_damping)
         if max_size_ratio is not None:
             check_range("max_size_ratio", max_size_ratio, 0, None, low_open=True)
@@ -292,8 +303,9 @@ class HyperEditor(nn.Module):
         self.shape_of = [shapes.index(d) for d in self.dims]
         # Slot of each module among the modules of its shape: indexes the per-module scale and shift.
         self.slot_of = [self.dims[:i].count(d) for i, d in enumerate(self.dims)]
-        self.editors = nn.ModuleList(ShapeEditor(d_in, d_out, rank, num_blocks, self.dims.count((d_in, d_out)))
-                                     for d_in, d_out in shapes)
+        self.editors = nn.ModuleList(
+            ShapeEditor(d_in, d_out, rank, num_blocks, self.dims.count((d_in, d_out))) for d_in, d_out in shapes
+        )
         self.key_norms = nn.ModuleList(RunningNorm(d_in) for d_in, _ in self.dims)
         self.grad_norms = nn.ModuleList(RunningNorm(d_out) for _, d_out in self.dims)
         # Only the full preconditioner keeps the matrices (d_in^2 floats per module), so other checkpoints stay small.
@@ -322,18 +334,23 @@ class HyperEditor(nn.Module):
                 self.key_moments[i].update(k)
         self.gradient_size.update(gradient_norms(trace)[None])
 
-    def forward(self, trace: EditTrace,
-                modules: Sequence[int] | None = None) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+    def forward(
+        self, trace: EditTrace, modules: Sequence[int] | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
         """``(U, V)`` for every candidate (or only those in ``modules``, ``None`` for the others: each
         module's update depends on its own trace alone), differentiable w.r.t. the editor's parameters."""
         wanted = set(range(len(self.dims)) if modules is None else modules)
         if self.key_moments is not None:
             for i in wanted:
                 self.key_moments[i].refresh(self.damping)
-        moments = {i: (self.key_norms[i].moments(trace.keys[i].float()), self.grad_norms[i].moments(trace.grads[i].float()))
-                   for i in wanted}
-        inputs = {i: torch.cat([(trace.keys[i].float() - mk) / sk, (trace.grads[i].float() - mg) / sg], dim=-1)
-                  for i, ((mk, sk), (mg, sg)) in moments.items()}
+        moments = {
+            i: (self.key_norms[i].moments(trace.keys[i].float()), self.grad_norms[i].moments(trace.grads[i].float()))
+            for i in wanted
+        }
+        inputs = {
+            i: torch.cat([(trace.keys[i].float() - mk) / sk, (trace.grads[i].float() - mg) / sg], dim=-1)
+            for i, ((mk, sk), (mg, sg)) in moments.items()
+        }
         running = self.gradient_size.count > 0
         bounded = running and self.max_size_ratio is not None
         # The edit's own ||G|| needs the trace's Gram matrices: only computed when used.

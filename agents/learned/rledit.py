@@ -21,16 +21,21 @@ class RLEditAgent(LearnedEditorAgent):
 
     name = "rledit"
 
-    def select(self, observation: dict[str, Any], trace: EditTrace,
-               explore: torch.Generator | None = None) -> Selection:
+    def select(
+        self, observation: dict[str, Any], trace: EditTrace, explore: torch.Generator | None = None
+    ) -> Selection:
         ones = torch.ones(self.num_candidates, device=trace.keys[0].device)
         return Selection(ones, ones, ones)
 
-    def training_loss(self, env: HiEditEnv, updates: list[LowRank],
-                      selection: Selection) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_loss(
+        self, env: HiEditEnv, updates: list[LowRank], selection: Selection
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         terms = self.loss_objective(env, updates)
-        return terms.total, {"loss": terms.total.item(), "edit_loss": terms.edit.item(),
-                             "locality_kl": terms.locality.item()}
+        return terms.total, {
+            "loss": terms.total.item(),
+            "edit_loss": terms.edit.item(),
+            "locality_kl": terms.locality.item(),
+        }
 
 
 class UntrainedEditorAgent(RLEditAgent):
@@ -50,8 +55,9 @@ class UntrainedEditorAgent(RLEditAgent):
     name = "untrained_editor"
     requires_training = False
 
-    def __init__(self, env: gym.Env, observe_edits: int = 60, observe_dataset: str | None = None,
-                 **editor_kwargs: Any) -> None:
+    def __init__(
+        self, env: gym.Env, observe_edits: int = 60, observe_dataset: str | None = None, **editor_kwargs: Any
+    ) -> None:
         super().__init__(env, **editor_kwargs)
         check_int("observe_edits", observe_edits, 0)
         self.hparams.update(observe_edits=observe_edits, observe_dataset=observe_dataset)
@@ -59,11 +65,14 @@ class UntrainedEditorAgent(RLEditAgent):
             return
         spec = self.env.spec
         if spec is None:
-            raise ValueError("untrained_editor observes training edits in an environment made like the evaluated "
-                             "one: make that one with gym.make")
-        data = ({"dataset": observe_dataset, "split": "all"} if observe_dataset is not None else {"split": "train"})
-        observing = gym.make(spec.id, **{**spec.kwargs, **data, "num_edits": DEFAULT_TRAIN_EDITS,
-                                         "evaluate_generation": False})
+            raise ValueError(
+                "untrained_editor observes training edits in an environment made like the evaluated "
+                "one: make that one with gym.make"
+            )
+        data = {"dataset": observe_dataset, "split": "all"} if observe_dataset is not None else {"split": "train"}
+        observing = gym.make(
+            spec.id, **{**spec.kwargs, **data, "num_edits": DEFAULT_TRAIN_EDITS, "evaluate_generation": False}
+        )
         try:
             self.observe_unedited(observing, observe_edits)
         finally:

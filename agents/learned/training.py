@@ -131,10 +131,20 @@ class TrainingLoop:
     ``log`` takes the TensorBoard scalars (default: none are written).
     """
 
-    def __init__(self, agent: LearnedEditorAgent, env: gym.Env, steps: int, state: TrainingState,
-                 optimizer: torch.optim.Optimizer, params: list[nn.Parameter], explore: torch.Generator,
-                 pool: list[int] | None, callbacks: list[TrainingCallback], progress: bool,
-                 log: ScalarLog | None = None) -> None:
+    def __init__(
+        self,
+        agent: LearnedEditorAgent,
+        env: gym.Env,
+        steps: int,
+        state: TrainingState,
+        optimizer: torch.optim.Optimizer,
+        params: list[nn.Parameter],
+        explore: torch.Generator,
+        pool: list[int] | None,
+        callbacks: list[TrainingCallback],
+        progress: bool,
+        log: ScalarLog | None = None,
+    ) -> None:
         self.agent, self.env, self.steps, self.state = agent, env, steps, state
         self.optimizer, self.params, self.explore, self.pool = optimizer, params, explore, pool
         self.callbacks, self.progress = callbacks, progress
@@ -145,8 +155,15 @@ class TrainingLoop:
     def next_episode(self) -> dict[str, Any]:
         """Reset ``env`` for the next training episode; its first observation."""
         seed = self.state.seed + len(self.state.episodes)
-        options = None if self.pool is None else {
-            "records": np.random.default_rng(seed).choice(self.pool, self.unwrapped.num_edits, replace=False).tolist()}
+        options = (
+            None
+            if self.pool is None
+            else {
+                "records": np.random.default_rng(seed)
+                .choice(self.pool, self.unwrapped.num_edits, replace=False)
+                .tolist()
+            }
+        )
         return self.env.reset(seed=seed, options=options)[0]
 
     def optimizer_step(self) -> None:
@@ -169,8 +186,15 @@ class TrainingLoop:
         update_every = agent.hparams["update_every"]
         observation = self.next_episode()
         self.optimizer.zero_grad()
-        bar = trange(state.step, self.steps, initial=state.step, total=self.steps, desc=f"training {agent.name}",
-                     unit="edit", disable=not self.progress)
+        bar = trange(
+            state.step,
+            self.steps,
+            initial=state.step,
+            total=self.steps,
+            desc=f"training {agent.name}",
+            unit="edit",
+            disable=not self.progress,
+        )
         with deferred_interrupt() as interrupted:
             self.interrupted = interrupted
             for step in bar:
@@ -180,14 +204,19 @@ class TrainingLoop:
                 selection = agent.select(observation, unwrapped.edit_trace, self.explore)
                 loss, scalars = agent.training_loss(unwrapped, updates, selection)
                 if not torch.isfinite(loss):
-                    raise EditorDivergedError(f"{agent.name}: the training loss is {float(loss)} at training edit {step}: "
-                                              "the editor diverged; lower meta_lr or lr_lr, or set max_lr")
+                    raise EditorDivergedError(
+                        f"{agent.name}: the training loss is {float(loss)} at training edit {step}: "
+                        "the editor diverged; lower meta_lr or lr_lr, or set max_lr"
+                    )
                 (loss / update_every).backward()
                 if (step + 1) % update_every == 0 or step + 1 == self.steps:
                     self.optimizer_step()
                 observation, _, terminated, _, info = self.env.step(agent.action_for(updates, selection.hard))
-                scalars.update(edit_success=info["edit_success"], locality=info["locality"],
-                               lr_mean=float(agent.editor.log_lr.detach().exp().mean()))
+                scalars.update(
+                    edit_success=info["edit_success"],
+                    locality=info["locality"],
+                    lr_mean=float(agent.editor.log_lr.detach().exp().mean()),
+                )
                 state.running = {k: 0.9 * state.running.get(k, v) + 0.1 * v for k, v in scalars.items()}
                 state.step = step + 1
                 self.log.write("train", scalars, step)
@@ -202,8 +231,11 @@ class TrainingLoop:
                             bar.close()
                             raise TrainingInterrupted(state.step, self.steps, self.saves_progress)
                     observation = self.next_episode()
-                postfix = {"loss": f"{state.running['loss']:.3f}", "ES": f"{state.running['edit_success']:.2f}",
-                           "LS": f"{state.running['locality']:.2f}"}
+                postfix = {
+                    "loss": f"{state.running['loss']:.3f}",
+                    "ES": f"{state.running['edit_success']:.2f}",
+                    "LS": f"{state.running['locality']:.2f}",
+                }
                 if state.validations:
                     postfix["val"] = f"{state.validations[-1]['mean']:.3f}"
                 bar.set_postfix(postfix)
@@ -217,9 +249,13 @@ class TrainingLoop:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the run carries besides the agent's own state: what ``hiedit train --resume`` restores."""
-        extras = {"progress": self.state.as_dict(), "optimizer": self.optimizer.state_dict(),
-                  "grads": [p.grad for p in self.params], "explore": self.explore.get_state(),
-                  "solver_caches": self.agent.editor.solver_caches()}
+        extras = {
+            "progress": self.state.as_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "grads": [p.grad for p in self.params],
+            "explore": self.explore.get_state(),
+            "solver_caches": self.agent.editor.solver_caches(),
+        }
         for callback in self.callbacks:
             extras.update(callback.state_dict())
         return extras

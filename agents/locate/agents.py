@@ -27,8 +27,15 @@ from hiedit_env.checks import check_int, check_range
 from hiedit_env.models import MLP_OUT_PRESETS
 
 from ..common.base import Agent
-from .solve import (alphaedit_absorb, alphaedit_directions, factors, memit_directions, memit_factor, null_space_basis,
-                    null_space_inverse)
+from .solve import (
+    alphaedit_absorb,
+    alphaedit_directions,
+    factors,
+    memit_directions,
+    memit_factor,
+    null_space_basis,
+    null_space_inverse,
+)
 from .stats import key_second_moments
 from .values import EditInputs, edit_inputs, generate_prefixes, keys_and_hidden, optimise_value
 
@@ -36,9 +43,23 @@ PRESETS_FILE = Path(__file__).resolve().parents[1] / "hyperparams" / "locate.yml
 # Every block's MLP output projection, in any of the preset architectures: the candidates these agents
 # need (they choose their blocks among them; the environment's default candidates are the middle 60%).
 MLP_OUT_MODULES = r".*\.\d+\.mlp\.(down_proj|c_proj|fc_out|dense_4h_to_h)"
-HYPERPARAMETERS = ("layers", "prefixes", "value_steps", "value_lr", "kl_weight", "weight_decay", "clamp",
-                   "mom2_weight", "null_space_fraction", "l2", "stats_source", "stats_samples", "stats_length",
-                   "stats_seed", "stats_dir")
+HYPERPARAMETERS = (
+    "layers",
+    "prefixes",
+    "value_steps",
+    "value_lr",
+    "kl_weight",
+    "weight_decay",
+    "clamp",
+    "mom2_weight",
+    "null_space_fraction",
+    "l2",
+    "stats_source",
+    "stats_samples",
+    "stats_length",
+    "stats_seed",
+    "stats_dir",
+)
 
 
 def preset(config: Any, method: str, path: Path = PRESETS_FILE) -> dict[str, Any]:
@@ -73,18 +94,25 @@ class LocateAgent(Agent):
         super().__init__(env)
         unknown = sorted(set(hyperparameters) - set(HYPERPARAMETERS))
         if unknown:
-            raise ValueError(f"unknown hyperparameters {unknown} for {self.name!r}; choose from {list(HYPERPARAMETERS)}")
+            raise ValueError(
+                f"unknown hyperparameters {unknown} for {self.name!r}; choose from {list(HYPERPARAMETERS)}"
+            )
         model = self.env.model
-        hp = {**preset(model.config, self.method), "stats_dir": None,
-              **{k: v for k, v in hyperparameters.items() if v is not None}}
+        hp = {
+            **preset(model.config, self.method),
+            "stats_dir": None,
+            **{k: v for k, v in hyperparameters.items() if v is not None},
+        }
         self.hparams = hp
         self.blocks = self._check(hp)
         pattern = MLP_OUT_PRESETS[model.config.model_type]
         names = [pattern.format(i=layer) for layer in self.blocks]
         missing = [name for name in names if name not in self.env.candidate_modules]
         if missing:
-            raise ValueError(f"{self.name} edits {missing}, which are not candidate modules of this environment; "
-                             f"make it with modules={MLP_OUT_MODULES!r} (what the agent's env_requirements ask for)")
+            raise ValueError(
+                f"{self.name} edits {missing}, which are not candidate modules of this environment; "
+                f"make it with modules={MLP_OUT_MODULES!r} (what the agent's env_requirements ask for)"
+            )
         self.indices = [self.env.candidate_modules.index(name) for name in names]
         self.names = names
         self.modules = [model.get_submodule(name) for name in names]
@@ -92,9 +120,21 @@ class LocateAgent(Agent):
         self.block = model.get_submodule(pattern.split(".mlp.")[0].format(i=self.blocks[-1]))
         with self.env.unedited():
             self.prefixes = generate_prefixes(model, self.env.tokenizer, hp["prefixes"], hp["stats_seed"])
-            moments = (key_second_moments(model, self.env.tokenizer, self.env.shared.name, names, hp["stats_source"],
-                                          hp["stats_samples"], hp["stats_length"], hp["stats_seed"], hp["stats_dir"])
-                       if self.uses_statistics else {})
+            moments = (
+                key_second_moments(
+                    model,
+                    self.env.tokenizer,
+                    self.env.shared.name,
+                    names,
+                    hp["stats_source"],
+                    hp["stats_samples"],
+                    hp["stats_length"],
+                    hp["stats_seed"],
+                    hp["stats_dir"],
+                )
+                if self.uses_statistics
+                else {}
+            )
         self.prepare([moments[name] for name in names] if moments else [])
         self.last_value: dict[str, float] = {}
         # Per edited block, the share of its residual its update realises at the edit's key (k^T x).
@@ -108,12 +148,18 @@ class LocateAgent(Agent):
         if layers is None:
             raise ValueError(f"no {self.name} preset in {PRESETS_FILE.name} matches this model; pass layers=[...]")
         n_blocks = self.env.model.config.num_hidden_layers
-        if (not isinstance(layers, list) or not layers or any(isinstance(x, bool) or not isinstance(x, int) for x in layers)
-                or sorted(set(layers)) != layers):
+        if (
+            not isinstance(layers, list)
+            or not layers
+            or any(isinstance(x, bool) or not isinstance(x, int) for x in layers)
+            or sorted(set(layers)) != layers
+        ):
             raise ValueError(f"layers must be a non-empty ascending list of distinct block indices, got {layers!r}")
         if not 0 <= layers[0] or layers[-1] > n_blocks - 2:
-            raise ValueError(f"layers must be blocks in [0, {n_blocks - 2}] (the value is read at a block's output, "
-                             f"and the last block's is the model's final norm's input), got {layers}")
+            raise ValueError(
+                f"layers must be blocks in [0, {n_blocks - 2}] (the value is read at a block's output, "
+                f"and the last block's is the model's final norm's input), got {layers}"
+            )
         check_int("prefixes", hp["prefixes"], 0)
         check_int("value_steps", hp["value_steps"], 0)
         check_range("value_lr", hp["value_lr"], 0, None, low_open=True)
@@ -151,9 +197,18 @@ class LocateAgent(Agent):
     def value(self, inputs: EditInputs) -> torch.Tensor:
         """The target hidden state ``z`` of the edit (:func:`~.values.optimise_value`); its report goes to ``last_value``."""
         hp = self.hparams
-        target, self.last_value = optimise_value(self.env.model, self.modules[-1], self.blocks[-1], inputs,
-                                                 int(self.env.tokenizer.pad_token_id), hp["value_steps"], hp["value_lr"],
-                                                 hp["kl_weight"], hp["weight_decay"], hp["clamp"])
+        target, self.last_value = optimise_value(
+            self.env.model,
+            self.modules[-1],
+            self.blocks[-1],
+            inputs,
+            int(self.env.tokenizer.pad_token_id),
+            hp["value_steps"],
+            hp["value_lr"],
+            hp["kl_weight"],
+            hp["weight_decay"],
+            hp["clamp"],
+        )
         return target
 
     def action(self, updates: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
@@ -165,7 +220,9 @@ class LocateAgent(Agent):
         layers[self.indices] = 1.0
         return {"layers": layers, "update": full}
 
-    def solve(self, target: torch.Tensor, inputs: EditInputs, absorb: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def solve(
+        self, target: torch.Tensor, inputs: EditInputs, absorb: bool = True
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Each edited module's update ``(U, V)`` moving block ``layers[-1]``'s output at the subject toward
         ``target``, from the lowest edited block up (see the module docstring); ``absorb=False`` leaves
         the keys of earlier edits as they are (AlphaEdit keeps this edit's keys otherwise)."""
@@ -204,8 +261,9 @@ class MEMITAgent(LocateAgent):
 
     def prepare(self, moments: list[torch.Tensor]) -> None:
         device = self.env.model.device
-        self.cholesky = [memit_factor(self.hparams["mom2_weight"] * c.to(device), name)
-                         for c, name in zip(moments, self.names)]
+        self.cholesky = [
+            memit_factor(self.hparams["mom2_weight"] * c.to(device), name) for c, name in zip(moments, self.names)
+        ]
 
     def directions(self, block: int, keys: torch.Tensor) -> torch.Tensor:
         return memit_directions(self.cholesky[block], keys)

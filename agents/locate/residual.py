@@ -60,14 +60,24 @@ def residual_shares(env: gym.Env, agent: MEMITAgent, weights: list[float], seed:
             shares[weight].append(float(1 - (target - after).norm() / (target - before).norm()))
         agent.cholesky = preset
         observation, _, terminated, _, info = env.step(agent.action(agent.solve(target, inputs)))
-    return {"per_weight": [{"mom2_weight": w, "gain_per_block": np.mean(gains[w], 0).round(4).tolist(),
-                            "realised_share": round(float(np.mean(shares[w])), 4),
-                            "realised_share_per_edit": [round(x, 4) for x in shares[w]]} for w in weights],
-            "value": values}
+    return {
+        "per_weight": [
+            {
+                "mom2_weight": w,
+                "gain_per_block": np.mean(gains[w], 0).round(4).tolist(),
+                "realised_share": round(float(np.mean(shares[w])), 4),
+                "realised_share_per_edit": [round(x, 4) for x in shares[w]],
+            }
+            for w in weights
+        ],
+        "value": values,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hiedit_agents.locate.residual", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m hiedit_agents.locate.residual", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--split", default="train", choices=("train", "test", "all"))
@@ -83,16 +93,31 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if any(not w > 0 for w in args.mom2_weights):
         parser.error(f"--mom2-weights must be positive, got {args.mom2_weights}")
-    env = gym.make("HiEdit-v0", model=args.model, dataset=args.dataset, split=args.split, num_edits=args.num_edits,
-                   evaluate_generation=False, **MEMITAgent.acting_requirements({}))
+    env = gym.make(
+        "HiEdit-v0",
+        model=args.model,
+        dataset=args.dataset,
+        split=args.split,
+        num_edits=args.num_edits,
+        evaluate_generation=False,
+        **MEMITAgent.acting_requirements({}),
+    )
     agent = make_agent("memit", env, **json.loads(args.agent_kwargs))
-    result = {"model": args.model, "dataset": args.dataset, "split": args.split, "seed": args.seed,
-              "num_edits": args.num_edits, "hyperparameters": agent.config(),
-              **residual_shares(env, agent, args.mom2_weights, args.seed)}
+    result = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "split": args.split,
+        "seed": args.seed,
+        "num_edits": args.num_edits,
+        "hyperparameters": agent.config(),
+        **residual_shares(env, agent, args.mom2_weights, args.seed),
+    }
     write_json(args.out, result)
     for row in result["per_weight"]:
-        print(f"mom2_weight {row['mom2_weight']:>10g}: realised share {row['realised_share']:.3f}, "
-              f"gain per block {row['gain_per_block']}")
+        print(
+            f"mom2_weight {row['mom2_weight']:>10g}: realised share {row['realised_share']:.3f}, "
+            f"gain per block {row['gain_per_block']}"
+        )
     return 0
 
 

@@ -37,15 +37,17 @@ def null_space_basis(second_moment: torch.Tensor, fraction: float) -> torch.Tens
     smallest eigenvalues (at least one), orthonormal columns; AlphaEdit's projector is ``B B^T``."""
     check_range("null_space_fraction", fraction, 0, 1, low_open=True)
     _, vectors = torch.linalg.eigh(second_moment.double())
-    return vectors[:, :max(1, int(round(fraction * second_moment.shape[0])))].contiguous()
+    return vectors[:, : max(1, int(round(fraction * second_moment.shape[0])))].contiguous()
 
 
 def memit_factor(weighted_moment: torch.Tensor, module: str = "the module") -> torch.Tensor:
     """The Cholesky factor of ``A = lambda C`` [d_in, d_in], which MEMIT's solve reuses for every edit."""
     factor, info = torch.linalg.cholesky_ex(weighted_moment.double())
     if int(info):
-        raise ValueError(f"the key statistics C of {module} are singular (fewer independent keys than its "
-                         f"{weighted_moment.shape[0]} input dimensions): raise stats_samples or stats_length")
+        raise ValueError(
+            f"the key statistics C of {module} are singular (fewer independent keys than its "
+            f"{weighted_moment.shape[0]} input dimensions): raise stats_samples or stats_length"
+        )
     return factor
 
 

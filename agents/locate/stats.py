@@ -30,13 +30,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-
-from hiedit_env.files import atomic_write
 from torch import nn
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from hiedit_env.checks import check_int
+from hiedit_env.files import atomic_write
 
 # Where the statistics are cached unless the agent is given ``stats_dir``; $HIEDIT_CACHE moves it.
 DEFAULT_CACHE = Path(os.environ.get("HIEDIT_CACHE", Path.home() / ".cache" / "hiedit")) / "key_stats"
@@ -58,8 +57,17 @@ class StatsKey:
     def file_name(self) -> str:
         """A readable cache file name; two keys that slug alike are told apart by the stored key."""
         source = "model" if self.source == "model" else Path(self.source.split("|")[0]).name
-        slug = "__".join(re.sub(r"[^A-Za-z0-9._-]+", "-", part) for part in
-                         (self.model, self.module, source, f"{self.samples}x{self.length}", f"seed{self.seed}", self.dtype))
+        slug = "__".join(
+            re.sub(r"[^A-Za-z0-9._-]+", "-", part)
+            for part in (
+                self.model,
+                self.module,
+                source,
+                f"{self.samples}x{self.length}",
+                f"seed{self.seed}",
+                self.dtype,
+            )
+        )
         return f"{slug}.pt"
 
 
@@ -131,6 +139,7 @@ class _Moments:
             self.sums[i] = outer if self.sums[i] is None else self.sums[i] + outer
             if i == 0:
                 self.count += keys.shape[0]
+
         return hook
 
     def remove(self) -> None:
@@ -141,8 +150,14 @@ class _Moments:
         return [s / self.count for s in self.sums]
 
 
-def sampled_second_moments(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, modules: Sequence[nn.Module],
-                           samples: int, length: int, seed: int) -> list[torch.Tensor]:
+def sampled_second_moments(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    modules: Sequence[nn.Module],
+    samples: int,
+    length: int,
+    seed: int,
+) -> list[torch.Tensor]:
     """``E[k k^T]`` over ``samples`` texts of ``length`` tokens sampled from ``model`` (from its BOS
     token; seeded, the global random state untouched), read while they are generated: each sampling
     step feeds one token per text through the model, so the keys come at no extra pass."""
@@ -155,28 +170,37 @@ def sampled_second_moments(model: PreTrainedModel, tokenizer: PreTrainedTokenize
                 n = min(BATCH, samples - first)
                 prompt = torch.full((n, 1), start, dtype=torch.long, device=model.device)
                 # min_new_tokens = max_new_tokens: no text ends early, so no step feeds padding.
-                model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, top_k=0, top_p=1.0,
-                               temperature=1.0, max_new_tokens=length, min_new_tokens=length,
-                               pad_token_id=tokenizer.pad_token_id)
+                model.generate(
+                    prompt,
+                    attention_mask=torch.ones_like(prompt),
+                    do_sample=True,
+                    top_k=0,
+                    top_p=1.0,
+                    temperature=1.0,
+                    max_new_tokens=length,
+                    min_new_tokens=length,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
     finally:
         moments.remove()
     return moments.means()
 
 
-def text_second_moments(model: PreTrainedModel, modules: Sequence[nn.Module], sequences: list[torch.Tensor],
-                        pad_id: int) -> list[torch.Tensor]:
+def text_second_moments(
+    model: PreTrainedModel, modules: Sequence[nn.Module], sequences: list[torch.Tensor], pad_id: int
+) -> list[torch.Tensor]:
     """``E[k k^T]`` of each module's input over every token of ``sequences``."""
     moments = _Moments(modules)
     try:
         with torch.no_grad():
             for first in tqdm(range(0, len(sequences), BATCH), desc="key statistics", unit="batch"):
-                chunk = sequences[first:first + BATCH]
+                chunk = sequences[first : first + BATCH]
                 width = max(len(s) for s in chunk)
                 ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
                 mask = torch.zeros((len(chunk), width), dtype=torch.bool)
                 for row, seq in enumerate(chunk):
-                    ids[row, :len(seq)] = seq
-                    mask[row, :len(seq)] = True
+                    ids[row, : len(seq)] = seq
+                    mask[row, : len(seq)] = True
                 moments.mask = mask.to(model.device)
                 model(input_ids=ids.to(model.device), attention_mask=mask.long().to(model.device), use_cache=False)
     finally:
@@ -190,14 +214,24 @@ def load_cached(path: Path, key: StatsKey) -> torch.Tensor | None:
         return None
     stored = torch.load(path, map_location="cpu", weights_only=True)
     if stored.get("key") != asdict(key):
-        raise ValueError(f"key statistics cache {str(path)!r} was computed for {stored.get('key')}, not for "
-                         f"{asdict(key)}; delete it or pass another stats_dir")
+        raise ValueError(
+            f"key statistics cache {str(path)!r} was computed for {stored.get('key')}, not for "
+            f"{asdict(key)}; delete it or pass another stats_dir"
+        )
     return stored["mom2"]
 
 
-def key_second_moments(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_name: str,
-                       module_names: Sequence[str], source: str = "model", samples: int = 1000, length: int = 64,
-                       seed: int = 0, cache_dir: str | Path | None = None) -> dict[str, torch.Tensor]:
+def key_second_moments(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    model_name: str,
+    module_names: Sequence[str],
+    source: str = "model",
+    samples: int = 1000,
+    length: int = 64,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+) -> dict[str, torch.Tensor]:
     """``{module name: C}`` (float64, on the CPU), read from the cache or computed once and cached.
 
     ``model`` must hold the weights the statistics describe (the unedited ones).
@@ -219,8 +253,10 @@ def key_second_moments(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
         if source == "model":
             moments = sampled_second_moments(model, tokenizer, modules, samples, length, seed)
         else:
-            sequences = [torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"][:length], dtype=torch.long)
-                         for text in read_texts(source_key, samples)]
+            sequences = [
+                torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"][:length], dtype=torch.long)
+                for text in read_texts(source_key, samples)
+            ]
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
             moments = text_second_moments(model, modules, [s for s in sequences if len(s)], pad)
         for name, mom2 in zip(missing, moments):
@@ -246,9 +282,11 @@ def compare_second_moments(a: torch.Tensor, b: torch.Tensor, top: int = 32) -> d
     def overlap(x: torch.Tensor, y: torch.Tensor) -> float:
         return float(torch.linalg.svdvals(x.T @ y).pow(2).mean())
 
-    return {"relative_frobenius": float((a - b).norm() / b.norm()),
-            "top_subspace_overlap": overlap(va[:, -top:], vb[:, -top:]),
-            "null_space_overlap_70pct": overlap(va[:, :kept], vb[:, :kept]),
-            "top_trace_share_a": float(ea[-top:].sum() / ea.sum()),
-            "top_trace_share_b": float(eb[-top:].sum() / eb.sum()),
-            "random_overlap": top / d}
+    return {
+        "relative_frobenius": float((a - b).norm() / b.norm()),
+        "top_subspace_overlap": overlap(va[:, -top:], vb[:, -top:]),
+        "null_space_overlap_70pct": overlap(va[:, :kept], vb[:, :kept]),
+        "top_trace_share_a": float(ea[-top:].sum() / ea.sum()),
+        "top_trace_share_b": float(eb[-top:].sum() / eb.sum()),
+        "random_overlap": top / d,
+    }

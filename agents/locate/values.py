@@ -44,9 +44,15 @@ def generate_prefixes(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
         for i in range(count):
             ids = tokenizer(PREFIX_OPENINGS[i % len(PREFIX_OPENINGS)], add_special_tokens=False, return_tensors="pt")
             ids = ids["input_ids"].to(model.device)
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=5,
-                                 max_new_tokens=PREFIX_TOKENS, min_new_tokens=PREFIX_TOKENS,
-                                 pad_token_id=tokenizer.pad_token_id)
+            out = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=True,
+                top_k=5,
+                max_new_tokens=PREFIX_TOKENS,
+                min_new_tokens=PREFIX_TOKENS,
+                pad_token_id=tokenizer.pad_token_id,
+            )
             text = tokenizer.decode(out[0], skip_special_tokens=True).replace("{", " ").replace("}", " ")
             texts.append(" ".join(text.split()) + ". ")
     return texts
@@ -61,8 +67,9 @@ class EditInputs:
     kl: Pair  # "{subject} is a": its answer logits' first row is the distribution after the subject
 
 
-def edit_inputs(tokenizer: PreTrainedTokenizerBase, prompt: str, subject: str, answer: str,
-                prefixes: Sequence[str]) -> EditInputs:
+def edit_inputs(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, subject: str, answer: str, prefixes: Sequence[str]
+) -> EditInputs:
     texts = [prefix + prompt for prefix in prefixes]
     rewrites = [encode_pair(tokenizer, text, answer) for text in texts]
     positions = [subject_last_token(tokenizer, text, subject) for text in texts]
@@ -96,10 +103,10 @@ class ValueObjective:
         labels = torch.full((len(pairs), width), -100, dtype=torch.long)
         for row, (pair, start) in enumerate(zip(pairs, starts)):
             n = len(pair.ids)
-            ids[row, past - start: past - start + n] = pair.ids
-            mask[row, past - start: past - start + n] = 1
-            positions[row, past - start: past - start + n] = torch.arange(n)
-            labels[row, pair.answer_start - 1 - start: n - 1 - start] = pair.answer
+            ids[row, past - start : past - start + n] = pair.ids
+            mask[row, past - start : past - start + n] = 1
+            positions[row, past - start : past - start + n] = torch.arange(n)
+            labels[row, pair.answer_start - 1 - start : n - 1 - start] = pair.answer
         device = model.device
         ids, mask, positions, labels = ids.to(device), mask.to(device), positions.to(device), labels.to(device)
         self.model, self.module = model, module
@@ -110,13 +117,20 @@ class ValueObjective:
         if past:
             self.cache = DynamicCache()
             with torch.no_grad():
-                model(input_ids=ids[:, :past], attention_mask=mask[:, :past], position_ids=positions[:, :past],
-                      use_cache=True, **{self.keyword: self.cache})
+                model(
+                    input_ids=ids[:, :past],
+                    attention_mask=mask[:, :past],
+                    position_ids=positions[:, :past],
+                    use_cache=True,
+                    **{self.keyword: self.cache},
+                )
 
-    def __call__(self, delta: torch.Tensor, output_hidden_states: bool = False
-                 ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], Any]:
+    def __call__(
+        self, delta: torch.Tensor, output_hidden_states: bool = False
+    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], Any]:
         """Each sequence's (answer logits, labels) with ``delta`` added to ``module``'s output at its
         subject's last token (the bare prompt first, the KL prompt last), and the model's output."""
+
         def hook(_module: nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor:
             added = torch.zeros_like(output)
             added[:, 0] = delta.to(output.dtype)  # the first live column: every sequence's subject's last token
@@ -126,15 +140,31 @@ class ValueObjective:
         try:
             # A copy per call: a forward appends the live tokens to the cache it is given.
             cache = {self.keyword: copy.deepcopy(self.cache)} if self.cache is not None else {}
-            out, narrowed = answer_logits(self.model, self.live, attention_mask=self.mask, position_ids=self.positions,
-                                          output_hidden_states=output_hidden_states, **cache)
+            out, narrowed = answer_logits(
+                self.model,
+                self.live,
+                attention_mask=self.mask,
+                position_ids=self.positions,
+                output_hidden_states=output_hidden_states,
+                **cache,
+            )
         finally:
             handle.remove()
         return narrowed.per_pair(out.logits.float()), out
 
 
-def optimise_value(model: PreTrainedModel, module: nn.Module, layer: int, inputs: EditInputs, pad_id: int,
-                   steps: int, lr: float, kl_weight: float, weight_decay: float, clamp: float) -> tuple[torch.Tensor, dict[str, float]]:
+def optimise_value(
+    model: PreTrainedModel,
+    module: nn.Module,
+    layer: int,
+    inputs: EditInputs,
+    pad_id: int,
+    steps: int,
+    lr: float,
+    kl_weight: float,
+    weight_decay: float,
+    clamp: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """The target hidden state ``z`` [d_model] at the last subject token of block ``layer``'s output
     (``module`` is that block's MLP output projection), and the first and last NLL of the new answer."""
     objective = ValueObjective(model, module, inputs, pad_id)
@@ -166,16 +196,26 @@ def optimise_value(model: PreTrainedModel, module: nn.Module, layer: int, inputs
             if delta.norm() > max_norm:
                 delta.mul_(max_norm / delta.norm())
     delta = delta.detach()
-    return hidden + delta, {"nll_before": first, "nll_after": last, "steps": step,
-                            "delta_ratio": float(delta.norm() / hidden.norm())}
+    return hidden + delta, {
+        "nll_before": first,
+        "nll_after": last,
+        "steps": step,
+        "delta_ratio": float(delta.norm() / hidden.norm()),
+    }
 
 
 class _Stop(Exception):
     """Raised by a forward hook to end a pass once everything it reads has been computed."""
 
 
-def keys_and_hidden(model: PreTrainedModel, modules: Sequence[nn.Module], pending: Sequence[tuple[nn.Module, Update]],
-                    block: nn.Module, inputs: EditInputs, pad_id: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+def keys_and_hidden(
+    model: PreTrainedModel,
+    modules: Sequence[nn.Module],
+    pending: Sequence[tuple[nn.Module, Update]],
+    block: nn.Module,
+    inputs: EditInputs,
+    pad_id: int,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Each of ``modules``' input at the subject's last token averaged over the prompts (without the
     answer), and decoder block ``block``'s output there on the bare prompt, with ``pending`` updates
     added to their modules' outputs (the lower layers an edit has already solved for). ``modules``
@@ -189,13 +229,16 @@ def keys_and_hidden(model: PreTrainedModel, modules: Sequence[nn.Module], pendin
     def hook_for(i: int):
         def hook(_module: nn.Module, args: tuple, _output: torch.Tensor) -> None:
             keys[i] = args[0][rows, positions].float().mean(0)
+
         return hook
 
     def stop(_module: nn.Module, _args: tuple, output: Any) -> None:
         hidden.append((output[0] if isinstance(output, tuple) else output)[0, inputs.positions[0]].float())
         raise _Stop
 
-    handles = [add_update_hook(m, u) for m, u in pending] + [m.register_forward_hook(hook_for(i)) for i, m in enumerate(modules)]
+    handles = [add_update_hook(m, u) for m, u in pending] + [
+        m.register_forward_hook(hook_for(i)) for i, m in enumerate(modules)
+    ]
     handles.append(block.register_forward_hook(stop))
     try:
         with torch.no_grad():

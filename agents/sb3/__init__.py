@@ -36,5 +36,18 @@ from .callbacks import RewardTermsCallback, SaveAgentCallback
 from .hyperparams import HYPERPARAMS_DIR, load_hyperparams
 from .wrappers import editor_update_mode, wrap_levels
 
-__all__ = ["HYPERPARAMS_DIR", "SB3_AGENTS", "A2CAgent", "MaskablePPOAgent", "PPOAgent", "RewardTermsCallback", "SACAgent",
-           "SB3Agent", "SaveAgentCallback", "TD3Agent", "editor_update_mode", "load_hyperparams", "wrap_levels"]
+__all__ = [
+    "HYPERPARAMS_DIR",
+    "SB3_AGENTS",
+    "A2CAgent",
+    "MaskablePPOAgent",
+    "PPOAgent",
+    "RewardTermsCallback",
+    "SACAgent",
+    "SB3Agent",
+    "SaveAgentCallback",
+    "TD3Agent",
+    "editor_update_mode",
+    "load_hyperparams",
+    "wrap_levels",
+]

@@ -62,8 +62,9 @@ class SB3Agent(Agent):
 
     @classmethod
     def env_requirements(cls, config: dict[str, Any]) -> dict[str, Any]:
-        hp = load_hyperparams(cls.name, config.get("hyperparams"),
-                              {k: v for k, v in config.items() if k != "hyperparams"})
+        hp = load_hyperparams(
+            cls.name, config.get("hyperparams"), {k: v for k, v in config.items() if k != "hyperparams"}
+        )
         return {"update_mode": editor_update_mode(hp), **hp.get("env_kwargs", {})}
 
     @property
@@ -84,8 +85,11 @@ class SB3Agent(Agent):
             chosen = np.zeros(self.num_candidates, np.float32)
             for _ in range(self.level.k):
                 extra = {"action_masks": chosen == 0} if masked else {}
-                choice, _ = self.model.predict(self._policy_observation(self.level.policy_observation(observation, chosen)),
-                                               deterministic=True, **extra)
+                choice, _ = self.model.predict(
+                    self._policy_observation(self.level.policy_observation(observation, chosen)),
+                    deterministic=True,
+                    **extra,
+                )
                 chosen = self.level.take(chosen, choice)
             return self.level.env_action(chosen, observation, info)
         action, _ = self.model.predict(self._policy_observation(observation), deterministic=True)
@@ -98,7 +102,9 @@ class SB3Agent(Agent):
             return venv
         kwargs = normalize if isinstance(normalize, dict) else {}
         if not training:
-            return VecNormalize(venv, training=False, norm_reward=False, **{k: v for k, v in kwargs.items() if k != "norm_reward"})
+            return VecNormalize(
+                venv, training=False, norm_reward=False, **{k: v for k, v in kwargs.items() if k != "norm_reward"}
+            )
         if self.vecnormalize is not None:  # resuming: keep the running statistics
             self.vecnormalize.set_venv(venv)
             self.vecnormalize.training = True
@@ -123,9 +129,18 @@ class SB3Agent(Agent):
             kwargs["action_noise"] = noises[noise](np.zeros(dims), std)
         return kwargs
 
-    def learn(self, env: gym.Env, steps: int, *, log_dir: str | Path | None = None, seed: int = 0,
-              progress: bool = True, checkpoint_dir: str | Path | None = None, checkpoint_every: int | None = None,
-              resume: bool = False) -> dict[str, Any]:
+    def learn(
+        self,
+        env: gym.Env,
+        steps: int,
+        *,
+        log_dir: str | Path | None = None,
+        seed: int = 0,
+        progress: bool = True,
+        checkpoint_dir: str | Path | None = None,
+        checkpoint_every: int | None = None,
+        resume: bool = False,
+    ) -> dict[str, Any]:
         """Train for ``steps`` edits in all (a resumed model counts the edits it already trained on).
 
         With ``checkpoint_dir`` the agent is saved there every ``checkpoint_every`` edits (default: the
@@ -139,13 +154,22 @@ class SB3Agent(Agent):
         total = steps * self.decisions_per_edit
         if self.model is None:
             policy = self.hp.get("policy", "MultiInputPolicy")
-            if isinstance(policy, str) and (policy == "MultiInputPolicy") != isinstance(venv.observation_space, gym.spaces.Dict):
-                raise ValueError(f"policy {policy!r} does not fit the {type(venv.observation_space).__name__} observations: "
-                                 "use MultiInputPolicy for the environment's Dict, MlpPolicy after FlattenObservation")
+            if isinstance(policy, str) and (policy == "MultiInputPolicy") != isinstance(
+                venv.observation_space, gym.spaces.Dict
+            ):
+                raise ValueError(
+                    f"policy {policy!r} does not fit the {type(venv.observation_space).__name__} observations: "
+                    "use MultiInputPolicy for the environment's Dict, MlpPolicy after FlattenObservation"
+                )
             try:
-                self.model = self.algorithm(policy, venv, seed=seed, verbose=0,
-                                            tensorboard_log=None if log_dir is None else str(log_dir),
-                                            **self._algorithm_kwargs(venv))
+                self.model = self.algorithm(
+                    policy,
+                    venv,
+                    seed=seed,
+                    verbose=0,
+                    tensorboard_log=None if log_dir is None else str(log_dir),
+                    **self._algorithm_kwargs(venv),
+                )
             except TypeError as err:  # a misspelt hyperparameter: name it
                 raise ValueError(f"bad hyperparameters for {self.name}: {err}") from err
         else:
@@ -160,23 +184,39 @@ class SB3Agent(Agent):
         if eval_changes is not None:
             eval_env = self._normalized(vector_env(self.hp, env, 1, seed + 10_000, eval_changes), training=False)
             eval_cls = MaskableEvalCallback if isinstance(self.model, MaskablePPO) else EvalCallback
-            callbacks.append(eval_cls(eval_env, n_eval_episodes=int(self.hp.get("eval_episodes", 1)),
-                                      eval_freq=max(1, eval_freq // venv.num_envs), deterministic=True, verbose=0))
-        checkpoint_freq = int(self.hp.get("checkpoint_freq", 0)) if checkpoint_every is None \
+            callbacks.append(
+                eval_cls(
+                    eval_env,
+                    n_eval_episodes=int(self.hp.get("eval_episodes", 1)),
+                    eval_freq=max(1, eval_freq // venv.num_envs),
+                    deterministic=True,
+                    verbose=0,
+                )
+            )
+        checkpoint_freq = (
+            int(self.hp.get("checkpoint_freq", 0))
+            if checkpoint_every is None
             else checkpoint_every * self.decisions_per_edit
+        )
         if checkpoint_freq > 0 and checkpoint_dir is not None:
             callbacks.append(EveryNTimesteps(checkpoint_freq, SaveAgentCallback(self, Path(checkpoint_dir))))
         try:
             with warnings.catch_warnings():  # SB3's progress bar is tqdm.rich, which warns that it is experimental
                 warnings.filterwarnings("ignore", category=TqdmExperimentalWarning)
-                self.model.learn(total_timesteps=remaining, callback=CallbackList(callbacks), tb_log_name=self.name,
-                                 reset_num_timesteps=False, progress_bar=progress)
+                self.model.learn(
+                    total_timesteps=remaining,
+                    callback=CallbackList(callbacks),
+                    tb_log_name=self.name,
+                    reset_num_timesteps=False,
+                    progress_bar=progress,
+                )
         except KeyboardInterrupt:
             # SB3 can stop anywhere: its state is the model, the buffer and the statistics, all in the save.
             if checkpoint_dir is not None:
                 self.save_progress(checkpoint_dir)
-            raise TrainingInterrupted(self.model.num_timesteps // self.decisions_per_edit, steps,
-                                      checkpoint_dir is not None) from None
+            raise TrainingInterrupted(
+                self.model.num_timesteps // self.decisions_per_edit, steps, checkpoint_dir is not None
+            ) from None
         finally:  # subprocess copies end with the run
             venv.close()
             for callback in callbacks:
@@ -192,8 +232,11 @@ class SB3Agent(Agent):
             changes["dataset"] = self.hp["eval_dataset"]
         unwrapped: HiEditEnv = env.unwrapped
         if env.spec is None or (unwrapped.split == "all" and "dataset" not in changes):
-            warnings.warn("no evaluation callback: it needs an environment made with gym.make and, when training "
-                          "uses split 'all', an 'eval_dataset' hyperparameter (held-out edits)", stacklevel=3)
+            warnings.warn(
+                "no evaluation callback: it needs an environment made with gym.make and, when training "
+                "uses split 'all', an 'eval_dataset' hyperparameter (held-out edits)",
+                stacklevel=3,
+            )
             return None
         return changes
 
@@ -202,9 +245,14 @@ class SB3Agent(Agent):
         time per edit divides by these)."""
         assert self.model is not None
         trained = (int(self.model.num_timesteps) - done_before) // self.decisions_per_edit
-        return {"steps": steps, "steps_this_run": trained, "resumed_at": done_before // self.decisions_per_edit or None,
-                "agent_steps": int(self.model.num_timesteps), "optimizer_steps": int(getattr(self.model, "_n_updates", 0)),
-                "hyperparams": self.config()}
+        return {
+            "steps": steps,
+            "steps_this_run": trained,
+            "resumed_at": done_before // self.decisions_per_edit or None,
+            "agent_steps": int(self.model.num_timesteps),
+            "optimizer_steps": int(getattr(self.model, "_n_updates", 0)),
+            "hyperparams": self.config(),
+        }
 
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict[str, Any]:
@@ -231,7 +279,9 @@ class SB3Agent(Agent):
             if BUFFER_FILE in files:
                 self.model.load_replay_buffer(directory / BUFFER_FILE)
             if VECNORM_FILE in files:
-                self.vecnormalize = VecNormalize.load(str(directory / VECNORM_FILE), DummyVecEnv([lambda: self.wrapped]))
+                self.vecnormalize = VecNormalize.load(
+                    str(directory / VECNORM_FILE), DummyVecEnv([lambda: self.wrapped])
+                )
                 self.vecnormalize.training = False  # acting must not move the statistics; learn() turns it back on
         except (EOFError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError, ValueError, RuntimeError) as err:
             reason = " ".join(str(err).split())[:200] or type(err).__name__
@@ -242,15 +292,31 @@ def _sb3_agent(class_name: str, name: str, algorithm: type[BaseAlgorithm], doc: 
     return type(class_name, (SB3Agent,), {"name": name, "algorithm": algorithm, "__doc__": doc, "__module__": __name__})
 
 
-PPOAgent = _sb3_agent("PPOAgent", "ppo", PPO, "PPO; shipped setting: the high level, a ``MultiBinary`` layer mask "
-                      "(:class:`~hiedit_env.wrappers.ChooseLayers`).")
+PPOAgent = _sb3_agent(
+    "PPOAgent",
+    "ppo",
+    PPO,
+    "PPO; shipped setting: the high level, a ``MultiBinary`` layer mask (:class:`~hiedit_env.wrappers.ChooseLayers`).",
+)
 A2CAgent = _sb3_agent("A2CAgent", "a2c", A2C, "A2C; shipped setting: the high level, a ``MultiBinary`` layer mask.")
-SACAgent = _sb3_agent("SACAgent", "sac", SAC, "SAC; shipped setting: the low level, step sizes for all candidates "
-                      "(:class:`~hiedit_env.wrappers.EmitStepSizes`).")
-TD3Agent = _sb3_agent("TD3Agent", "td3", TD3, "TD3; shipped setting: both levels in one ``Box`` "
-                      "(:class:`~hiedit_env.wrappers.FlatAction`).")
-MaskablePPOAgent = _sb3_agent("MaskablePPOAgent", "maskable_ppo", MaskablePPO,
-                              "MaskablePPO; shipped setting: the high level, exactly ``k`` layers chosen in turn with "
-                              "masks (:class:`~hiedit_env.wrappers.ChooseLayersInTurn`).")
+SACAgent = _sb3_agent(
+    "SACAgent",
+    "sac",
+    SAC,
+    "SAC; shipped setting: the low level, step sizes for all candidates (:class:`~hiedit_env.wrappers.EmitStepSizes`).",
+)
+TD3Agent = _sb3_agent(
+    "TD3Agent",
+    "td3",
+    TD3,
+    "TD3; shipped setting: both levels in one ``Box`` (:class:`~hiedit_env.wrappers.FlatAction`).",
+)
+MaskablePPOAgent = _sb3_agent(
+    "MaskablePPOAgent",
+    "maskable_ppo",
+    MaskablePPO,
+    "MaskablePPO; shipped setting: the high level, exactly ``k`` layers chosen in turn with "
+    "masks (:class:`~hiedit_env.wrappers.ChooseLayersInTurn`).",
+)
 
 SB3_AGENTS: tuple[type[SB3Agent], ...] = (PPOAgent, A2CAgent, SACAgent, TD3Agent, MaskablePPOAgent)

@@ -14,14 +14,25 @@ HYPERPARAMS_DIR = Path(__file__).parent.parent / "hyperparams"
 # The section of a hyperparameter file that RL Baselines3 Zoo never reads (it reads the environment
 # id's entry alone), and the keys it may hold.
 TRAIN_SECTION = "hiedit_train"
-TRAIN_KEYS = frozenset({"level", "vec_env", "eval_freq", "eval_episodes", "eval_split", "eval_dataset", "checkpoint_freq"})
+TRAIN_KEYS = frozenset(
+    {"level", "vec_env", "eval_freq", "eval_episodes", "eval_split", "eval_dataset", "checkpoint_freq"}
+)
 # Keys read here; every other key is passed to the algorithm's constructor.
-OWN_KEYS = TRAIN_KEYS | {"env_wrapper", "env_kwargs", "n_timesteps", "policy", "n_envs", "normalize", "noise_type",
-                         "noise_std"}
+OWN_KEYS = TRAIN_KEYS | {
+    "env_wrapper",
+    "env_kwargs",
+    "n_timesteps",
+    "policy",
+    "n_envs",
+    "normalize",
+    "noise_type",
+    "noise_std",
+}
 
 
-def load_hyperparams(algorithm: str, path: str | Path | None = None,
-                     overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def load_hyperparams(
+    algorithm: str, path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The ``HiEdit-v0`` entry of ``path`` (default: the shipped ``hyperparams/<algorithm>.yml``) with
     the file's ``hiedit_train`` section merged in and ``overrides`` replacing whole keys."""
     path = Path(path) if path is not None else HYPERPARAMS_DIR / f"{algorithm}.yml"
@@ -32,8 +43,10 @@ def load_hyperparams(algorithm: str, path: str | Path | None = None,
         raise ValueError(f"{str(path)!r} has no {ENV_ID!r} entry (RL Zoo format: one entry per environment id)")
     extra = table.get(TRAIN_SECTION) or {}
     if not isinstance(extra, dict) or not set(extra) <= TRAIN_KEYS:
-        raise ValueError(f"{str(path)!r}: the {TRAIN_SECTION!r} section may only hold {sorted(TRAIN_KEYS)}, got "
-                         f"{sorted(extra) if isinstance(extra, dict) else extra!r}")
+        raise ValueError(
+            f"{str(path)!r}: the {TRAIN_SECTION!r} section may only hold {sorted(TRAIN_KEYS)}, got "
+            f"{sorted(extra) if isinstance(extra, dict) else extra!r}"
+        )
     twice = sorted(set(extra) & set(table[ENV_ID]))
     if twice:
         raise ValueError(f"{str(path)!r} sets {twice} both in {ENV_ID!r} and in {TRAIN_SECTION!r}")

@@ -23,12 +23,15 @@ def _make_copy(spec: gym.envs.registration.EnvSpec, kwargs: dict[str, Any], thre
     return gym.make(spec, **kwargs)
 
 
-def vector_env(hp: dict[str, Any], env: gym.Env, n_envs: int, seed: int, changes: dict[str, Any] | None = None) -> VecEnv:
+def vector_env(
+    hp: dict[str, Any], env: gym.Env, n_envs: int, seed: int, changes: dict[str, Any] | None = None
+) -> VecEnv:
     """``n_envs`` copies of ``env``, each wrapped as ``hp["env_wrapper"]`` says (re-made from its spec with
     ``changes``; in-process copies share the model), in the vector environment ``hp["vec_env"]`` names."""
     if env.spec is None:
         if n_envs != 1 or changes:
             raise ValueError("n_envs > 1 needs an environment made with gym.make (it has a spec)")
+
         def factory() -> gym.Env:
             return env
     else:
@@ -36,5 +39,10 @@ def vector_env(hp: dict[str, Any], env: gym.Env, n_envs: int, seed: int, changes
     vec_name = hp.get("vec_env", "dummy")
     if vec_name not in VEC_ENVS:
         raise ValueError(f"vec_env must be 'dummy' or 'subproc', got {vec_name!r}")
-    return make_vec_env(factory, n_envs=n_envs, seed=seed, wrapper_class=functools.partial(outermost, hp),
-                        vec_env_cls=VEC_ENVS[vec_name])
+    return make_vec_env(
+        factory,
+        n_envs=n_envs,
+        seed=seed,
+        wrapper_class=functools.partial(outermost, hp),
+        vec_env_cls=VEC_ENVS[vec_name],
+    )

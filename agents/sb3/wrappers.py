@@ -20,23 +20,29 @@ def import_object(path: str) -> Any:
     try:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError, ValueError) as err:
-        raise ValueError(f"cannot import {path!r} (expected 'package.module.Name' or 'package.module:Name'): {err}") from err
+        raise ValueError(
+            f"cannot import {path!r} (expected 'package.module.Name' or 'package.module:Name'): {err}"
+        ) from err
 
 
 def wrapper_specs(hp: dict[str, Any]) -> list[tuple[type, dict[str, Any]]]:
     """``env_wrapper`` as (class, kwargs) pairs, checked: one level wrapper first, then observation wrappers."""
     specs = hp.get("env_wrapper")
     if not isinstance(specs, list) or not specs:
-        raise ValueError("hyperparameter 'env_wrapper' must be a non-empty list such as "
-                         "[{'hiedit_env.wrappers.ChooseLayersInTurn': {'k': 9}}]")
+        raise ValueError(
+            "hyperparameter 'env_wrapper' must be a non-empty list such as "
+            "[{'hiedit_env.wrappers.ChooseLayersInTurn': {'k': 9}}]"
+        )
     pairs: list[tuple[type, dict[str, Any]]] = []
     for spec in specs:
         if isinstance(spec, str):
             name, kwargs = spec, {}
         elif isinstance(spec, dict) and len(spec) == 1:
-            (name, kwargs), = spec.items()
+            ((name, kwargs),) = spec.items()
         else:
-            raise ValueError(f"each env_wrapper entry must be 'module.Class' or {{'module.Class': kwargs}}, got {spec!r}")
+            raise ValueError(
+                f"each env_wrapper entry must be 'module.Class' or {{'module.Class': kwargs}}, got {spec!r}"
+            )
         cls = import_object(name)
         if not isinstance(cls, type):
             raise ValueError(f"env_wrapper entry {name!r} is not a class")

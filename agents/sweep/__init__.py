@@ -12,5 +12,16 @@ from .runner import collect_results, sweep
 from .spec import SpecError, SweepSpec, load_spec
 from .tune import tune_spec
 
-__all__ = ["Cell", "SpecError", "SweepSpec", "build_report", "collect_results", "expand", "load_spec",
-           "probability_of_improvement", "stratified_bootstrap_interval", "sweep", "tune_spec"]
+__all__ = [
+    "Cell",
+    "SpecError",
+    "SweepSpec",
+    "build_report",
+    "collect_results",
+    "expand",
+    "load_spec",
+    "probability_of_improvement",
+    "stratified_bootstrap_interval",
+    "sweep",
+    "tune_spec",
+]

@@ -49,8 +49,15 @@ def is_finished(out: Path, cell: Cell) -> bool:
 
 def _env_args(cell: Cell, source: str, split: str, num_edits: int) -> argparse.Namespace:
     # make_env of `hiedit train` / `hiedit evaluate`, so a sweep's cell and a command line build the same environment
-    return argparse.Namespace(model=cell.model, dataset=source, split=split, num_edits=num_edits,
-                              env_kwargs=cell.env_kwargs, threads=cell.threads, low_memory=False)
+    return argparse.Namespace(
+        model=cell.model,
+        dataset=source,
+        split=split,
+        num_edits=num_edits,
+        env_kwargs=cell.env_kwargs,
+        threads=cell.threads,
+        low_memory=False,
+    )
 
 
 def train(cell: Cell, folder: Path) -> dict[str, Any]:
@@ -60,8 +67,15 @@ def train(cell: Cell, folder: Path) -> dict[str, Any]:
     cls = agent_class(cell.agent)
     args = _env_args(cell, cell.train_source, cell.train_split, cell.training_num_edits)
     resume = cls.resumable and progress_folder(checkpoint) is not None
-    args.__dict__.update(agent=cell.agent, agent_kwargs={} if resume else cell.agent_kwargs, steps=cell.training_steps,
-                         seed=cell.training_seed, out_dir=checkpoint, resume=resume, checkpoint_every=None)
+    args.__dict__.update(
+        agent=cell.agent,
+        agent_kwargs={} if resume else cell.agent_kwargs,
+        steps=cell.training_steps,
+        seed=cell.training_seed,
+        out_dir=checkpoint,
+        resume=resume,
+        checkpoint_every=None,
+    )
     return commands.train_agent(args, progress=False)
 
 
@@ -86,17 +100,36 @@ def evaluate(cell: Cell, folder: Path, seed: int, num_edits: int, acting: dict[s
     curve = metrics.pop("curve", [])
     device = str(env.unwrapped.model.device)
     env.close()
-    return {"metrics": metrics, "curve": curve, "wall_seconds": wall, "device": device, **commands.peak_memory_mb(), **provenance()}
+    return {
+        "metrics": metrics,
+        "curve": curve,
+        "wall_seconds": wall,
+        "device": device,
+        **commands.peak_memory_mb(),
+        **provenance(),
+    }
 
 
 def row(cell: Cell, entry: str, seed: int, num_edits: int, result: dict[str, Any]) -> dict[str, Any]:
     """The results-table row of one evaluation: who, on what, every scalar metric, cost and provenance."""
     metrics = result["metrics"]
-    return {"spec": cell.spec, "model": cell.model, "dataset": cell.dataset, "agent": entry, "agent_class": cell.agent,
-            "training_seed": cell.training_seed, "evaluation_seed": seed, "num_edits": num_edits,
-            **{k: v for k, v in metrics.items() if k not in NESTED_METRICS and k != "num_edits"},
-            "peak_rss_mb": result["peak_rss_mb"], "wall_seconds": result["wall_seconds"], "device": result["device"],
-            **{k: result[k] for k in ("versions", "git_commit", "machine")}, "module_share": metrics.get("module_share"), "curve": result["curve"]}
+    return {
+        "spec": cell.spec,
+        "model": cell.model,
+        "dataset": cell.dataset,
+        "agent": entry,
+        "agent_class": cell.agent,
+        "training_seed": cell.training_seed,
+        "evaluation_seed": seed,
+        "num_edits": num_edits,
+        **{k: v for k, v in metrics.items() if k not in NESTED_METRICS and k != "num_edits"},
+        "peak_rss_mb": result["peak_rss_mb"],
+        "wall_seconds": result["wall_seconds"],
+        "device": result["device"],
+        **{k: result[k] for k in ("versions", "git_commit", "machine")},
+        "module_share": metrics.get("module_share"),
+        "curve": result["curve"],
+    }
 
 
 @functools.lru_cache(maxsize=1)
@@ -109,12 +142,21 @@ def provenance() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[package] = ""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                                text=True, timeout=10, check=False).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
-    return {"versions": " ".join(f"{k}=={v}" for k, v in versions.items() if v), "git_commit": commit,
-            "machine": machine_description()}
+    return {
+        "versions": " ".join(f"{k}=={v}" for k, v in versions.items() if v),
+        "git_commit": commit,
+        "machine": machine_description(),
+    }
 
 
 def machine_description() -> str:
@@ -122,8 +164,11 @@ def machine_description() -> str:
     e.g. ``Intel(R) Xeon(R) Processor @ 2.10GHz, 2 cores, 24 GiB, Linux x86_64``."""
     cpu = platform.processor() or platform.machine()
     try:  # Linux names the model in /proc/cpuinfo; platform.processor() there is only the architecture
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     parts = [cpu, f"{os.cpu_count()} cores"]

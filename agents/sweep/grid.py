@@ -46,8 +46,13 @@ class Cell:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Cell:
-        return cls(**{**config, "evaluations": [tuple(e) for e in config["evaluations"]],
-                      "variants": [tuple(v) for v in config["variants"]]})
+        return cls(
+            **{
+                **config,
+                "evaluations": [tuple(e) for e in config["evaluations"]],
+                "variants": [tuple(v) for v in config["variants"]],
+            }
+        )
 
 
 def slug(text: str) -> str:
@@ -61,7 +66,11 @@ def expand(spec: SweepSpec) -> list[Cell]:
     # entries that train the same agent with the same options, in the spec's order
     groups: dict[str, list[AgentEntry]] = {}
     for agent in spec.agents:
-        key = json.dumps([agent.agent, agent.agent_kwargs, agent.env_kwargs, agent.steps], sort_keys=True) if agent.trains else agent.name
+        key = (
+            json.dumps([agent.agent, agent.agent_kwargs, agent.env_kwargs, agent.steps], sort_keys=True)
+            if agent.trains
+            else agent.name
+        )
         groups.setdefault(key, []).append(agent)
     cells = []
     for model in spec.models:
@@ -72,16 +81,32 @@ def expand(spec: SweepSpec) -> list[Cell]:
                 for seed in seeds:
                     name = "+".join(e.name for e in entries)
                     cell_id = "__".join([slug(model), data.name, name] + ([f"train{seed}"] if seed is not None else []))
-                    cells.append(Cell(
-                        id=cell_id, spec=spec.name, model=model, dataset=data.name,
-                        train_source=data.train.source, train_split=data.train.split,
-                        eval_source=data.evaluate.source, eval_split=data.evaluate.split,
-                        agent=first.agent, agent_kwargs=first.agent_kwargs, env_kwargs=first.env_kwargs,
-                        variants=[(e.name, e.acting) for e in entries], training_seed=seed,
-                        training_steps=first.steps, training_num_edits=spec.training_num_edits,
-                        evaluations=evaluations, curve_points=spec.curve_points, threads=spec.threads))
+                    cells.append(
+                        Cell(
+                            id=cell_id,
+                            spec=spec.name,
+                            model=model,
+                            dataset=data.name,
+                            train_source=data.train.source,
+                            train_split=data.train.split,
+                            eval_source=data.evaluate.source,
+                            eval_split=data.evaluate.split,
+                            agent=first.agent,
+                            agent_kwargs=first.agent_kwargs,
+                            env_kwargs=first.env_kwargs,
+                            variants=[(e.name, e.acting) for e in entries],
+                            training_seed=seed,
+                            training_steps=first.steps,
+                            training_num_edits=spec.training_num_edits,
+                            evaluations=evaluations,
+                            curve_points=spec.curve_points,
+                            threads=spec.threads,
+                        )
+                    )
     ids = [c.id for c in cells]
     if len(set(ids)) != len(ids):  # two models whose names end alike
-        raise ValueError(f"two cells would share a folder: {sorted({i for i in ids if ids.count(i) > 1})}; "
-                         "give the models distinct last path components")
+        raise ValueError(
+            f"two cells would share a folder: {sorted({i for i in ids if ids.count(i) > 1})}; "
+            "give the models distinct last path components"
+        )
     return cells

@@ -29,15 +29,18 @@ from .runner import RESULTS_JSONL, read_sweep
 SCORE = "mean"
 CONFIDENCE = 0.95
 RESAMPLES = 10_000
-PROTOCOL = ("ES/GS: teacher-forced token accuracy of the new answer on the edit prompt / paraphrase; LS: agreement "
-            "with the unedited model's argmax on unrelated prompts")
+PROTOCOL = (
+    "ES/GS: teacher-forced token accuracy of the new answer on the edit prompt / paraphrase; LS: agreement "
+    "with the unedited model's argmax on unrelated prompts"
+)
 # The lines of a README between which `hiedit report --readme` writes the leaderboard.
 LEADERBOARD_START = "<!-- leaderboard:start -->"
 LEADERBOARD_END = "<!-- leaderboard:end -->"
 
 
-def stratified_bootstrap_interval(strata: Sequence[Sequence[float]], confidence: float = CONFIDENCE,
-                                  resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
+def stratified_bootstrap_interval(
+    strata: Sequence[Sequence[float]], confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = 0
+) -> tuple[float, float]:
     """Percentile interval of the mean over all values, resampling with replacement within each stratum."""
     rng = np.random.default_rng(seed)
     total = np.zeros(resamples)
@@ -82,10 +85,29 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         strata[r.get("training_seed")].append(r[SCORE])
     scores = [s for values in strata.values() for s in values]
     low, high = stratified_bootstrap_interval(list(strata.values()))
-    return {"cells": len(scores), "training_seeds": len(strata), "mean": float(np.mean(scores)), "low": low, "high": high,
-            "iqm": interquartile_mean(scores), "scores": scores,
-            **{k: _mean(rows, k) for k in ("ES", "GS", "LS", "efficacy", "ES_first_20pct", "layers_per_edit",
-                                           "candidates", "seconds_per_edit", "agent_seconds_per_edit")}}
+    return {
+        "cells": len(scores),
+        "training_seeds": len(strata),
+        "mean": float(np.mean(scores)),
+        "low": low,
+        "high": high,
+        "iqm": interquartile_mean(scores),
+        "scores": scores,
+        **{
+            k: _mean(rows, k)
+            for k in (
+                "ES",
+                "GS",
+                "LS",
+                "efficacy",
+                "ES_first_20pct",
+                "layers_per_edit",
+                "candidates",
+                "seconds_per_edit",
+                "agent_seconds_per_edit",
+            )
+        },
+    }
 
 
 def load_sweeps(folders: Sequence[str | Path]) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
@@ -123,15 +145,20 @@ def leaderboard(folders: Sequence[str | Path], command: str) -> str:
         # sweep.json from before it listed entries and data sets: what the finished rows name
         names = meta.get("entries") or list(dict.fromkeys(r["agent"] for r in rows))
         entries += [e for e in names if e not in entries]
-        keys = ([(m, d, n) for m in meta["models"] for d in meta["datasets"] for n in meta["evaluation_num_edits"]]
-                if "datasets" in meta else list(dict.fromkeys((r["model"], r["dataset"], r["num_edits"]) for r in rows)))
+        keys = (
+            [(m, d, n) for m in meta["models"] for d in meta["datasets"] for n in meta["evaluation_num_edits"]]
+            if "datasets" in meta
+            else list(dict.fromkeys((r["model"], r["dataset"], r["num_edits"]) for r in rows))
+        )
         columns.update({key: {**meta, "entries": names} for key in keys if key not in columns})
     groups: dict[tuple, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for _, rows in sweeps:
         for r in rows:
             groups[(r["model"], r["dataset"], r["num_edits"])][r["agent"]].append(r)
     models = {model for model, _, _ in columns}
-    header = [f"{dataset}, {n} edits" + (f", {slug(model)}" if len(models) > 1 else "") for model, dataset, n in columns]
+    header = [
+        f"{dataset}, {n} edits" + (f", {slug(model)}" if len(models) > 1 else "") for model, dataset, n in columns
+    ]
     lines = ["| agent | " + " | ".join(header) + " |", "|---" * (len(columns) + 1) + "|"]
     for entry in entries:
         cells = []
@@ -147,12 +174,20 @@ def leaderboard(folders: Sequence[str | Path], command: str) -> str:
         lines.append(f"| {entry} | " + " | ".join(cells) + " |")
     all_rows = [r for _, rows in sweeps for r in rows]
     machines = sorted({f"{r['machine']} ({r['device']})" for r in all_rows if r.get("machine")})
-    seeds = "; ".join(f"{meta['name']}: training seeds {_seeds(meta, rows, 'training')}, evaluation sequences "
-                      f"{_seeds(meta, rows, 'evaluation')}" for meta, rows in sweeps)
-    lines += ["", (f"mean(ES, GS, LS) [{CONFIDENCE:.0%} stratified bootstrap interval] · finished/planned cells, a cell "
-                   f"being one training seed x one held-out evaluation sequence. {PROTOCOL}. Models: "
-                   f"{', '.join(sorted(models))}. {seeds}. Machine: {', '.join(machines) or 'no finished cells yet'}. "
-                   f"Generated by `{command}`.")]
+    seeds = "; ".join(
+        f"{meta['name']}: training seeds {_seeds(meta, rows, 'training')}, evaluation sequences "
+        f"{_seeds(meta, rows, 'evaluation')}"
+        for meta, rows in sweeps
+    )
+    lines += [
+        "",
+        (
+            f"mean(ES, GS, LS) [{CONFIDENCE:.0%} stratified bootstrap interval] · finished/planned cells, a cell "
+            f"being one training seed x one held-out evaluation sequence. {PROTOCOL}. Models: "
+            f"{', '.join(sorted(models))}. {seeds}. Machine: {', '.join(machines) or 'no finished cells yet'}. "
+            f"Generated by `{command}`."
+        ),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -162,7 +197,9 @@ def _seeds(meta: dict[str, Any], rows: list[dict[str, Any]], kind: str) -> str:
     return ", ".join(map(str, seeds)) or "none"
 
 
-def replace_between_markers(path: str | Path, text: str, start: str = LEADERBOARD_START, end: str = LEADERBOARD_END) -> Path:
+def replace_between_markers(
+    path: str | Path, text: str, start: str = LEADERBOARD_START, end: str = LEADERBOARD_END
+) -> Path:
     """Replace what lies between the lines ``start`` and ``end`` of the file ``path`` with ``text`` (atomically);
     a file without exactly one such pair, in that order, is refused in one line and left as it is."""
     path = Path(path)
@@ -172,9 +209,10 @@ def replace_between_markers(path: str | Path, text: str, start: str = LEADERBOAR
         raise OSError(f"--readme {str(path)!r}: {err.strerror or err}") from None
     first, last = content.find(start), content.find(end)
     if first < 0 or last < first or content.count(start) != 1 or content.count(end) != 1:
-        raise ValueError(f"--readme {str(path)!r} needs one line {start} and, after it, one line {end} "
-                         "around the leaderboard")
-    return write_text(path, content[:first + len(start)] + "\n" + text + content[last:])
+        raise ValueError(
+            f"--readme {str(path)!r} needs one line {start} and, after it, one line {end} around the leaderboard"
+        )
+    return write_text(path, content[: first + len(start)] + "\n" + text + content[last:])
 
 
 def build_report(folders: Sequence[str | Path], out: str | Path, readme: str | Path | None = None) -> Path:
@@ -191,29 +229,44 @@ def build_report(folders: Sequence[str | Path], out: str | Path, readme: str | P
     groups: dict[tuple, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         groups[(r["model"], r["dataset"], r["num_edits"])][r["agent"]].append(r)
-    lines = ["# Sweep report", "",
-             (f"Sweeps: {', '.join(sorted({r['spec'] for r in rows}))}. A cell is one (training seed x evaluation "
-             f"sequence); **mean** is mean(ES, GS, LS) averaged over cells, with a {CONFIDENCE:.0%} stratified "
-             f"bootstrap interval ({RESAMPLES} resamples within training seeds) and the interquartile mean (IQM). "
-             f"{PROTOCOL}; efficacy (CounterFact): NLL(new) < NLL(old); "
-             "first 20%: ES of the sequence's first fifth after the whole sequence (retention)."), ""]
+    lines = [
+        "# Sweep report",
+        "",
+        (
+            f"Sweeps: {', '.join(sorted({r['spec'] for r in rows}))}. A cell is one (training seed x evaluation "
+            f"sequence); **mean** is mean(ES, GS, LS) averaged over cells, with a {CONFIDENCE:.0%} stratified "
+            f"bootstrap interval ({RESAMPLES} resamples within training seeds) and the interquartile mean (IQM). "
+            f"{PROTOCOL}; efficacy (CounterFact): NLL(new) < NLL(old); "
+            "first 20%: ES of the sequence's first fifth after the whole sequence (retention)."
+        ),
+        "",
+    ]
     for (model, dataset, num_edits), agents in groups.items():
         stats = {agent: summarize(agent_rows) for agent, agent_rows in agents.items()}
         key = f"{slug(model)}_{dataset}_n{num_edits}"
-        lines += [f"## {dataset}, {num_edits}-edit sequences, {model}", "",
-                  ("| agent | cells (training seeds) | **mean** [95% CI] | IQM | ES / GS / LS | efficacy | first 20% | "
-                   "layers per edit | s per edit (agent) |"),
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {dataset}, {num_edits}-edit sequences, {model}",
+            "",
+            (
+                "| agent | cells (training seeds) | **mean** [95% CI] | IQM | ES / GS / LS | efficacy | first 20% | "
+                "layers per edit | s per edit (agent) |"
+            ),
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for agent, s in sorted(stats.items(), key=lambda item: -item[1]["mean"]):
             layers = f"{s['layers_per_edit']:.1f} of {s['candidates']:.0f}" if s["candidates"] else ""
-            lines.append(f"| {agent} | {s['cells']} ({s['training_seeds']}) | **{s['mean']:.3f}** [{s['low']:.3f}, {s['high']:.3f}] | "
-                         f"{s['iqm']:.3f} | {_fmt(s['ES'])} / {_fmt(s['GS'])} / {_fmt(s['LS'])} | {_fmt(s['efficacy'])} | "
-                         f"{_fmt(s['ES_first_20pct'])} | {layers} | {s['seconds_per_edit']:.2f} ({s['agent_seconds_per_edit']:.2f}) |")
+            lines.append(
+                f"| {agent} | {s['cells']} ({s['training_seeds']}) | **{s['mean']:.3f}** [{s['low']:.3f}, {s['high']:.3f}] | "
+                f"{s['iqm']:.3f} | {_fmt(s['ES'])} / {_fmt(s['GS'])} / {_fmt(s['LS'])} | {_fmt(s['efficacy'])} | "
+                f"{_fmt(s['ES_first_20pct'])} | {layers} | {s['seconds_per_edit']:.2f} ({s['agent_seconds_per_edit']:.2f}) |"
+            )
         pairs = [(x, y) for x, y in compare if x in stats and y in stats]
         if pairs:
             lines += ["", "| comparison | P(improvement) |", "|---|---|"]
-            lines += [f"| {x} over {y} | {probability_of_improvement(stats[x]['scores'], stats[y]['scores']):.2f} |"
-                      for x, y in pairs]
+            lines += [
+                f"| {x} over {y} | {probability_of_improvement(stats[x]['scores'], stats[y]['scores']):.2f} |"
+                for x, y in pairs
+            ]
         figures = [_interval_plot(stats, out / f"intervals_{key}.png", f"{dataset}, {num_edits} edits")]
         figures.append(curve_plot(agents, out / f"curves_{key}.png", f"{dataset}, {num_edits} edits"))
         figures.append(_module_heatmap(agents, out / f"modules_{key}.png", f"{dataset}, {num_edits} edits"))
@@ -232,6 +285,7 @@ def _save(fig: Any, path: Path) -> Path:
 
 def _interval_plot(stats: dict[str, dict[str, Any]], path: Path, title: str) -> Path:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -254,6 +308,7 @@ def curve_plot(agents: dict[str, list[dict[str, Any]]], path: Path, title: str) 
     if not curves:
         return None
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -261,7 +316,9 @@ def curve_plot(agents: dict[str, list[dict[str, Any]]], path: Path, title: str) 
     for agent, runs in curves.items():
         edits = [p["edits"] for p in runs[0]]
         for ax, metric in zip(axes, ("ES", "GS", "LS")):
-            ax.plot(edits, [np.mean([run[i][metric] for run in runs]) for i in range(len(edits))], marker="o", label=agent)
+            ax.plot(
+                edits, [np.mean([run[i][metric] for run in runs]) for i in range(len(edits))], marker="o", label=agent
+            )
             ax.set_title(f"{metric} of the edits so far")
             ax.set_xlabel("edits applied")
     axes[0].legend(fontsize=8)
@@ -279,6 +336,7 @@ def _module_heatmap(agents: dict[str, list[dict[str, Any]]], path: Path, title: 
     if not shares:
         return None
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -44,8 +44,10 @@ def _trainable(config: dict[str, Any]) -> None:
         tune.report({"status": "ok", "evaluations": len(record["rows"])})
     except Exception as err:  # noqa: BLE001  (any failure of a user's agent is the cell's result)
         message = f"{type(err).__name__}: {' '.join(str(err).split())}"
-        write_text(cell_dir(out, cell) / ERROR_FILE,
-                     json.dumps({"error": message, "traceback": traceback.format_exc()}, indent=2))
+        write_text(
+            cell_dir(out, cell) / ERROR_FILE,
+            json.dumps({"error": message, "traceback": traceback.format_exc()}, indent=2),
+        )
         tune.report({"status": "error", "error": message})
 
 
@@ -74,8 +76,10 @@ def _check_unchanged(out: Path, cells: list[Cell]) -> None:
             now = json.loads(json.dumps(cell.as_config()))
             changed = sorted(k for k in now if k != "evaluations" and done.get(k) != now[k])
             if changed:
-                raise ValueError(f"cell {cell.id} in {out} finished with other settings ({', '.join(changed)}); "
-                                 "sweep into a new --out folder or give the changed entry a new name")
+                raise ValueError(
+                    f"cell {cell.id} in {out} finished with other settings ({', '.join(changed)}); "
+                    "sweep into a new --out folder or give the changed entry a new name"
+                )
 
 
 def sweep_record(spec: SweepSpec, cells: list[Cell]) -> dict[str, Any]:
@@ -83,17 +87,33 @@ def sweep_record(spec: SweepSpec, cells: list[Cell]) -> dict[str, Any]:
     entries in the spec's order with the evaluations each plans per (model, data set, ``num_edits``):
     training seeds x evaluation seeds (what a report of an unfinished sweep counts its cells against),
     and the seeds."""
-    planned = {entry.name: (len(spec.training_seeds) if entry.trains else 1) * len(spec.evaluation_seeds)
-               for entry in spec.agents}
-    return {"name": spec.name, "spec": str(spec.path), "compare": spec.compare, "cells": [c.id for c in cells],
-            "models": spec.models, "datasets": [d.name for d in spec.datasets],
-            "entries": [entry.name for entry in spec.agents], "planned": planned,
-            "training_seeds": spec.training_seeds, "evaluation_seeds": spec.evaluation_seeds,
-            "evaluation_num_edits": spec.evaluation_num_edits}
+    planned = {
+        entry.name: (len(spec.training_seeds) if entry.trains else 1) * len(spec.evaluation_seeds)
+        for entry in spec.agents
+    }
+    return {
+        "name": spec.name,
+        "spec": str(spec.path),
+        "compare": spec.compare,
+        "cells": [c.id for c in cells],
+        "models": spec.models,
+        "datasets": [d.name for d in spec.datasets],
+        "entries": [entry.name for entry in spec.agents],
+        "planned": planned,
+        "training_seeds": spec.training_seeds,
+        "evaluation_seeds": spec.evaluation_seeds,
+        "evaluation_num_edits": spec.evaluation_num_edits,
+    }
 
 
-def sweep(spec: SweepSpec, out: str | Path, address: str | None = None, max_concurrent: int | None = None,
-          max_cells: int | None = None, agents: list[str] | None = None) -> dict[str, Any]:
+def sweep(
+    spec: SweepSpec,
+    out: str | Path,
+    address: str | None = None,
+    max_concurrent: int | None = None,
+    max_cells: int | None = None,
+    agents: list[str] | None = None,
+) -> dict[str, Any]:
     """Run every unfinished cell of ``spec`` under ``out`` on Ray Tune; returns a summary
     (``cells``, ``already_finished``, ``ran``, ``failed`` with each failure's error, ``seconds``).
 
@@ -103,8 +123,10 @@ def sweep(spec: SweepSpec, out: str | Path, address: str | None = None, max_conc
     """
     unknown = sorted(set(agents or ()) - {e.name for e in spec.agents})
     if unknown:
-        raise ValueError(f"--agents: {', '.join(unknown)} not an entry of {spec.path} "
-                         f"(entries: {', '.join(e.name for e in spec.agents)})")
+        raise ValueError(
+            f"--agents: {', '.join(unknown)} not an entry of {spec.path} "
+            f"(entries: {', '.join(e.name for e in spec.agents)})"
+        )
     out = Path(out).resolve()
     cells = expand(spec)
     _check_unchanged(out, cells)
@@ -124,15 +146,24 @@ def sweep(spec: SweepSpec, out: str | Path, address: str | None = None, max_conc
     for c in pending:
         if not is_finished(out, c):
             error = cell_dir(out, c) / ERROR_FILE
-            failed[c.id] = (json.loads(error.read_text())["error"] if error.is_file() else
-                            f"did not finish (the sweep was stopped or the worker lost; Ray's logs are under {out / 'ray'})")
-    return {"cells": len(cells), "already_finished": finished_before, "ran": len(pending) - len(failed),
-            "failed": failed, "remaining": sum(not is_finished(out, c) for c in cells),
-            "seconds": time.perf_counter() - started}
+            failed[c.id] = (
+                json.loads(error.read_text())["error"]
+                if error.is_file()
+                else f"did not finish (the sweep was stopped or the worker lost; Ray's logs are under {out / 'ray'})"
+            )
+    return {
+        "cells": len(cells),
+        "already_finished": finished_before,
+        "ran": len(pending) - len(failed),
+        "failed": failed,
+        "remaining": sum(not is_finished(out, c) for c in cells),
+        "seconds": time.perf_counter() - started,
+    }
 
 
-def _run_on_tune(spec: SweepSpec, out: Path, pending: list[Cell], address: str | None,
-                 max_concurrent: int | None, cells: list[Cell]) -> None:
+def _run_on_tune(
+    spec: SweepSpec, out: Path, pending: list[Cell], address: str | None, max_concurrent: int | None, cells: list[Cell]
+) -> None:
     import ray
     from ray import tune
 
@@ -154,18 +185,26 @@ def _run_on_tune(spec: SweepSpec, out: Path, pending: list[Cell], address: str |
         # reuse_actors: a worker process runs one cell after another, so the environment's per-process
         # model cache (hiedit_env.models) loads each base model once per worker, not once per cell
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True),
-        run_config=tune.RunConfig(name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(out / "ray"),
-                                  callbacks=[ResultsTable()], verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=0)),
+        run_config=tune.RunConfig(
+            name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=str(out / "ray"),
+            callbacks=[ResultsTable()],
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
     )
     tuner.fit()
 
 
 def format_summary(summary: dict[str, Any], out: Path) -> str:
     """The lines ``hiedit sweep`` prints at the end."""
-    lines = [(f"{summary['cells']} cells: {summary['already_finished']} already finished, {summary['ran']} run now "
-              f"({summary['seconds']:.0f} s), {len(summary['failed'])} failed, {summary['remaining']} remaining; "
-              f"results in {Path(out) / RESULTS_CSV}")]
+    lines = [
+        (
+            f"{summary['cells']} cells: {summary['already_finished']} already finished, {summary['ran']} run now "
+            f"({summary['seconds']:.0f} s), {len(summary['failed'])} failed, {summary['remaining']} remaining; "
+            f"results in {Path(out) / RESULTS_CSV}"
+        )
+    ]
     lines += [f"  failed {cell}: {error}" for cell, error in summary["failed"].items()]
     return "\n".join(lines)
 
@@ -174,6 +213,7 @@ def read_sweep(out: Path) -> dict[str, Any]:
     """A sweep folder's ``sweep.json`` (name, spec, compare pairs, cell ids)."""
     file = Path(out) / SWEEP_FILE
     if not file.is_file():
-        raise FileNotFoundError(f"{out} is not a sweep folder (no {SWEEP_FILE}); run 'hiedit sweep SPEC --out {out}' first")
+        raise FileNotFoundError(
+            f"{out} is not a sweep folder (no {SWEEP_FILE}); run 'hiedit sweep SPEC --out {out}' first"
+        )
     return json.loads(file.read_text())
-

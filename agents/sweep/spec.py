@@ -113,7 +113,9 @@ class _Checker:
 
     def typed(self, value: Any, path: str, kind: type | tuple[type, ...], minimum: float | None = None) -> Any:
         # bool is an int to Python, never to a spec author
-        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))):
+        if not isinstance(value, kind) or (
+            isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))
+        ):
             names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
             self.error(path, f"expected {names}, got {type(value).__name__} {value!r}")
             return None
@@ -177,7 +179,10 @@ class _Checker:
             return None
         agent = self.typed(value["agent"], f"{path}.agent", str)
         name = self.entry_name(value.get("name", agent), f"{path}.name", seen)
-        kwargs = {key: self.typed(value.get(key, {}), f"{path}.{key}", dict) for key in ("agent-kwargs", "env-kwargs", "acting")}
+        kwargs = {
+            key: self.typed(value.get(key, {}), f"{path}.{key}", dict)
+            for key in ("agent-kwargs", "env-kwargs", "acting")
+        }
         if value.get("steps") is not None:
             steps = self.typed(value["steps"], f"{path}.steps", int, 1)
         elif "steps" in value:  # null: the agent's own default (an SB3 agent's n_timesteps)
@@ -267,8 +272,12 @@ def load_spec(path: str | Path, extra_keys: set[str] = frozenset(), evaluation_r
         if entry:
             agents.append(entry)
 
-    evaluation = check.mapping(raw.get("evaluation", {}), "evaluation", {"seeds", "num_edits", "curve_points"},
-                               {"num_edits"} if evaluation_required else set())
+    evaluation = check.mapping(
+        raw.get("evaluation", {}),
+        "evaluation",
+        {"seeds", "num_edits", "curve_points"},
+        {"num_edits"} if evaluation_required else set(),
+    )
     eval_seeds = check.int_list(evaluation.get("seeds", [0]), "evaluation.seeds")
     eval_edits = check.int_list(evaluation["num_edits"], "evaluation.num_edits", 1) if "num_edits" in evaluation else []
     curve_points = check.typed(evaluation.get("curve_points", 0), "evaluation.curve_points", int, 0)
@@ -291,10 +300,21 @@ def load_spec(path: str | Path, extra_keys: set[str] = frozenset(), evaluation_r
 
     if check.errors:
         raise SpecError(f"invalid spec {path}: " + "; ".join(check.errors))
-    return SweepSpec(name=name, path=path.resolve(), models=models, datasets=datasets, agents=agents,
-                     training_seeds=training_seeds, training_num_edits=train_edits,
-                     evaluation_seeds=eval_seeds, evaluation_num_edits=eval_edits, curve_points=curve_points,
-                     threads=threads, gpu=gpu, compare=compare)
+    return SweepSpec(
+        name=name,
+        path=path.resolve(),
+        models=models,
+        datasets=datasets,
+        agents=agents,
+        training_seeds=training_seeds,
+        training_num_edits=train_edits,
+        evaluation_seeds=eval_seeds,
+        evaluation_num_edits=eval_edits,
+        curve_points=curve_points,
+        threads=threads,
+        gpu=gpu,
+        compare=compare,
+    )
 
 
 def _list(check: _Checker, value: Any, path: str) -> list[Any]:

@@ -47,7 +47,11 @@ def load_tune_spec(path: str | Path) -> tuple[SweepSpec, dict[str, Any], list[tu
     if len(spec.models) != 1 or len(spec.datasets) != 1 or len(spec.agents) != 1:
         errors.append("models, datasets, agents: a tune spec names exactly one of each")
     search = raw["search"]
-    errors += [f"search.{k}: unknown key (allowed: agent-kwargs, validation)" for k in search if k not in ("agent-kwargs", "validation")]
+    errors += [
+        f"search.{k}: unknown key (allowed: agent-kwargs, validation)"
+        for k in search
+        if k not in ("agent-kwargs", "validation")
+    ]
     space = search.get("agent-kwargs")
     if not isinstance(space, dict) or not space:
         errors.append("search.agent-kwargs: expected a non-empty mapping of parameter -> distribution")
@@ -56,8 +60,10 @@ def load_tune_spec(path: str | Path) -> tuple[SweepSpec, dict[str, Any], list[tu
         ok = isinstance(dist, dict) and len(dist) == 1 and next(iter(dist)) in DISTRIBUTIONS
         args = next(iter(dist.values())) if ok else None
         if not ok or not isinstance(args, list) or (next(iter(dist)) != "choice" and len(args) != 2):
-            errors.append(f"search.agent-kwargs.{name}: expected one of {', '.join(DISTRIBUTIONS)} with "
-                          f"[low, high] (choice: a list), got {dist!r}")
+            errors.append(
+                f"search.agent-kwargs.{name}: expected one of {', '.join(DISTRIBUTIONS)} with "
+                f"[low, high] (choice: a list), got {dist!r}"
+            )
     validation = search.get("validation", {})
     seeds, num_edits = validation.get("seeds", [0]), validation.get("num_edits")
     if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)):
@@ -100,7 +106,10 @@ def _configured(cell: Cell, params: dict[str, Any]) -> tuple[Cell, dict[str, Any
     searched go there (they change how the checkpoint acts), every other value to the constructor."""
     options = set(agent_class(cell.agent).acting_options) if cell.training_seed is not None else set()
     kwargs = {**cell.agent_kwargs, **{k: v for k, v in params.items() if k not in options}}
-    return dataclasses.replace(cell, agent_kwargs=kwargs), {**cell.variants[0][1], **{k: v for k, v in params.items() if k in options}}
+    return dataclasses.replace(cell, agent_kwargs=kwargs), {
+        **cell.variants[0][1],
+        **{k: v for k, v in params.items() if k in options},
+    }
 
 
 def _defaults(cell: Cell, names: list[str]) -> dict[str, Any]:
@@ -118,8 +127,14 @@ def _defaults(cell: Cell, names: list[str]) -> dict[str, Any]:
     return values
 
 
-def tune_spec(path: str | Path, trials: int, out: str | Path, address: str | None = None,
-              max_concurrent: int | None = None, seed: int = 0) -> dict[str, Any]:
+def tune_spec(
+    path: str | Path,
+    trials: int,
+    out: str | Path,
+    address: str | None = None,
+    max_concurrent: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Search ``trials`` configurations of the spec's agent; writes ``OUT/best.yaml`` and ``OUT/trials.csv``.
 
     Returns the best configuration and its validation score."""
@@ -133,8 +148,13 @@ def tune_spec(path: str | Path, trials: int, out: str | Path, address: str | Non
     out = Path(out).resolve()
     data = spec.datasets[0]
     # The validation sequences come from the training source and split: evaluation data never scores a trial.
-    cell = dataclasses.replace(expand(spec)[0], eval_source=data.train.source, eval_split=data.train.split,
-                               evaluations=validation, curve_points=0)
+    cell = dataclasses.replace(
+        expand(spec)[0],
+        eval_source=data.train.source,
+        eval_split=data.train.split,
+        evaluations=validation,
+        curve_points=0,
+    )
     defaults = _defaults(cell, list(space))
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
@@ -144,11 +164,15 @@ def tune_spec(path: str | Path, trials: int, out: str | Path, address: str | Non
     tuner = tune.Tuner(
         tune.with_resources(_trial, {"cpu": spec.threads, "gpu": spec.gpu or 0}),
         param_space={"cell": cell, "out": str(out), "params": {k: _distribution(v) for k, v in space.items()}},
-        tune_config=tune.TuneConfig(metric="score", mode="max", num_samples=trials, max_concurrent_trials=max_concurrent,
-                                    reuse_actors=True,  # a worker keeps its loaded model for the next trial
-                                    search_alg=searcher,
-                                    scheduler=ASHAScheduler(max_t=len(validation), grace_period=1, reduction_factor=2,
-                                                            time_attr="sequences")),
+        tune_config=tune.TuneConfig(
+            metric="score",
+            mode="max",
+            num_samples=trials,
+            max_concurrent_trials=max_concurrent,
+            reuse_actors=True,  # a worker keeps its loaded model for the next trial
+            search_alg=searcher,
+            scheduler=ASHAScheduler(max_t=len(validation), grace_period=1, reduction_factor=2, time_attr="sequences"),
+        ),
         run_config=tune.RunConfig(name=spec.name, storage_path=str(out / "ray"), verbose=0),
     )
     results = tuner.fit()
@@ -164,14 +188,21 @@ def tune_spec(path: str | Path, trials: int, out: str | Path, address: str | Non
     entry = {"agent": cell.agent, "agent-kwargs": configured.agent_kwargs}
     if acting:
         entry["acting"] = acting
-    header = (f"# Best of {len(frame)} trials of `hiedit tune {path}`: validation mean(ES, GS, LS) "
-              f"{best.metrics['score']:.3f} over {best.metrics['sequences']} sequence(s) of {validation[0][1]} edits "
-              f"from {data.train.source} (split {data.train.split}).\n")
+    header = (
+        f"# Best of {len(frame)} trials of `hiedit tune {path}`: validation mean(ES, GS, LS) "
+        f"{best.metrics['score']:.3f} over {best.metrics['sequences']} sequence(s) of {validation[0][1]} edits "
+        f"from {data.train.source} (split {data.train.split}).\n"
+    )
     if default_score is not None:
         header += f"# The entry's own values {defaults} scored {default_score:.3f} on the same sequences.\n"
-    summary = {"best": entry, "score": best.metrics["score"], "defaults": defaults, "default_score": default_score,
-               "trials": len(frame),
-               "errors": sum(1 for r in results if r.error is not None)}
+    summary = {
+        "best": entry,
+        "score": best.metrics["score"],
+        "defaults": defaults,
+        "default_score": default_score,
+        "trials": len(frame),
+        "errors": sum(1 for r in results if r.error is not None),
+    }
     write_text(out / "best.yaml", header + yaml.safe_dump(entry, sort_keys=False))
     write_text(out / "best.json", json.dumps(summary, indent=2))
     return summary

@@ -148,6 +148,9 @@ class HiEditEnv(gym.Env):
     * ``device`` (``"auto"``), ``dtype`` (``"float32"``), ``render_mode`` (``None`` or ``"ansi"``).
 
     ## Version History
+    * v0 (hiedit-gym, unreleased): ``trace`` is renamed ``trace_covers``; the reward's weights and the
+      objective's options may be given as groups (``reward=``, ``objective=``, :mod:`hiedit_env.options`);
+      ``locality_depth="back_depth"`` replaces ``locality_depth=None``. Episodes are unchanged.
     * v0 (hiedit-gym 0.2.0, 2026-12): ``max_prompt_tokens`` / ``max_answer_tokens`` arguments, records
       they cut reported (:meth:`data_report`); ``reset`` no longer reseeds torch's global generator;
       16-bit steps measured as applied (``info["applied_ratio"]``).

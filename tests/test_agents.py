@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import gymnasium as gym
 import hiedit_agents
@@ -995,3 +996,27 @@ def test_untrained_editor_observes_the_training_split_or_the_given_data(zsre_for
     assert int(make_agent("untrained_editor", env, observe_edits=0).editor.gradient_size.count) == 0
     with pytest.raises(ValueError, match="observe_edits must be an integer >= 0"):
         make_agent("untrained_editor", env, observe_edits=-1)
+
+
+def test_resuming_verifies_the_progress_folder_once(env_for, tmp_path, monkeypatch):
+    from hiedit_agents.common import base
+    from hiedit_agents.common.checkpoint import progress_folder
+    from hiedit_agents.learned import agent as learned
+
+    env = env_for()
+    make_agent("rledit", env, validation_edits=0).learn(
+        env, steps=8, seed=3, progress=False, checkpoint_dir=tmp_path, checkpoint_every=4
+    )
+    folder = progress_folder(tmp_path)  # learn() leaves its last progress; hiedit train removes it
+    verified: list[Path] = []
+    for module in (base, learned):
+        real = module.verify_checkpoint
+        monkeypatch.setattr(
+            module,
+            "verify_checkpoint",
+            lambda directory, real=real: verified.append(Path(directory)) or real(directory),
+        )
+    resumed = agent_class("rledit").load(folder, env)
+    stats = resumed.learn(env, steps=12, seed=3, progress=False, checkpoint_dir=tmp_path, resume=True)
+    # the progress saved after edit 4 (the first run ended at 8 without a checkpoint), trained on to 12
+    assert verified == [folder] and stats["steps_this_run"] == 8

@@ -132,6 +132,7 @@ class LearnedEditorAgent(Agent):
         paraphrase_loss: bool = False,
     ) -> None:
         super().__init__(env)
+        self._loaded_from: tuple[Path, dict[str, Any]] | None = None
         if editor_reads not in ("edit", "objective"):
             raise ValueError(f"editor_reads must be 'edit' or 'objective', got {editor_reads!r}")
         check_int("update_every", update_every, 1)
@@ -416,6 +417,10 @@ class LearnedEditorAgent(Agent):
             self.load_state_dict(current)
             self.editor.load_solver_caches(caches)
 
+    def load_files(self, directory: Path, files: dict[str, Any]) -> None:
+        """Remember which folder :meth:`load` verified, and its manifest's table, for :meth:`_restore_training`."""
+        self._loaded_from = (Path(directory).resolve(), files)
+
     def _restore_training(self, out: Path, loop: TrainingLoop) -> None:
         """Load into ``loop`` what :meth:`_save_training` wrote beside the editor this agent was loaded with
         (``hiedit train --resume`` loads it from :func:`progress_folder`)."""
@@ -425,7 +430,11 @@ class LearnedEditorAgent(Agent):
                 f"nothing to resume in {str(out)!r}: it has no {PROGRESS_DIR} "
                 "(the run finished, or stopped before its first checkpoint)"
             )
-        files = verify_checkpoint(folder)["files"]
+        # load() has just verified this folder (hashing a few hundred MB for HiEdit on SmolLM2): reuse its table
+        loaded = self._loaded_from
+        files = (
+            loaded[1] if loaded is not None and loaded[0] == folder.resolve() else verify_checkpoint(folder)["files"]
+        )
         if PROGRESS_FILE not in files:
             raise CheckpointError(f"{str(folder)!r} lacks {PROGRESS_FILE}: it is not a learned editor's training run")
         extras = load_torch(folder / PROGRESS_FILE, self.env.model.device)

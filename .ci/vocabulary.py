@@ -6,7 +6,7 @@ finds, in every tracked file's path and text (the examples are spelled out, so t
 own check):
 
 * diary numbers: "stop" followed by a number, with a space, a hyphen, an underscore or nothing
-  between (also inside names such as ``seeds_stop`` + digits); the word in plain English ("stops
+  between (also at the end of a longer file or folder name); the word in plain English ("stops
   the episode", ``SIGSTOP``, ``early_stop``) is not followed by a number;
 * "session" or "issue" followed by a number, and "the issue" + "'s": the tracker's numbers and
   wording are not the product's;

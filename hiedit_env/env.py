@@ -360,6 +360,15 @@ class HiEditEnv(gym.Env):
     def base_weight_norms(self) -> list[float]:
         return list(self._base_norms)
 
+    def weight_drift(self) -> list[float]:
+        """Each candidate's net change since ``reset``, ``||W - W0||_F / ||W0||_F`` (the observation's
+        ``changed`` feature adds every update's size; opposite updates cancel here)."""
+        self._activate()
+        return [
+            float((m.weight.detach() - self.shared.base[name]).float().norm()) / norm
+            for m, name, norm in zip(self._modules, self.candidate_modules, self._base_norms)
+        ]
+
     def module_dims(self) -> list[tuple[int, int]]:
         """(d_in, d_out) per candidate module."""
         return list(self._dims)

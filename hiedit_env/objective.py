@@ -60,10 +60,16 @@ def window_weights(num_edits: int, time_decay: float) -> list[float]:
 
 def update_sq_norm(update: Update) -> torch.Tensor:
     """||dW||_F^2, without forming dW for low-rank factors: trace((U U^T)(V V^T))."""
-    if isinstance(update, torch.Tensor):
-        return update.pow(2).sum()
-    u, v = update
-    return ((u @ u.T) * (v @ v.T)).sum()
+    return update_inner(update, update)
+
+
+def update_inner(a: Update, b: Update) -> torch.Tensor:
+    """The Frobenius inner product <dW_a, dW_b>, without forming either for low-rank factors:
+    sum((U_a U_b^T) * (V_a V_b^T)). Both dense, or both low-rank."""
+    if isinstance(a, torch.Tensor):
+        return (a * b).sum()
+    (ua, va), (ub, vb) = a, b
+    return ((ua @ ub.T) * (va @ vb.T)).sum()
 
 
 def add_update_hook(module: nn.Module, update: Update):

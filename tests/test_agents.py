@@ -138,6 +138,43 @@ def test_validation_records_are_held_out_of_training(env_for, monkeypatch):
     assert [r for r in resets if len(r) == 5][0] == validation[0]  # the same seed holds out the same records
 
 
+def test_diagnostics_measure_the_editor_against_its_start(env_for):
+    """Until the first optimiser step the editor is its start (alignment and size ratio 1); after steps
+    at a large meta learning rate it has moved; drift is each module's net change at the episode's end."""
+    env = env_for(num_edits=3)
+    torch.manual_seed(0)
+    still = make_agent("rledit", env, update_every=100, validation_edits=0)  # one optimiser step, after the last edit
+    stats = still.learn(env, steps=6, progress=False)
+    assert [d["after_edits"] for d in stats["diagnostics"]] == [3, 6]
+    for entry in stats["diagnostics"]:
+        assert np.allclose(entry["alignment"], 1, atol=1e-4) and np.allclose(entry["size_ratio"], 1, atol=1e-4)
+        assert all(d > 0 for d in entry["drift"]) and np.isfinite(entry["loss"])
+
+    torch.manual_seed(0)
+    moving = make_agent("rledit", env, meta_lr=3e-2, validation_edits=0)
+    later = moving.learn(env, steps=9, progress=False)["diagnostics"][-1]
+    assert np.mean(later["alignment"]) < 0.99 or abs(np.mean(later["size_ratio"]) - 1) > 0.01
+
+
+def test_weight_drift_is_the_net_change(env_for):
+    env = env_for(num_edits=2)
+    env.reset(seed=0)
+    unwrapped = env.unwrapped
+    n = len(unwrapped.candidate_modules)
+    assert unwrapped.weight_drift() == [0.0] * n
+    first = unwrapped.candidate_modules[0]
+    d_in, d_out = unwrapped.module_dims()[0]
+    update = torch.ones(1, d_out), torch.ones(1, d_in)
+    chosen = np.zeros(n, np.float32)
+    chosen[0] = 1
+    action = {"layers": chosen, "update": [update] + [None] * (n - 1)}
+    env.step(action)
+    module = unwrapped.model.get_submodule(first)
+    expected = float((module.weight.detach() - unwrapped.shared.base[first]).norm()) / unwrapped.base_weight_norms()[0]
+    assert unwrapped.weight_drift()[0] == pytest.approx(expected) and expected > 0
+    assert unwrapped.weight_drift()[1:] == [0.0] * (n - 1)
+
+
 def test_learn_keeps_the_editor_that_validated_best(env_for, monkeypatch):
     env = env_for(num_edits=2)
     torch.manual_seed(0)

@@ -110,6 +110,7 @@ def test_resume_after_an_interruption_ends_as_the_uninterrupted_run(stop, uninte
     same_state(out, uninterrupted)
     expected = json.loads((uninterrupted / "train_stats.json").read_text())
     assert stats["validations"] == expected["validations"] and stats["episodes"] == expected["episodes"]
+    assert stats["diagnostics"] == expected["diagnostics"]
 
 
 def test_a_save_killed_part_way_never_loads(tmp_path, make_env):

@@ -39,7 +39,7 @@ from ..common.checkpoint import (
     remove_progress,
     verify_checkpoint,
 )
-from .callbacks import Checkpointing, Validation, WeightAveraging
+from .callbacks import Checkpointing, Diagnostics, Validation, WeightAveraging
 from .gate import Selection
 from .hypernet import DEFAULT_INIT_LR, DEFAULT_PRECONDITIONER_DAMPING, HyperEditor, Preconditioner, UpdateSize
 from .training import EditorDivergedError, ScalarLog, TrainingCallback, TrainingLoop, TrainingState
@@ -318,8 +318,9 @@ class LearnedEditorAgent(Agent):
         edited as one sequence at the end of the first episode (the editor then has its input
         statistics and has barely moved from its start: before them, its updates are sized by the edit's
         own gradient norm), at the first episode end after every ``validate_every`` edits, and after
-        the last edit. The returned statistics hold every validation (``validations``) and the
-        training edit of the editor kept (``kept_after_edits``).
+        the last edit. The returned statistics hold every validation (``validations``), the training
+        edit of the editor kept (``kept_after_edits``) and, per training episode, how far the editor and
+        the weights moved from their start (``diagnostics``: :class:`~hiedit_agents.learned.callbacks.Diagnostics`).
 
         With ``checkpoint_dir``, at the first episode end after every ``checkpoint_every`` edits
         everything training carries (the current editor, the optimiser, the moving average, the random
@@ -346,6 +347,7 @@ class LearnedEditorAgent(Agent):
         averaging = WeightAveraging(params, decay) if decay > 0 else None
         weights = averaging.swapped if averaging is not None else nullcontext
         callbacks: list[TrainingCallback] = [averaging] if averaging is not None else []
+        callbacks.append(Diagnostics(self.editor))
         if held_out:
             callbacks.append(Validation(held_out, seed, self.hparams["validate_every"], progress, weights))
         checkpointing = None
@@ -392,6 +394,7 @@ class LearnedEditorAgent(Agent):
             "episodes": state.episodes,
             "final_running": state.running,
             "validations": state.validations,
+            "diagnostics": state.diagnostics,
             "kept_after_edits": state.best[1] if state.best else steps,
             "kept_validation_mean": state.best[0] if state.best else None,
         }

@@ -1,5 +1,6 @@
 """What runs around the learned editors' training loop (:mod:`~hiedit_agents.learned.training`), one
-callback per concern: weight averaging, validation on held-out records, checkpoints.
+callback per concern: weight averaging, validation on held-out records, checkpoints, and diagnostics of
+how far training moves the editor from its start.
 
 :meth:`LearnedEditorAgent.learn <hiedit_agents.learned.agent.LearnedEditorAgent.learn>` lists them in
 this order, which matters at the end of training: the averaged weights replace the trained ones
@@ -14,10 +15,17 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from hiedit_env import EditTrace
+from hiedit_env.objective import update_inner, update_sq_norm
+
+from .hypernet import HyperEditor
 from .training import TrainingCallback, TrainingLoop
+
+LowRank = tuple[torch.Tensor, torch.Tensor]
 
 
 @torch.no_grad()
@@ -128,3 +136,72 @@ class Checkpointing(TrainingCallback):
             self.save(loop)
             self.seconds += time.perf_counter() - began
             state.next_checkpoint = state.step // self.every * self.every + self.every
+
+
+class Diagnostics(TrainingCallback):
+    """How training moves the editor from where it started, one entry per training episode in
+    ``state.diagnostics`` (and TensorBoard's ``diagnostics/``):
+
+    * ``alignment``, per module: the cosine between the update the editor emits and the one its initial
+      weights emit on the same trace with the same input statistics (the untrained editor's update,
+      RLEdit's and HiEdit's starting point), averaged over the episode's edits; 1 before the first
+      optimiser step;
+    * ``size_ratio``, per module: ``||dW|| / ||dW_untrained||``, averaged alike;
+    * ``drift``, per module: the net change of the weights at the episode's end,
+      ``||W - W0|| / ||W0||`` (:meth:`~hiedit_env.HiEditEnv.weight_drift`);
+    * ``loss``: the episode's mean training loss, to set beside the validations' ES, GS and LS: a
+      loss that falls while the validation mean falls is an objective that disagrees with the metrics.
+
+    It costs one more editor pass per training edit (no gradient), small beside the model's passes.
+    """
+
+    def __init__(self, editor: HyperEditor) -> None:
+        self.editor = editor
+        self.initial = copy.deepcopy(editor).requires_grad_(False)
+        # The live editor's statistics serve the initial weights too (they are modules without parameters),
+        # so the comparison isolates what training changed: the weights.
+        self.initial.key_norms, self.initial.grad_norms = editor.key_norms, editor.grad_norms
+        self.initial.key_moments, self.initial.gradient_size = editor.key_moments, editor.gradient_size
+        self._clear()
+
+    def _clear(self) -> None:
+        n = len(self.editor.dims)
+        self.alignment, self.size_ratio, self.losses = np.zeros(n), np.zeros(n), []
+
+    @torch.no_grad()
+    def on_edit(self, loop: TrainingLoop, trace: EditTrace, updates: list[LowRank], scalars: dict[str, float]) -> None:
+        untrained = self.initial(trace)
+        for i, (update, start) in enumerate(zip(updates, untrained)):
+            update = (update[0].detach(), update[1].detach())
+            size, start_size = update_sq_norm(update).sqrt(), update_sq_norm(start).sqrt()
+            denominator = (size * start_size).clamp_min(1e-30)
+            self.alignment[i] += float(update_inner(update, start) / denominator)
+            self.size_ratio[i] += float(size / start_size.clamp_min(1e-30))
+        self.losses.append(scalars["loss"])
+        if loop.unwrapped.edit_trace is None:  # the episode has ended; its edits are still in the weights
+            self._close_episode(loop)
+
+    def _close_episode(self, loop: TrainingLoop) -> None:
+        edits = len(self.losses)
+        entry = {
+            "after_edits": loop.state.step,
+            "loss": float(np.mean(self.losses)),
+            "alignment": (self.alignment / edits).tolist(),
+            "size_ratio": (self.size_ratio / edits).tolist(),
+            "drift": loop.unwrapped.weight_drift(),
+        }
+        loop.state.diagnostics.append(entry)
+        loop.log.write(
+            "diagnostics",
+            {key: float(np.mean(entry[key])) for key in ("loss", "alignment", "size_ratio", "drift")},
+            len(loop.state.diagnostics),
+        )
+        self._clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        # Checkpoints are taken at episode ends, where nothing is accumulated: the initial weights suffice.
+        return {"initial_editor": [p.detach().clone() for p in self.initial.parameters()]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "initial_editor" in state:  # a run saved before diagnostics existed compares with its resumed weights
+            assign(list(self.initial.parameters()), state["initial_editor"])

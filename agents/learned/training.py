@@ -8,8 +8,8 @@ the edited model, as in deployment. Nothing is written to disk per step; TensorB
 terms per edit and the end-of-sequence metrics per episode.
 
 What runs around the loop (validation, weight averaging, checkpoints) is a :class:`TrainingCallback`
-(:mod:`~hiedit_agents.learned.callbacks`), called in its list's order after every optimiser step, at
-the end of every training episode but the last, and once at the end of training.
+(:mod:`~hiedit_agents.learned.callbacks`), called in its list's order after every training edit, after every
+optimiser step, at the end of every training episode but the last, and once at the end of training.
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import trange
 
-from hiedit_env import HiEditEnv
+from hiedit_env import EditTrace, HiEditEnv
 from hiedit_env.score import EPISODE_SUMMARY
 
 from ..common.base import TrainingInterrupted
 
 if TYPE_CHECKING:
-    from .agent import LearnedEditorAgent
+    from .agent import LearnedEditorAgent, LowRank
 
 
 class EditorDivergedError(ValueError):
@@ -54,6 +54,8 @@ class TrainingState:
     next_checkpoint: int = 0
     episodes: list[dict[str, float]] = field(default_factory=list)
     validations: list[dict[str, float]] = field(default_factory=list)
+    # Per training episode: how far the editor has moved from its start (callbacks.Diagnostics).
+    diagnostics: list[dict[str, Any]] = field(default_factory=list)
     running: dict[str, float] = field(default_factory=dict)
     # (validation mean, training edits, agent state) of the best validated editor so far.
     best: tuple[float, int, dict[str, Any]] | None = None
@@ -105,6 +107,10 @@ class TrainingCallback:
 
     # True for a callback that saves the run's progress, so that an interrupted run can be resumed.
     saves_progress: ClassVar[bool] = False
+
+    def on_edit(self, loop: TrainingLoop, trace: EditTrace, updates: list[LowRank], scalars: dict[str, float]) -> None:
+        """After each training edit has been applied: ``trace`` is what the editor read, ``updates`` what it
+        emitted (with gradient; the optimiser may have stepped since), ``scalars`` the edit's logged terms."""
 
     def on_optimizer_step(self, loop: TrainingLoop) -> None:
         """After each optimiser step (the parameters have just moved)."""
@@ -220,6 +226,8 @@ class TrainingLoop:
                 state.running = {k: 0.9 * state.running.get(k, v) + 0.1 * v for k, v in scalars.items()}
                 state.step = step + 1
                 self.log.write("train", scalars, step)
+                for callback in self.callbacks:
+                    callback.on_edit(self, trace, updates, scalars)
                 if terminated:
                     metrics = {k: info["episode_metrics"][k] for k in EPISODE_SUMMARY}
                     state.episodes.append(metrics)

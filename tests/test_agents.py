@@ -175,6 +175,30 @@ def test_weight_drift_is_the_net_change(env_for):
     assert unwrapped.weight_drift()[1:] == [0.0] * (n - 1)
 
 
+def test_validate_start_keeps_the_untrained_start_unless_training_beats_it(env_for, monkeypatch):
+    env = env_for(num_edits=2)
+    torch.manual_seed(0)
+    agent = make_agent("hiedit", env, meta_lr=1e-2, validation_edits=4, validate_every=2, validate_start=True)
+    start = {k: v.clone() for k, v in agent.state_dict()["editor"].items()}
+    gate_start = {k: v.clone() for k, v in agent.gate.state_dict().items()}
+    scores = iter([0.9, 0.2, 0.5, 0.1, 0.3])
+
+    def fake_validate(env, records, seed, progress):
+        return {"ES": 0.0, "GS": 0.0, "LS": 0.0, "mean": next(scores), "ES_first_20pct": 0.0}
+
+    monkeypatch.setattr(agent, "validate", fake_validate)
+    stats = agent.learn(env, steps=8, progress=False)
+    assert [v["after_edits"] for v in stats["validations"]] == [0, 2, 4, 6, 8]
+    assert stats["kept_after_edits"] == 0 and stats["kept_validation_mean"] == 0.9
+    kept = agent.editor.state_dict()
+    # the start's weights, with the statistics the first episode gathered
+    assert all(torch.equal(kept[k], start[k]) for k in start if k in dict(agent.editor.named_parameters()))
+    assert not torch.equal(kept["key_norms.0.count"], start["key_norms.0.count"])
+    assert all(torch.equal(v, gate_start[k]) for k, v in agent.gate.state_dict().items())
+    with pytest.raises(ValueError, match="validate_start .* needs validation_edits > 0"):
+        make_agent("rledit", env, validation_edits=0, validate_start=True)
+
+
 def test_learn_keeps_the_editor_that_validated_best(env_for, monkeypatch):
     env = env_for(num_edits=2)
     torch.manual_seed(0)

@@ -74,7 +74,10 @@ class LearnedEditorAgent(Agent):
     (:meth:`loss_objective`); ``None`` keeps the environment's. ``validation_edits`` records of the
     training data are held out of training and edited as one sequence every ``validate_every``
     training edits; :meth:`learn` keeps the editor whose sequence scored the best mean(ES, GS, LS)
-    (0: no validation, the last editor is kept). ``average_decay`` > 0 validates and keeps an
+    (0: no validation, the last editor is kept). With ``validate_start`` the first check also scores the
+    editor as it started (its untrained weights, with the statistics of the first episode), which is
+    kept unless a trained editor validates better: a floor at the untrained start on validation.
+    ``average_decay`` > 0 validates and keeps an
     exponential moving average of the trained weights instead of the weights themselves (Polyak
     averaging, ``avg += (1 - average_decay) * (w - avg)`` after every optimiser step): on SmolLM2 the
     validation mean of the raw weights swung by 0.2 between checks 80 edits apart.
@@ -124,6 +127,7 @@ class LearnedEditorAgent(Agent):
         loss_time_decay: float | None = None,
         validation_edits: int = 50,
         validate_every: int = 75,
+        validate_start: bool = False,
         average_decay: float = 0.0,
         max_size_ratio: float | None = None,
         edit_steps: int = 1,
@@ -149,8 +153,13 @@ class LearnedEditorAgent(Agent):
             raise ValueError(
                 "edit_steps > 1 reads the objective's trace under the updates so far: it needs editor_reads='objective'"
             )
-        if not isinstance(paraphrase_loss, bool):
-            raise ValueError(f"paraphrase_loss must be true or false, got {paraphrase_loss!r}")
+        for name, flag in (("paraphrase_loss", paraphrase_loss), ("validate_start", validate_start)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be true or false, got {flag!r}")
+        if validate_start and validation_edits == 0:
+            raise ValueError(
+                "validate_start scores the untrained start on the validation records: it needs validation_edits > 0"
+            )
         check_range("average_decay", average_decay, 0, 1)
         if average_decay == 1:
             raise ValueError("average_decay must be < 1: at 1 the average never leaves the initial weights")
@@ -173,6 +182,7 @@ class LearnedEditorAgent(Agent):
             "loss_time_decay": loss_time_decay,
             "validation_edits": int(validation_edits),
             "validate_every": int(validate_every),
+            "validate_start": validate_start,
             "average_decay": float(average_decay),
             "max_size_ratio": max_size_ratio,
             "edit_steps": int(edit_steps),
@@ -349,7 +359,8 @@ class LearnedEditorAgent(Agent):
         callbacks: list[TrainingCallback] = [averaging] if averaging is not None else []
         callbacks.append(Diagnostics(self.editor))
         if held_out:
-            callbacks.append(Validation(held_out, seed, self.hparams["validate_every"], progress, weights))
+            start = (params, [p.detach().clone() for p in params]) if self.hparams["validate_start"] else None
+            callbacks.append(Validation(held_out, seed, self.hparams["validate_every"], progress, weights, start))
         checkpointing = None
         if checkpoint_dir is not None:
             out = Path(checkpoint_dir)

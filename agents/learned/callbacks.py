@@ -86,7 +86,10 @@ class Validation(TrainingCallback):
     editor that scored the best mean(ES, GS, LS) is kept (``state.best``) and loaded at the end.
 
     ``weights`` gives the block within which the weights to judge are in place (the moving average's,
-    :meth:`WeightAveraging.swapped`); by default the trained weights themselves.
+    :meth:`WeightAveraging.swapped`); by default the trained weights themselves. With ``start`` (the
+    trainable parameters before training) the first check also scores them, with the input statistics
+    of the first episode (entry ``after_edits`` 0): the untrained start is then kept unless a trained
+    editor validates better.
     """
 
     def __init__(
@@ -96,28 +99,44 @@ class Validation(TrainingCallback):
         every: int,
         progress: bool,
         weights: Callable[[], AbstractContextManager[None]] = nullcontext,
+        start: tuple[list[nn.Parameter], list[torch.Tensor]] | None = None,
     ) -> None:
         self.records, self.seed, self.every, self.progress, self.weights = records, seed, every, progress, weights
+        self.start = start
 
     def validate(self, loop: TrainingLoop, after: int) -> None:
         """Score the editor after ``after`` training edits; remember it if it is the best so far."""
         state, agent = loop.state, loop.agent
-        with self.weights():
-            metrics = agent.validate(loop.unwrapped, self.records, self.seed, self.progress)
-            if state.best is None or metrics["mean"] > state.best[0]:
-                state.best = (metrics["mean"], after, copy.deepcopy(agent.state_dict()))
+        metrics = agent.validate(loop.unwrapped, self.records, self.seed, self.progress)
+        if state.best is None or metrics["mean"] > state.best[0]:
+            state.best = (metrics["mean"], after, copy.deepcopy(agent.state_dict()))
         state.validations.append({"after_edits": after, **metrics})
         loop.log.write("validation", metrics, after)
 
     def on_episode_end(self, loop: TrainingLoop) -> None:
         if loop.state.step >= loop.state.next_validation:
-            self.validate(loop, loop.state.step)
+            if self.start is not None and not loop.state.validations:
+                with swapped(*self.start):
+                    self.validate(loop, 0)
+            with self.weights():
+                self.validate(loop, loop.state.step)
             loop.state.next_validation = loop.state.step // self.every * self.every + self.every
 
     def on_training_end(self, loop: TrainingLoop) -> None:
-        self.validate(loop, loop.steps)
+        if self.start is not None and not loop.state.validations:  # training was one episode long
+            with swapped(*self.start):
+                self.validate(loop, 0)
+        with self.weights():
+            self.validate(loop, loop.steps)
         assert loop.state.best is not None
         loop.agent.load_state_dict(loop.state.best[2])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.start is None else {"validation_start": self.start[1]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.start is not None:
+            self.start = (self.start[0], state["validation_start"])
 
 
 class Checkpointing(TrainingCallback):

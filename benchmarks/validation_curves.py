@@ -1,7 +1,7 @@
-"""The learned editors' validation curves: mean(ES, GS, LS) of the held-out sequence against training edits.
-
-Reads the ``train_stats.json`` that ``hiedit train`` writes (or copies of them) and draws one line per
-run, marking the editor each run kept.
+"""The learned editors' training curves from ``train_stats.json`` files: the validation mean against
+training edits (a star at the editor each run kept) and, for runs that recorded them, the diagnostics
+of :class:`~hiedit_agents.learned.callbacks.Diagnostics`. ``hiedit report`` draws the same figure for
+every training cell of a sweep; this draws it for runs trained with ``hiedit train``.
 
     python benchmarks/validation_curves.py benchmarks/results/training/zsre_validated_seed*_{hiedit,rledit}.json \\
         --out benchmarks/results/zsre_validated/validation_curves.png
@@ -13,10 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from hiedit_agents.sweep.report import training_plot
 
 
 def main() -> None:
@@ -24,34 +21,13 @@ def main() -> None:
     parser.add_argument("stats", nargs="+", type=Path, help="train_stats.json files of validated runs")
     parser.add_argument("--out", required=True, type=Path, help="the PNG to write")
     args = parser.parse_args()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    runs = {}
     for path in args.stats:
         stats = json.loads(path.read_text())
         if not stats.get("validations"):
             raise SystemExit(f"{path} has no validations (trained with validation_edits 0?)")
-        steps = [v["after_edits"] for v in stats["validations"]]
-        means = [v["mean"] for v in stats["validations"]]
-        style = "-" if stats.get("agent") == "hiedit" else "--"
-        (line,) = ax.plot(
-            steps,
-            means,
-            style,
-            marker="o",
-            markersize=3,
-            label=f"{stats.get('agent', path.stem)}, seed {stats.get('seed', '?')}",
-        )
-        ax.plot(
-            [stats["kept_after_edits"]], [stats["kept_validation_mean"]], "*", markersize=12, color=line.get_color()
-        )
-    ax.set_xlabel("training edits")
-    ax.set_ylabel("validation mean(ES, GS, LS)")
-    ax.set_title("Held-out validation sequence during training (star: the editor kept)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=120)
-    print(f"wrote {args.out}")
+        runs[f"{stats.get('agent', path.stem)}, seed {stats.get('seed', '?')}"] = stats
+    print(f"wrote {training_plot(runs, args.out, 'held-out validation sequence during training')}")
 
 
 if __name__ == "__main__":

@@ -294,6 +294,12 @@ def test_sweep_interrupted_after_one_cell_resumes_without_touching_it(tmp_path: 
     assert "rledit-bounded over noop" in report
     assert (tmp_path / "report" / "intervals_test-tiny-gpt2_default_n3.png").is_file()
     assert (tmp_path / "report" / "curves_test-tiny-gpt2_default_n3.png").is_file()
+    # the training section: one line per training run, with its validations and the diagnostics of its last episode
+    assert "## Training, default, test-tiny-gpt2" in report
+    for seed in (0, 1):
+        line = next(x for x in report.splitlines() if x.startswith(f"| rledit + rledit-bounded, seed {seed} |"))
+        assert "not recorded" not in line and line.count(" / ") == 2
+    assert (tmp_path / "report" / "training_test-tiny-gpt2_default.png").is_file()
 
 
 def test_a_finished_sweep_runs_nothing_and_refuses_changed_settings(tmp_path: Path) -> None:

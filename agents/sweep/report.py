@@ -23,6 +23,7 @@ import numpy as np
 
 from hiedit_env.files import atomic_write, write_text
 
+from .cell import CELL_FILE
 from .grid import slug
 from .runner import RESULTS_JSONL, read_sweep
 
@@ -271,7 +272,101 @@ def build_report(folders: Sequence[str | Path], out: str | Path, readme: str | P
         figures.append(curve_plot(agents, out / f"curves_{key}.png", f"{dataset}, {num_edits} edits"))
         figures.append(_module_heatmap(agents, out / f"modules_{key}.png", f"{dataset}, {num_edits} edits"))
         lines += [""] + [f"![{f.stem}]({f.name})" for f in figures if f is not None] + [""]
+    for (model, dataset), runs in training_runs(folders).items():
+        lines += training_section(runs, out / f"training_{slug(model)}_{dataset}.png", f"{dataset}, {model}")
     return write_text(out / "report.md", "\n".join(lines))
+
+
+def training_runs(folders: Sequence[str | Path]) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
+    """The training statistics (``train_stats.json``) of every finished cell that trained with validation,
+    per (model, data set), labelled by the cell's agent entries and training seed."""
+    runs: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
+    for folder in folders:
+        for file in sorted(Path(folder).glob(f"cells/*/{CELL_FILE}")):
+            record = json.loads(file.read_text())
+            stats, cell = record.get("train_stats"), record["cell"]
+            if stats and stats.get("validations"):
+                label = f"{' + '.join(name for name, _ in cell['variants'])}, seed {cell['training_seed']}"
+                runs[(cell["model"], cell["dataset"])][label] = stats
+    return runs
+
+
+def training_section(runs: dict[str, dict[str, Any]], path: Path, title: str) -> list[str]:
+    """The report's lines on training runs: per run its validations, the editor kept and, where the run
+    recorded them (:class:`~hiedit_agents.learned.callbacks.Diagnostics`), how far its last episode's
+    updates had moved from the untrained editor's; and :func:`training_plot`'s figure."""
+    lines = [
+        f"## Training, {title}",
+        "",
+        "Validation: mean(ES, GS, LS) of the run's held-out sequence; kept: the editor the run kept (after how many "
+        "training edits). Last episode: the cosine of the learned update with the untrained editor's on the same "
+        "trace, their size ratio, and the weights' net drift ||W - W0|| / ||W0||, each averaged over modules.",
+        "",
+        "| run | validations (after edits: mean) | kept | last episode: alignment / size ratio / drift |",
+        "|---|---|---|---|",
+    ]
+    for label, stats in runs.items():
+        checks = ", ".join(f"{v['after_edits']}: {v['mean']:.3f}" for v in stats["validations"])
+        last = (stats.get("diagnostics") or [None])[-1]
+        moved = (
+            " / ".join(f"{np.mean(last[k]):.3f}" for k in ("alignment", "size_ratio", "drift"))
+            if last
+            else "not recorded"
+        )
+        kept = f"{stats['kept_validation_mean']:.3f} ({stats['kept_after_edits']})"
+        lines.append(f"| {label} | {checks} | {kept} | {moved} |")
+    figure = training_plot(runs, path, title)
+    return [*lines, "", f"![{figure.stem}]({figure.name})", ""]
+
+
+def training_plot(runs: dict[str, dict[str, Any]], path: Path, title: str) -> Path:
+    """Per training run (``train_stats.json`` contents, by label): the validation mean against training
+    edits, a star at the editor kept; and, for runs with diagnostics, per training episode the mean
+    training loss, the alignment and size ratio of the learned updates with the untrained editor's, and
+    the weights' net drift, averaged over modules."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("validation mean(ES, GS, LS)", None)]
+    if any(stats.get("diagnostics") for stats in runs.values()):
+        panels += [
+            ("training loss (episode mean)", "loss"),
+            ("alignment with the untrained update", "alignment"),
+            ("size / the untrained update's", "size_ratio"),
+            ("net drift ||W - W0|| / ||W0||", "drift"),
+        ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for label, stats in runs.items():
+        validations = stats["validations"]
+        (line,) = axes[0][0].plot(
+            [v["after_edits"] for v in validations],
+            [v["mean"] for v in validations],
+            marker="o",
+            markersize=3,
+            label=label,
+        )
+        axes[0][0].plot(
+            [stats["kept_after_edits"]], [stats["kept_validation_mean"]], "*", markersize=12, color=line.get_color()
+        )
+        diagnostics = stats.get("diagnostics") or []
+        for ax, (_, key) in zip(axes[0][1:], panels[1:]):
+            ax.plot(
+                [d["after_edits"] for d in diagnostics],
+                [float(np.mean(d[key])) for d in diagnostics],
+                marker="o",
+                markersize=3,
+                color=line.get_color(),
+            )
+    for ax, (name, _) in zip(axes[0], panels):
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("training edits")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"Training, {title} (star: the editor kept)")
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def _save(fig: Any, path: Path) -> Path:

@@ -22,7 +22,7 @@ from .objective import ObjectiveTerms, Update, edit_objective
 from .options import OBJECTIVE_KEYWORDS, REWARD_KEYWORDS, EditObjective, RewardWeights, grouped
 from .records import DEFAULT_DATASET, EditRecord, EditSet, load_edits
 from .score import CORE_METRICS, PROTOCOLS, agreement, generation_exact_match, score_pairs
-from .tokens import MAX_ANSWER_TOKENS, MAX_PROMPT_TOKENS, EncodedRecord, Pair, encode_record
+from .tokens import MAX_ANSWER_TOKENS, MAX_PROMPT_TOKENS, EncodedRecord, Pair, encode_record, subject_last_token
 from .trace import EditTrace, trace_edit, trace_edit_and_objective, trace_objective
 
 LAYER_FEATURES = ("key_norm", "grad_norm", "weight_grad_norm", "depth", "changed", "chosen_share")
@@ -332,6 +332,16 @@ class HiEditEnv(gym.Env):
     @property
     def current_record(self) -> EditRecord | None:
         return self._episode[self._t].record if self._t < len(self._episode) else None
+
+    @property
+    def subject_position(self) -> int | None:
+        """Row of :attr:`edit_trace` at the current edit's subject's last token, where ROME and MEMIT read
+        their keys (:func:`~hiedit_env.tokens.subject_last_token`; the prompt's last token for a record
+        without its subject); ``None`` once the episode ended."""
+        record = self.current_record
+        if record is None:
+            return None
+        return subject_last_token(self.tokenizer, record.prompt, record.subject, self.token_limits[0])
 
     @property
     def edit_index(self) -> int:

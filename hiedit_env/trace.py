@@ -39,6 +39,16 @@ class EditTrace:
         """d(loss)/dW of module ``i`` in Linear orientation, [d_out, d_in]."""
         return self.grads[i].T @ self.keys[i]
 
+    def rows(self, index: Sequence[int]) -> EditTrace:
+        """The same trace on the token rows ``index`` only (its ``loss`` is still the whole pass's)."""
+        return EditTrace(
+            module_names=self.module_names,
+            keys=[k[list(index)] for k in self.keys],
+            grads=[g[list(index)] for g in self.grads],
+            loss=self.loss,
+            hidden=None if self.hidden is None else self.hidden[list(index)],
+        )
+
 
 class _Recorder:
     """Forward hooks that keep every candidate's input and (graph-starting) output of one pass."""

@@ -138,6 +138,21 @@ def test_validation_records_are_held_out_of_training(env_for, monkeypatch):
     assert [r for r in resets if len(r) == 5][0] == validation[0]  # the same seed holds out the same records
 
 
+def test_an_editor_reading_the_subject_row_emits_rank_one_updates(env_for):
+    env = env_for(num_edits=2)
+    agent = make_agent("rledit", env, editor_reads="subject")
+    observation, _ = env.reset(seed=0)
+    action = agent.act(observation, {})
+    position = env.unwrapped.subject_position
+    for i, (u, v) in enumerate(action["update"]):
+        assert u.shape[0] == v.shape[0] == 1
+        key = env.unwrapped.edit_trace.keys[i][position]
+        # with the full preconditioner, V is the subject's key through the (damped) inverse key moment
+        assert torch.allclose(v[0], agent.editor.key_moments[i].solve(key[None], agent.editor.damping, key[None])[0])
+    with pytest.raises(ValueError, match="editor_reads must be 'edit', 'objective' or 'subject'"):
+        make_agent("rledit", env, editor_reads="prompt")
+
+
 def test_diagnostics_measure_the_editor_against_its_start(env_for):
     """Until the first optimiser step the editor is its start (alignment and size ratio 1); after steps
     at a large meta learning rate it has moved; drift is each module's net change at the episode's end."""

@@ -48,6 +48,22 @@ def test_trace_shapes_per_module(make_env, model):
     assert trace.loss > 0
 
 
+def test_subject_position_is_the_trace_row_of_the_subjects_last_token(make_env):
+    env = make_env("test-tiny-gpt2").unwrapped
+    env.reset(seed=0)
+    record = env.current_record
+    assert record.subject and record.subject in record.prompt
+    position = env.subject_position
+    ids = encode_record(env.tokenizer, record).edit.ids
+    # the byte tokenizer: one token per character
+    assert env.tokenizer.decode(ids[: position + 1].tolist()).endswith(record.subject)
+    rows = env.edit_trace.rows([position])
+    for i in range(len(env.candidate_modules)):
+        assert torch.equal(rows.keys[i], env.edit_trace.keys[i][position : position + 1])
+        assert torch.equal(rows.grads[i], env.edit_trace.grads[i][position : position + 1])
+    assert torch.equal(rows.hidden, env.edit_trace.hidden[position : position + 1])
+
+
 def _real_weight_gradients(name: str, modules: list[str], pair, pad_id: int) -> list[torch.Tensor]:
     """d(loss)/dW from a plain loss.backward() on a fresh copy of the model, in Linear orientation."""
     model, _ = build_test_model(name)

@@ -67,7 +67,9 @@ class LearnedEditorAgent(Agent):
     key preconditioner (``"none"``; ``"diagonal"``: per feature; ``"full"``: the whole second-moment
     matrix) and ``preconditioner_damping`` its damping, all in :mod:`~hiedit_agents.learned.hypernet`.
     ``editor_reads`` is the trace the editor reads: ``"edit"``, the edit's own
-    trace (free: the environment has taken it), or ``"objective"``, the trace of the whole training
+    trace (free: the environment has taken it), ``"subject"``, its one row at the subject's last token
+    (:attr:`HiEditEnv.subject_position`: the key ROME and MEMIT write at, whose update reaches every
+    prompt about the subject), or ``"objective"``, the trace of the whole training
     objective (:meth:`HiEditEnv.objective_trace`), whose KL rows show the editor how the unrelated
     prompt has drifted, for one forward+backward on the objective's prompts per edit.
     ``loss_back_depth`` and ``loss_time_decay`` widen the training loss's window beyond the trace's
@@ -122,7 +124,7 @@ class LearnedEditorAgent(Agent):
         update_every: int = 1,
         grad_clip: float = 1.0,
         update_size: UpdateSize = "gradient_norm",
-        editor_reads: Literal["edit", "objective"] = "objective",
+        editor_reads: Literal["edit", "objective", "subject"] = "objective",
         loss_back_depth: int | None = None,
         loss_time_decay: float | None = None,
         validation_edits: int = 50,
@@ -137,8 +139,8 @@ class LearnedEditorAgent(Agent):
     ) -> None:
         super().__init__(env)
         self._loaded_from: tuple[Path, dict[str, Any]] | None = None
-        if editor_reads not in ("edit", "objective"):
-            raise ValueError(f"editor_reads must be 'edit' or 'objective', got {editor_reads!r}")
+        if editor_reads not in ("edit", "objective", "subject"):
+            raise ValueError(f"editor_reads must be 'edit', 'objective' or 'subject', got {editor_reads!r}")
         check_int("update_every", update_every, 1)
         for name, value in (("meta_lr", meta_lr), ("lr_lr", lr_lr), ("grad_clip", grad_clip)):
             check_range(name, value, 0, None, low_open=True)
@@ -254,6 +256,8 @@ class LearnedEditorAgent(Agent):
         """What the editor reads (``editor_reads``) for the current edit."""
         if self.hparams["editor_reads"] == "edit":
             return env.edit_trace
+        if self.hparams["editor_reads"] == "subject":
+            return env.edit_trace.rows([env.subject_position])
         return env.objective_trace([None] * self.num_candidates)
 
     # ------------------------------------------------------------------ acting

@@ -513,3 +513,14 @@ def test_the_machine_is_described_by_its_cpu_cores_and_system() -> None:
 
     text = machine_description()
     assert f", {os.cpu_count()} cores, " in text and text.endswith(f"{platform.system()} {platform.machine()}")
+
+
+def test_rows_name_the_commit_of_the_source_the_worker_imported() -> None:
+    import subprocess
+
+    from hiedit_agents.sweep.cell import SOURCE_COMMIT, provenance
+
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert SOURCE_COMMIT in (head, f"{head}-dirty") and provenance()["git_commit"] == SOURCE_COMMIT

@@ -132,18 +132,12 @@ def row(cell: Cell, entry: str, seed: int, num_edits: int, result: dict[str, Any
     }
 
 
-@functools.lru_cache(maxsize=1)
-def provenance() -> dict[str, str]:
-    """Package versions, the source's git commit and the machine, once per worker process."""
-    versions = {}
-    for package in ("hiedit-gym", "torch", "transformers", "gymnasium", "ray"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = ""
+def source_commit() -> str:
+    """The git commit of this package's source, ``-dirty`` appended when tracked files differ from it
+    (empty outside a git checkout)."""
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
+        return subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=40"],
             cwd=Path(__file__).parent,
             capture_output=True,
             text=True,
@@ -151,10 +145,27 @@ def provenance() -> dict[str, str]:
             check=False,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        commit = ""
+        return ""
+
+
+# Taken when the code is imported, not when a row is written: a long sweep's checkout may move on while
+# its workers run the code they imported.
+SOURCE_COMMIT = source_commit()
+
+
+@functools.lru_cache(maxsize=1)
+def provenance() -> dict[str, str]:
+    """Package versions, the git commit of the source this worker imported, and the machine, once per
+    worker process."""
+    versions = {}
+    for package in ("hiedit-gym", "torch", "transformers", "gymnasium", "ray"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = ""
     return {
         "versions": " ".join(f"{k}=={v}" for k, v in versions.items() if v),
-        "git_commit": commit,
+        "git_commit": SOURCE_COMMIT,
         "machine": machine_description(),
     }
 

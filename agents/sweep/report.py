@@ -320,8 +320,8 @@ def training_section(runs: dict[str, dict[str, Any]], path: Path, title: str) ->
 
 
 def training_plot(runs: dict[str, dict[str, Any]], path: Path, title: str) -> Path:
-    """Per training run (``train_stats.json`` contents, by label): the validation mean against training
-    edits, a star at the editor kept; and, for runs with diagnostics, per training episode the mean
+    """Per training run (``train_stats.json`` contents, by label): the validation mean, ES and GS against
+    training edits, a star at the editor kept; and, for runs with diagnostics, per training episode the mean
     training loss, the alignment and size ratio of the learned updates with the untrained editor's, and
     the weights' net drift, averaged over modules."""
     import matplotlib
@@ -329,7 +329,7 @@ def training_plot(runs: dict[str, dict[str, Any]], path: Path, title: str) -> Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("validation mean(ES, GS, LS)", None)]
+    panels = [("validation: mean(ES, GS, LS); ES dotted, GS dashed", None)]
     if any(stats.get("diagnostics") for stats in runs.values()):
         panels += [
             ("training loss (episode mean)", "loss"),
@@ -350,6 +350,10 @@ def training_plot(runs: dict[str, dict[str, Any]], path: Path, title: str) -> Pa
         axes[0][0].plot(
             [stats["kept_after_edits"]], [stats["kept_validation_mean"]], "*", markersize=12, color=line.get_color()
         )
+        for metric, style in (("ES", ":"), ("GS", "--")):
+            axes[0][0].plot(
+                [v["after_edits"] for v in validations], [v[metric] for v in validations], style, color=line.get_color()
+            )
         diagnostics = stats.get("diagnostics") or []
         for ax, (_, key) in zip(axes[0][1:], panels[1:]):
             ax.plot(

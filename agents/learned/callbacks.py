@@ -115,17 +115,19 @@ class Validation(TrainingCallback):
 
     def on_episode_end(self, loop: TrainingLoop) -> None:
         if loop.state.step >= loop.state.next_validation:
-            if self.start is not None and not loop.state.validations:
-                with swapped(*self.start):
-                    self.validate(loop, 0)
+            self._validate_start(loop)
             with self.weights():
                 self.validate(loop, loop.state.step)
             loop.state.next_validation = loop.state.step // self.every * self.every + self.every
 
-    def on_training_end(self, loop: TrainingLoop) -> None:
-        if self.start is not None and not loop.state.validations:  # training was one episode long
+    def _validate_start(self, loop: TrainingLoop) -> None:
+        """Score the untrained start, before the first check of the trained weights (``start`` given)."""
+        if self.start is not None and not loop.state.validations:
             with swapped(*self.start):
                 self.validate(loop, 0)
+
+    def on_training_end(self, loop: TrainingLoop) -> None:
+        self._validate_start(loop)  # training was one episode long
         with self.weights():
             self.validate(loop, loop.steps)
         assert loop.state.best is not None

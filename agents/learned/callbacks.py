@@ -13,7 +13,7 @@ import copy
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,7 +25,8 @@ from hiedit_env.objective import update_inner, update_sq_norm
 from .hypernet import HyperEditor
 from .training import TrainingCallback, TrainingLoop
 
-LowRank = tuple[torch.Tensor, torch.Tensor]
+if TYPE_CHECKING:
+    from .agent import LowRank
 
 
 @torch.no_grad()

@@ -128,6 +128,20 @@ def zsre_format_path(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
+def rledit_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An RLEdit checkpoint from ``hiedit train`` on ``test-tiny-llama`` (the shipped set, 3-edit episodes,
+    3 training edits, no validation), trained once per test run. Tests read it and never write into it:
+    a test that damages or resumes a checkpoint copies it first."""
+    from hiedit_agents.cli import main
+
+    out = tmp_path_factory.mktemp("rledit") / "run"
+    argv = ["train", "--agent", "rledit", "--model", "test-tiny-llama", "--dataset", "default"]
+    argv += ["--num-edits", "3", "--steps", "3", "--threads", "1", "--agent-kwargs", '{"validation_edits": 0}']
+    assert main([*argv, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def device(pytestconfig: pytest.Config) -> str:
     """The test run's ``--device``."""
     return pytestconfig.getoption("--device")

@@ -101,16 +101,9 @@ def train(dataset: str | Path, out: Path, agent: str, *extra: str) -> list[str]:
     ]
 
 
-@pytest.fixture(scope="module")
-def rledit_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("rledit") / "run"
-    assert main(train("default", out, "rledit", "--agent-kwargs", '{"validation_edits": 0}')) == 0
-    return out
-
-
 @pytest.fixture
 def checkpoint_copy(rledit_checkpoint: Path, tmp_path: Path) -> Callable[[], Path]:
-    """A fresh copy of the module's RLEdit checkpoint to damage."""
+    """A fresh copy of the shared RLEdit checkpoint to damage."""
 
     def copy() -> Path:
         target = tmp_path / "checkpoint"

@@ -126,32 +126,8 @@ def test_zoo_trains_each_shipped_file(algo, monkeypatch, tmp_path):
     assert next(iter(saved["env_wrapper"][0])).startswith("hiedit_env.wrappers.") and "level" not in saved
 
 
-def test_zoo_trains_a_layer_selector_over_a_trained_rledit_editor(monkeypatch, tmp_path):
-    editor = tmp_path / "rledit"
-    assert (
-        main(
-            [
-                "train",
-                "--agent",
-                "rledit",
-                "--model",
-                MODEL,
-                "--dataset",
-                "default",
-                "--num-edits",
-                "3",
-                "--steps",
-                "3",
-                "--threads",
-                "1",
-                "--agent-kwargs",
-                '{"validation_edits": 0}',
-                "--out",
-                str(editor),
-            ]
-        )
-        == 0
-    )
+def test_zoo_trains_a_layer_selector_over_a_trained_rledit_editor(rledit_checkpoint, monkeypatch, tmp_path):
+    editor = rledit_checkpoint
     # A user's file: the zoo passes the wrapper's arguments from YAML as they are, the wrapper loads the agent.
     conf = tmp_path / "ppo_over_rledit.yml"
     conf.write_text(

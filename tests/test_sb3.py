@@ -296,32 +296,8 @@ def test_copies_in_subprocesses(tmp_path):
     assert _train(tmp_path / "bad", "ppo", 8, {"vec_env": "threads"}) == 2
 
 
-def test_trained_low_level_as_the_editor_of_a_layer_selector(tmp_path):
-    editor_dir = tmp_path / "rledit"
-    assert (
-        main(
-            [
-                "train",
-                "--agent",
-                "rledit",
-                "--model",
-                MODEL,
-                "--dataset",
-                "default",
-                "--num-edits",
-                "3",
-                "--steps",
-                "3",
-                "--threads",
-                "1",
-                "--agent-kwargs",
-                '{"validation_edits": 0}',
-                "--out",
-                str(editor_dir),
-            ]
-        )
-        == 0
-    )
+def test_trained_low_level_as_the_editor_of_a_layer_selector(rledit_checkpoint, tmp_path):
+    editor_dir = rledit_checkpoint
     wrappers = [
         {"hiedit_env.wrappers:ChooseLayersInTurn": {"editor": {"agent": "rledit", "checkpoint": str(editor_dir)}}}
     ]

@@ -314,6 +314,42 @@ def test_a_finished_sweep_runs_nothing_and_refuses_changed_settings(tmp_path: Pa
         sweep(load_spec(changed), out)
 
 
+def test_a_stopped_sweep_names_its_unfinished_cells_and_exits_as_interrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import hiedit_agents.sweep.cell as cell_module
+    import hiedit_agents.sweep.runner as runner
+
+    agents = [{"name": "ft_l", "agent": "ft_l"}, {"name": "noop", "agent": "noop"}]
+    spec_file = write_spec(tmp_path, agents=agents, compare=[])
+    out = tmp_path / "sweep"
+    started, unstarted = expand(load_spec(spec_file))
+    # Ctrl-C in the first cell's evaluation, which an earlier run of the cell had left with an error
+    error = cell_module.cell_dir(out, started) / "error.json"
+    error.parent.mkdir(parents=True)
+    error.write_text('{"error": "an earlier run\'s"}')
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cell_module, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_cell(started, out)
+    assert not error.exists()  # the stopped rerun is not reported with the earlier run's error
+
+    # Ray Tune returns from fit() without raising on Ctrl-C: what is unfinished is named, not failed
+    monkeypatch.setattr(runner, "_run_on_tune", lambda *args: None)
+    summary = runner.sweep(load_spec(spec_file), out)
+    assert summary["failed"] == {} and summary["ran"] == 0 and summary["remaining"] == 2
+    assert summary["stopped"][unstarted.id] == "not started"
+    assert summary["stopped"][started.id].startswith("started, not finished")
+
+    assert main(["sweep", str(spec_file), "--out", str(out)]) == 130
+    printed = capsys.readouterr()
+    assert f"stopped {unstarted.id}: not started" in printed.out
+    assert printed.err.strip().splitlines()[-1].startswith("hiedit sweep: stopped with 2 cells unfinished")
+
+
 def test_a_cell_names_the_checkpoint_file_it_cannot_read(tmp_path: Path) -> None:
     spec = load_spec(write_spec(tmp_path))
     cell = next(c for c in expand(spec) if c.training_seed is not None)

@@ -199,6 +199,7 @@ def run_cell(cell: Cell, out: Path) -> dict[str, Any]:
     if (folder / CELL_FILE).is_file():
         return json.loads((folder / CELL_FILE).read_text())
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / ERROR_FILE).unlink(missing_ok=True)  # an earlier run's error; this run writes its own if it fails
     if cell.threads:
         torch.set_num_threads(cell.threads)
     gym.logger.min_level = 40  # the checker's warnings once per environment would fill every worker's log
@@ -218,5 +219,4 @@ def run_cell(cell: Cell, out: Path) -> dict[str, Any]:
             rows.append(row(cell, entry, seed, num_edits, result))
     record = {"cell": cell.as_config(), "train_stats": stats, "rows": rows}
     write_text(folder / CELL_FILE, json.dumps(record, indent=2, default=str))
-    (folder / ERROR_FILE).unlink(missing_ok=True)
     return record

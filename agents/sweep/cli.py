@@ -36,6 +36,11 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
             f"{len(summary['failed'])} of {summary['cells']} cells failed (listed above, details in "
             f"their error.json); the others' results are in {args.out_dir}"
         )
+    if summary["stopped"]:  # exit code 130, as for Ctrl-C: Ray Tune ends the run on SIGINT without raising
+        raise KeyboardInterrupt(
+            f"stopped with {len(summary['stopped'])} cells unfinished (listed above); the same command "
+            f"finishes them, keeping every finished evaluation"
+        )
     return summary
 
 

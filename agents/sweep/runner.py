@@ -115,7 +115,8 @@ def sweep(
     agents: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run every unfinished cell of ``spec`` under ``out`` on Ray Tune; returns a summary
-    (``cells``, ``already_finished``, ``ran``, ``failed`` with each failure's error, ``seconds``).
+    (``cells``, ``already_finished``, ``ran``, ``failed`` with each failure's error, ``stopped`` with the
+    cells a stopped sweep left unfinished or unstarted, ``remaining``, ``seconds``).
 
     ``max_cells`` runs at most that many unfinished cells, and ``agents`` (entry names) only the cells of
     those entries (a long sweep run in parts). Ray is started here unless it already runs in this process
@@ -142,20 +143,26 @@ def sweep(
     if pending:
         _run_on_tune(spec, out, pending, address, max_concurrent, cells)
     collect_results(out, cells)
-    failed = {}
+    failed, stopped = {}, {}
     for c in pending:
-        if not is_finished(out, c):
-            error = cell_dir(out, c) / ERROR_FILE
-            failed[c.id] = (
-                json.loads(error.read_text())["error"]
-                if error.is_file()
-                else f"did not finish (the sweep was stopped or the worker lost; Ray's logs are under {out / 'ray'})"
+        if is_finished(out, c):
+            continue
+        folder = cell_dir(out, c)
+        if (folder / ERROR_FILE).is_file():
+            failed[c.id] = json.loads((folder / ERROR_FILE).read_text())["error"]
+        elif folder.is_dir():
+            # no error recorded: Ctrl-C, a kill or a lost worker stopped it; its finished parts are kept
+            stopped[c.id] = (
+                f"started, not finished (the sweep was stopped or its worker lost; Ray's logs: {out / 'ray'})"
             )
+        else:
+            stopped[c.id] = "not started"
     return {
         "cells": len(cells),
         "already_finished": finished_before,
-        "ran": len(pending) - len(failed),
+        "ran": len(pending) - len(failed) - len(stopped),
         "failed": failed,
+        "stopped": stopped,
         "remaining": sum(not is_finished(out, c) for c in cells),
         "seconds": time.perf_counter() - started,
     }
@@ -201,11 +208,12 @@ def format_summary(summary: dict[str, Any], out: Path) -> str:
     lines = [
         (
             f"{summary['cells']} cells: {summary['already_finished']} already finished, {summary['ran']} run now "
-            f"({summary['seconds']:.0f} s), {len(summary['failed'])} failed, {summary['remaining']} remaining; "
-            f"results in {Path(out) / RESULTS_CSV}"
+            f"({summary['seconds']:.0f} s), {len(summary['failed'])} failed, {len(summary['stopped'])} stopped, "
+            f"{summary['remaining']} remaining; results in {Path(out) / RESULTS_CSV}"
         )
     ]
     lines += [f"  failed {cell}: {error}" for cell, error in summary["failed"].items()]
+    lines += [f"  stopped {cell}: {why}" for cell, why in summary["stopped"].items()]
     return "\n".join(lines)
 
 

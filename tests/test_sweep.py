@@ -350,6 +350,45 @@ def test_a_stopped_sweep_names_its_unfinished_cells_and_exits_as_interrupted(
     assert printed.err.strip().splitlines()[-1].startswith("hiedit sweep: stopped with 2 cells unfinished")
 
 
+def test_a_cell_copies_a_finished_training_with_its_exact_settings_from_another_sweep(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hiedit_agents.sweep.cell as cell_module
+
+    rledit = [{"name": "rledit", "agent": "rledit", "agent-kwargs": TINY}]
+    (tmp_path / "short").mkdir()
+    (tmp_path / "long").mkdir()
+    short = expand(load_spec(write_spec(tmp_path / "short", agents=rledit, compare=[])))
+    # the same trainings, evaluated on other sequences of another length
+    evaluation = {"seeds": [2], "num_edits": [4]}
+    long = expand(load_spec(write_spec(tmp_path / "long", agents=rledit, compare=[], evaluation=evaluation)))
+    assert [c.training_key() for c in long] == [c.training_key() for c in short]
+    assert short[0].training_key() != short[1].training_key()  # the training seeds differ
+    short_out, long_out = tmp_path / "short" / "sweep", tmp_path / "long" / "sweep"
+    assert cell_module.trained_elsewhere(long[0], [short_out]) is None  # nothing finished there yet
+    run_cell(short[0], short_out)
+
+    def no_training(*args: object) -> None:
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(cell_module, "train", no_training)
+    record = run_cell(long[0], long_out, [short_out])
+    source = cell_module.cell_dir(short_out, short[0])
+    assert record["trained_in"] == str(source.resolve())
+    copied = cell_module.cell_dir(long_out, long[0]) / "checkpoint"
+    for name in ("agent_state.pt", "agent.json", "train_stats.json"):
+        assert (copied / name).read_bytes() == (source / "checkpoint" / name).read_bytes()
+    assert [(r["evaluation_seed"], r["num_edits"]) for r in record["rows"]] == [(2, 4)]
+    assert not (copied.parent / "checkpoint.copying").exists()
+    # the other training seed has no finished training to copy: it would train
+    assert cell_module.trained_elsewhere(long[1], [short_out]) is None
+    with pytest.raises(AssertionError, match="trained again"):
+        run_cell(long[1], long_out, [short_out])
+    assert (
+        main(["sweep", str(tmp_path / "long" / "spec.yaml"), "--out", str(long_out), "--reuse-training", "nope"]) == 2
+    )
+
+
 def test_a_cell_names_the_checkpoint_file_it_cannot_read(tmp_path: Path) -> None:
     spec = load_spec(write_spec(tmp_path))
     cell = next(c for c in expand(spec) if c.training_seed is not None)

@@ -14,8 +14,10 @@ import functools
 import json
 import os
 import platform
+import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -27,13 +29,14 @@ from hiedit_env.files import write_text
 
 from ..common import commands
 from ..common.base import Agent
-from ..common.checkpoint import progress_folder
+from ..common.checkpoint import MANIFEST_FILE, progress_folder
 from ..common.evaluation import run_episode
 from ..registry import agent_class
 from .grid import Cell
 
 CELL_FILE = "cell.json"
 ERROR_FILE = "error.json"
+TRAINED_IN_FILE = "trained_in.json"  # in a checkpoint copied from another sweep's cell: which one
 # Nested values of episode_metrics that the per-evaluation JSON keeps and the flat table leaves out.
 NESTED_METRICS = ("per_edit", "protocols", "module_share")
 
@@ -190,10 +193,42 @@ def machine_description() -> str:
     return ", ".join(parts + [f"{platform.system()} {platform.machine()}"])
 
 
-def run_cell(cell: Cell, out: Path) -> dict[str, Any]:
+def trained_elsewhere(cell: Cell, sweeps: Sequence[Path]) -> Path | None:
+    """The folder of a finished cell of one of ``sweeps`` whose training had exactly ``cell``'s settings
+    (:meth:`Cell.training_key`), e.g. the 100-edit sweep's for the 1000-edit sweep of the same
+    training; ``None`` if there is none."""
+    key = cell.training_key()
+    for sweep in sweeps:
+        for record_file in sorted(Path(sweep).glob(f"cells/*/{CELL_FILE}")):
+            config = json.loads(record_file.read_text())["cell"]
+            checkpoint = record_file.parent / "checkpoint"
+            if (
+                config.get("training_seed") is not None
+                and Cell.from_config(config).training_key() == key
+                and (checkpoint / "train_stats.json").is_file()
+                and (checkpoint / MANIFEST_FILE).is_file()
+            ):
+                return record_file.parent
+    return None
+
+
+def _copy_training(source: Path, folder: Path) -> None:
+    """Copy ``source/checkpoint`` to ``folder/checkpoint`` whole or not at all (a copy stopped half-way
+    leaves only a temporary folder, removed by the next try)."""
+    partial = folder / "checkpoint.copying"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source / "checkpoint", partial)
+    write_text(partial / TRAINED_IN_FILE, json.dumps({"cell": str(source.resolve())}, indent=2))
+    partial.rename(folder / "checkpoint")
+
+
+def run_cell(cell: Cell, out: Path, reuse_training: Sequence[Path] = ()) -> dict[str, Any]:
     """Train and evaluate ``cell`` under ``out``, skipping every part whose file exists; write ``cell.json``.
 
-    Returns the cell's record (also what ``cell.json`` holds). The caller handles errors.
+    A cell that trains first looks for a finished training with its exact settings in the sweep folders
+    ``reuse_training`` and, if one is there, copies that checkpoint instead of training again (the
+    record's ``trained_in`` names it). Returns the cell's record (also what ``cell.json`` holds). The
+    caller handles errors.
     """
     folder = cell_dir(out, cell)
     if (folder / CELL_FILE).is_file():
@@ -203,9 +238,12 @@ def run_cell(cell: Cell, out: Path) -> dict[str, Any]:
     if cell.threads:
         torch.set_num_threads(cell.threads)
     gym.logger.min_level = 40  # the checker's warnings once per environment would fill every worker's log
-    stats_file = folder / "checkpoint" / "train_stats.json"
+    checkpoint = folder / "checkpoint"
     stats = None
     if cell.training_seed is not None:
+        if not checkpoint.exists() and (source := trained_elsewhere(cell, reuse_training)) is not None:
+            _copy_training(source, folder)
+        stats_file = checkpoint / "train_stats.json"
         stats = json.loads(stats_file.read_text()) if stats_file.is_file() else train(cell, folder)
     rows = []
     for entry, acting in cell.variants:
@@ -218,5 +256,7 @@ def run_cell(cell: Cell, out: Path) -> dict[str, Any]:
                 write_text(file, json.dumps(result, indent=2))
             rows.append(row(cell, entry, seed, num_edits, result))
     record = {"cell": cell.as_config(), "train_stats": stats, "rows": rows}
+    if (checkpoint / TRAINED_IN_FILE).is_file():
+        record["trained_in"] = json.loads((checkpoint / TRAINED_IN_FILE).read_text())["cell"]
     write_text(folder / CELL_FILE, json.dumps(record, indent=2, default=str))
     return record

@@ -29,6 +29,7 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
         max_concurrent=args.max_concurrent,
         max_cells=args.max_cells,
         agents=args.agents,
+        reuse_training=args.reuse_training,
     )
     print(format_summary(summary, Path(args.out_dir)))
     if summary["failed"]:
@@ -106,6 +107,14 @@ def add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="ENTRY",
         help="run only the cells of these agent entries of the spec (a long sweep in parts)",
+    )
+    p.add_argument(
+        "--reuse-training",
+        nargs="+",
+        default=None,
+        metavar="SWEEP",
+        help="sweep folders whose finished trainings a cell copies instead of training again, where every "
+        "training setting matches (e.g. the 1000-edit sweep of the 100-edit sweep's training)",
     )
     p.set_defaults(run=run_sweep)
 

@@ -44,6 +44,13 @@ class Cell:
         """The cell as a JSON-able dict (a Ray Tune ``param_space`` value)."""
         return asdict(self)
 
+    def training_key(self) -> dict[str, Any]:
+        """Everything a training run depends on: two cells with the same key (in any sweep, evaluated on
+        any sequences) train the same checkpoint, the seeds making it so."""
+        keys = ("model", "train_source", "train_split", "agent", "agent_kwargs", "env_kwargs")
+        keys += ("training_seed", "training_steps", "training_num_edits", "threads")
+        return json.loads(json.dumps({k: getattr(self, k) for k in keys}))
+
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Cell:
         return cls(

@@ -40,7 +40,7 @@ def _trainable(config: dict[str, Any]) -> None:
 
     cell, out = Cell.from_config(config["cell"]), Path(config["out"])
     try:
-        record = run_cell(cell, out)
+        record = run_cell(cell, out, [Path(p) for p in config.get("reuse_training", [])])
         tune.report({"status": "ok", "evaluations": len(record["rows"])})
     except Exception as err:  # noqa: BLE001  (any failure of a user's agent is the cell's result)
         message = f"{type(err).__name__}: {' '.join(str(err).split())}"
@@ -113,13 +113,16 @@ def sweep(
     max_concurrent: int | None = None,
     max_cells: int | None = None,
     agents: list[str] | None = None,
+    reuse_training: list[str | Path] | None = None,
 ) -> dict[str, Any]:
     """Run every unfinished cell of ``spec`` under ``out`` on Ray Tune; returns a summary
     (``cells``, ``already_finished``, ``ran``, ``failed`` with each failure's error, ``stopped`` with the
     cells a stopped sweep left unfinished or unstarted, ``remaining``, ``seconds``).
 
     ``max_cells`` runs at most that many unfinished cells, and ``agents`` (entry names) only the cells of
-    those entries (a long sweep run in parts). Ray is started here unless it already runs in this process
+    those entries (a long sweep run in parts). A cell that trains copies the finished training of a cell
+    of the sweep folders ``reuse_training`` that had exactly its training settings, instead of training
+    again. Ray is started here unless it already runs in this process
     (then it is used as it is, e.g. by tests).
     """
     unknown = sorted(set(agents or ()) - {e.name for e in spec.agents})
@@ -128,6 +131,9 @@ def sweep(
             f"--agents: {', '.join(unknown)} not an entry of {spec.path} "
             f"(entries: {', '.join(e.name for e in spec.agents)})"
         )
+    reuse = [Path(p).resolve() for p in reuse_training or ()]
+    for folder in reuse:
+        read_sweep(folder)  # a sweep folder, or one line saying what it is not
     out = Path(out).resolve()
     cells = expand(spec)
     _check_unchanged(out, cells)
@@ -141,7 +147,7 @@ def sweep(
         pending = pending[:max_cells]
     started = time.perf_counter()
     if pending:
-        _run_on_tune(spec, out, pending, address, max_concurrent, cells)
+        _run_on_tune(spec, out, pending, address, max_concurrent, cells, reuse)
     collect_results(out, cells)
     failed, stopped = {}, {}
     for c in pending:
@@ -169,7 +175,13 @@ def sweep(
 
 
 def _run_on_tune(
-    spec: SweepSpec, out: Path, pending: list[Cell], address: str | None, max_concurrent: int | None, cells: list[Cell]
+    spec: SweepSpec,
+    out: Path,
+    pending: list[Cell],
+    address: str | None,
+    max_concurrent: int | None,
+    cells: list[Cell],
+    reuse_training: list[Path],
 ) -> None:
     import ray
     from ray import tune
@@ -188,7 +200,11 @@ def _run_on_tune(
     trainable = tune.with_resources(_trainable, {"cpu": spec.threads, "gpu": gpu})
     tuner = tune.Tuner(
         trainable,
-        param_space={"cell": tune.grid_search([c.as_config() for c in pending]), "out": str(out)},
+        param_space={
+            "cell": tune.grid_search([c.as_config() for c in pending]),
+            "out": str(out),
+            "reuse_training": [str(p) for p in reuse_training],
+        },
         # reuse_actors: a worker process runs one cell after another, so the environment's per-process
         # model cache (hiedit_env.models) loads each base model once per worker, not once per cell
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True),

@@ -560,6 +560,7 @@ def test_tune_writes_a_best_configuration_a_spec_can_include(tmp_path: Path, ray
     assert summary["defaults"] == {"lr": 0.01} and 0 <= summary["default_score"] <= 1
     trials = list(csv.DictReader((tmp_path / "tune" / "trials.csv").open()))
     assert len(trials) == 3 and float(trials[0]["config/params/lr"]) == 0.01
+    assert not (tmp_path / "tune" / "trials").exists()  # the trials' working folders are removed
     assert summary["best"]["agent-kwargs"]["iterations"] == 2 and 0.001 <= summary["best"]["agent-kwargs"]["lr"] <= 0.1
     best = tmp_path / "tune" / "best.yaml"
     including = write_spec(tmp_path, agents=[{"name": "tuned", "include": str(best)}], compare=[])

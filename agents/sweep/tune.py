@@ -98,7 +98,7 @@ def _trial(config: dict[str, Any]) -> None:
     for seed, num_edits in cell.evaluations:
         scores.append(evaluate(cell, folder, seed, num_edits, acting)["metrics"]["mean"])
         tune.report({"score": float(np.mean(scores)), "sequences": len(scores)})
-    shutil.rmtree(folder / "checkpoint", ignore_errors=True)  # a search keeps scores, not every trial's editor
+    shutil.rmtree(folder, ignore_errors=True)  # a search keeps scores, not every trial's editor
 
 
 def _configured(cell: Cell, params: dict[str, Any]) -> tuple[Cell, dict[str, Any]]:
@@ -176,6 +176,7 @@ def tune_spec(
         run_config=tune.RunConfig(name=spec.name, storage_path=str(out / "ray"), verbose=0),
     )
     results = tuner.fit()
+    shutil.rmtree(out / "trials", ignore_errors=True)  # what the trials ASHA stopped early left
     frame = results.get_dataframe()
     params_columns = [f"config/params/{k}" for k in space]
     frame = frame[["trial_id", "score", "sequences", *params_columns, "time_total_s"]]

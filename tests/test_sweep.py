@@ -379,6 +379,8 @@ def test_a_cell_copies_a_finished_training_with_its_exact_settings_from_another_
     for name in ("agent_state.pt", "agent.json", "train_stats.json"):
         assert (copied / name).read_bytes() == (source / "checkpoint" / name).read_bytes()
     assert [(r["evaluation_seed"], r["num_edits"]) for r in record["rows"]] == [(2, 4)]
+    evaluation = json.loads((copied.parent / "evaluations" / "rledit" / "n4_seed2.json").read_text())
+    assert evaluation["agent_config"]["validation_edits"] == TINY["validation_edits"]  # what it acted with
     assert not (copied.parent / "checkpoint.copying").exists()
     # the other training seed has no finished training to copy: it would train
     assert cell_module.trained_elsewhere(long[1], [short_out]) is None

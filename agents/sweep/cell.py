@@ -106,6 +106,9 @@ def evaluate(cell: Cell, folder: Path, seed: int, num_edits: int, acting: dict[s
     return {
         "metrics": metrics,
         "curve": curve,
+        # what the agent acted with, presets resolved (a locate-then-edit agent's model-family YAML), so a
+        # changed preset shows in the record even where the spec's agent-kwargs did not change
+        "agent_config": agent.config(),
         "wall_seconds": wall,
         "device": device,
         **commands.peak_memory_mb(),

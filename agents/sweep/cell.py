@@ -32,7 +32,7 @@ from ..common.base import Agent
 from ..common.checkpoint import MANIFEST_FILE, progress_folder
 from ..common.evaluation import run_episode
 from ..registry import agent_class
-from .grid import Cell
+from .grid import Cell, training_key
 
 CELL_FILE = "cell.json"
 ERROR_FILE = "error.json"
@@ -207,7 +207,7 @@ def trained_elsewhere(cell: Cell, sweeps: Sequence[Path]) -> Path | None:
             checkpoint = record_file.parent / "checkpoint"
             if (
                 config.get("training_seed") is not None
-                and Cell.from_config(config).training_key() == key
+                and training_key(config) == key
                 and (checkpoint / "train_stats.json").is_file()
                 and (checkpoint / MANIFEST_FILE).is_file()
             ):

@@ -12,6 +12,26 @@ from typing import Any
 
 from .spec import AgentEntry, SweepSpec
 
+TRAINING_SETTINGS = (
+    "model",
+    "train_source",
+    "train_split",
+    "agent",
+    "agent_kwargs",
+    "env_kwargs",
+    "training_seed",
+    "training_steps",
+    "training_num_edits",
+    "threads",
+)
+
+
+def training_key(config: dict[str, Any]) -> dict[str, Any]:
+    """Everything a training run depends on, from a cell's config (``Cell.as_config``, or a ``cell.json``
+    of any version): two cells with the same key, in any sweep and evaluated on any sequences, train the
+    same checkpoint, the seeds making it so."""
+    return json.loads(json.dumps({k: config.get(k) for k in TRAINING_SETTINGS}))
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -45,11 +65,8 @@ class Cell:
         return asdict(self)
 
     def training_key(self) -> dict[str, Any]:
-        """Everything a training run depends on: two cells with the same key (in any sweep, evaluated on
-        any sequences) train the same checkpoint, the seeds making it so."""
-        keys = ("model", "train_source", "train_split", "agent", "agent_kwargs", "env_kwargs")
-        keys += ("training_seed", "training_steps", "training_num_edits", "threads")
-        return json.loads(json.dumps({k: getattr(self, k) for k in keys}))
+        """Everything the cell's training depends on (:func:`training_key`)."""
+        return training_key(self.as_config())
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Cell:

@@ -27,6 +27,7 @@ from hiedit_agents.sweep import (
     tune_spec,
 )
 from hiedit_agents.sweep.cell import evaluate, run_cell
+from hiedit_agents.sweep.grid import training_key
 from hiedit_agents.sweep.report import leaderboard
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -362,8 +363,8 @@ def test_a_cell_copies_a_finished_training_with_its_exact_settings_from_another_
     # the same trainings, evaluated on other sequences of another length
     evaluation = {"seeds": [2], "num_edits": [4]}
     long = expand(load_spec(write_spec(tmp_path / "long", agents=rledit, compare=[], evaluation=evaluation)))
-    assert [c.training_key() for c in long] == [c.training_key() for c in short]
-    assert short[0].training_key() != short[1].training_key()  # the training seeds differ
+    assert [training_key(c.as_config()) for c in long] == [training_key(c.as_config()) for c in short]
+    assert training_key(short[0].as_config()) != training_key(short[1].as_config())  # the training seeds differ
     short_out, long_out = tmp_path / "short" / "sweep", tmp_path / "long" / "sweep"
     assert cell_module.trained_elsewhere(long[0], [short_out]) is None  # nothing finished there yet
     run_cell(short[0], short_out)

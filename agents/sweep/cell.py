@@ -198,9 +198,9 @@ def machine_description() -> str:
 
 def trained_elsewhere(cell: Cell, sweeps: Sequence[Path]) -> Path | None:
     """The folder of a finished cell of one of ``sweeps`` whose training had exactly ``cell``'s settings
-    (:meth:`Cell.training_key`), e.g. the 100-edit sweep's for the 1000-edit sweep of the same
-    training; ``None`` if there is none."""
-    key = cell.training_key()
+    (:func:`~hiedit_agents.sweep.grid.training_key`), e.g. the 100-edit sweep's cell for the 1000-edit
+    sweep's of the same training; ``None`` if there is none."""
+    key = training_key(cell.as_config())
     for sweep in sweeps:
         for record_file in sorted(Path(sweep).glob(f"cells/*/{CELL_FILE}")):
             config = json.loads(record_file.read_text())["cell"]

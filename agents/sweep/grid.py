@@ -64,10 +64,6 @@ class Cell:
         """The cell as a JSON-able dict (a Ray Tune ``param_space`` value)."""
         return asdict(self)
 
-    def training_key(self) -> dict[str, Any]:
-        """Everything the cell's training depends on (:func:`training_key`)."""
-        return training_key(self.as_config())
-
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Cell:
         return cls(

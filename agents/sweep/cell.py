@@ -205,9 +205,9 @@ def trained_elsewhere(cell: Cell, sweeps: Sequence[Path]) -> Path | None:
         for record_file in sorted(Path(sweep).glob(f"cells/*/{CELL_FILE}")):
             config = json.loads(record_file.read_text())["cell"]
             checkpoint = record_file.parent / "checkpoint"
+            # the key holds the training seed: a cell that did not train never matches one that does
             if (
-                config.get("training_seed") is not None
-                and training_key(config) == key
+                training_key(config) == key
                 and (checkpoint / "train_stats.json").is_file()
                 and (checkpoint / MANIFEST_FILE).is_file()
             ):

@@ -1,4 +1,6 @@
-"""The ``hiedit`` command: ``demo`` (from :mod:`hiedit_env.cli`), ``train`` and ``evaluate``.
+"""The ``hiedit`` command: ``demo``, ``train`` and ``evaluate`` here; ``sweep``, ``report`` and ``tune``
+(:mod:`.sweep.cli`); the tools ``table`` (:mod:`.tables`), ``curves`` (:mod:`.curves`), ``speed``
+(:mod:`.speed`), ``module-costs`` (:mod:`.module_costs`) and ``key-statistics`` (:mod:`.locate.key_statistics`).
 
     hiedit train --agent hiedit --model smollm2-135m --dataset zsre_mend_1k.json --out runs/hiedit
     hiedit evaluate --agent hiedit --checkpoint runs/hiedit --model smollm2-135m \\
@@ -35,10 +37,14 @@ from .common.commands import checkpoint_of, train_agent
 from .common.env_util import env_description, make_env
 from .common.evaluation import run_episode
 from .common.memory import peak_memory_mb
+from .curves import add_curves_parser
 from .demo import add_demo_parser
+from .locate.key_statistics import add_key_statistics_parser
+from .module_costs import add_module_costs_parser
 from .registry import agent_class, available_agents
 from .speed import add_speed_parser
 from .sweep.cli import add_sweep_parsers
+from .tables import add_table_parser
 
 DEFAULT_EVAL_EDITS = 100
 
@@ -268,7 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default="results.json", help="where to write the metrics as JSON")
     evaluate.set_defaults(run=run_evaluate)
     add_sweep_parsers(sub)
+    add_table_parser(sub)
+    add_curves_parser(sub)
     add_speed_parser(sub)
+    add_module_costs_parser(sub)
+    add_key_statistics_parser(sub)
     return parser
 
 

@@ -11,7 +11,7 @@ reach the gate.
 The straight-through gradient is the loss's slope at the chosen mask, a first-order view: for a
 module left out it misses what that module's own update would cost (the curvature of the locality
 KL in that update; on SmolLM2 one ``down_proj``'s gradient step alone cost 2.1 nats of KL on unrelated
-prompts where another's cost 0.02: ``benchmarks/module_costs.py``). So while training the gate also
+prompts where another's cost 0.02: ``hiedit module-costs``). So while training the gate also
 *explore*: it draws its ``k`` modules by Gumbel top-``k`` on its scores (a Plackett-Luce sample, whose
 log-probability ``Selection.log_prob`` carries gradient to the scores), and the agent adds a
 score-function (REINFORCE) term on the intrinsic reward, which sees the whole loss of the drawn

@@ -370,10 +370,11 @@ def training_plot(runs: dict[str, dict[str, Any]], path: Path, title: str) -> Pa
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"Training, {title} (star: the editor kept)")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write ``fig`` to ``path`` as a PNG, atomically, and close it."""
     import matplotlib.pyplot as plt
 
     try:
@@ -396,7 +397,7 @@ def _interval_plot(stats: dict[str, dict[str, Any]], path: Path, title: str) -> 
     ax.set_yticks(range(len(order)), order)
     ax.set_xlabel(f"mean(ES, GS, LS), {CONFIDENCE:.0%} stratified bootstrap interval")
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def curve_plot(agents: dict[str, list[dict[str, Any]]], path: Path, title: str) -> Path | None:
@@ -422,7 +423,7 @@ def curve_plot(agents: dict[str, list[dict[str, Any]]], path: Path, title: str) 
             ax.set_xlabel("edits applied")
     axes[0].legend(fontsize=8)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _module_heatmap(agents: dict[str, list[dict[str, Any]]], path: Path, title: str) -> Path | None:
@@ -447,4 +448,4 @@ def _module_heatmap(agents: dict[str, list[dict[str, Any]]], path: Path, title: 
     ax.set_yticks(range(len(shares)), list(shares))
     fig.colorbar(image, label="share of edits that changed the module")
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)

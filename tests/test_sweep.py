@@ -330,18 +330,26 @@ def test_a_stopped_sweep_names_its_unfinished_cells_and_exits_as_interrupted(
     error.parent.mkdir(parents=True)
     error.write_text('{"error": "an earlier run\'s"}')
 
-    def interrupted(*args: object) -> None:
-        raise KeyboardInterrupt
+    evaluate, evaluated = cell_module.evaluate, []
 
-    monkeypatch.setattr(cell_module, "evaluate", interrupted)
+    def interrupted_after_one(*args: object) -> dict:
+        if evaluated:
+            raise KeyboardInterrupt
+        return evaluate(*args)
+
+    monkeypatch.setattr(cell_module, "evaluate", interrupted_after_one)
     with pytest.raises(KeyboardInterrupt):
-        run_cell(started, out)
+        run_cell(started, out, on_evaluation=lambda: evaluated.append(1))
+    assert evaluated == [1]  # called once the first sequence's file was written, not for the stopped one
     assert not error.exists()  # the stopped rerun is not reported with the earlier run's error
 
     # Ray Tune returns from fit() without raising on Ctrl-C: what is unfinished is named, not failed
     monkeypatch.setattr(runner, "_run_on_tune", lambda *args: None)
     summary = runner.sweep(load_spec(spec_file), out)
     assert summary["failed"] == {} and summary["ran"] == 0 and summary["remaining"] == 2
+    # the stopped cell's finished sequence is a row of the results table already
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["agent"], r["evaluation_seed"]) for r in rows] == [("ft_l", "0")]
     assert summary["stopped"][unstarted.id] == "not started"
     assert summary["stopped"][started.id].startswith("started, not finished")
 

@@ -17,7 +17,7 @@ import platform
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -225,13 +225,39 @@ def _copy_training(source: Path, folder: Path) -> None:
     partial.rename(folder / "checkpoint")
 
 
-def run_cell(cell: Cell, out: Path, reuse_training: Sequence[Path] = ()) -> dict[str, Any]:
+def evaluation_file(out: Path, cell: Cell, entry: str, seed: int, num_edits: int) -> Path:
+    """Where one evaluation of ``cell`` (agent entry ``entry``) is recorded."""
+    return cell_dir(out, cell) / "evaluations" / entry / f"n{num_edits}_seed{seed}.json"
+
+
+def finished_rows(out: Path, cell: Cell) -> list[dict[str, Any]]:
+    """The results-table rows of ``cell``'s finished evaluations: all of a finished cell's, and those an
+    unfinished one has recorded so far (a 1000-edit cell's sequences each take hours)."""
+    folder = cell_dir(out, cell)
+    if (folder / CELL_FILE).is_file():
+        return json.loads((folder / CELL_FILE).read_text())["rows"]
+    rows = []
+    for entry, _ in cell.variants:
+        for seed, num_edits in cell.evaluations:
+            file = evaluation_file(out, cell, entry, seed, num_edits)
+            if file.is_file():
+                rows.append(row(cell, entry, seed, num_edits, json.loads(file.read_text())))
+    return rows
+
+
+def run_cell(
+    cell: Cell,
+    out: Path,
+    reuse_training: Sequence[Path] = (),
+    on_evaluation: Callable[[], None] | None = None,
+) -> dict[str, Any]:
     """Train and evaluate ``cell`` under ``out``, skipping every part whose file exists; write ``cell.json``.
 
     A cell that trains first looks for a finished training with its exact settings in the sweep folders
     ``reuse_training`` and, if one is there, copies that checkpoint instead of training again (the
-    record's ``trained_in`` names it). Returns the cell's record (also what ``cell.json`` holds). The
-    caller handles errors.
+    record's ``trained_in`` names it). ``on_evaluation`` is called after each evaluation this call runs
+    and records (the sweep updates its results table then). Returns the cell's record (also what
+    ``cell.json`` holds). The caller handles errors.
     """
     folder = cell_dir(out, cell)
     if (folder / CELL_FILE).is_file():
@@ -251,12 +277,14 @@ def run_cell(cell: Cell, out: Path, reuse_training: Sequence[Path] = ()) -> dict
     rows = []
     for entry, acting in cell.variants:
         for seed, num_edits in cell.evaluations:
-            file = folder / "evaluations" / entry / f"n{num_edits}_seed{seed}.json"
+            file = evaluation_file(out, cell, entry, seed, num_edits)
             if file.is_file():
                 result = json.loads(file.read_text())
             else:
                 result = evaluate(cell, folder, seed, num_edits, acting)
                 write_text(file, json.dumps(result, indent=2))
+                if on_evaluation is not None:
+                    on_evaluation()
             rows.append(row(cell, entry, seed, num_edits, result))
     record = {"cell": cell.as_config(), "train_stats": stats, "rows": rows}
     if (checkpoint / TRAINED_IN_FILE).is_file():

@@ -22,7 +22,7 @@ import torch
 
 from hiedit_env.files import write_text
 
-from .cell import CELL_FILE, ERROR_FILE, cell_dir, is_finished, run_cell
+from .cell import CELL_FILE, ERROR_FILE, cell_dir, finished_rows, is_finished, run_cell
 from .grid import Cell, expand
 from .spec import SweepSpec
 
@@ -39,8 +39,12 @@ def _trainable(config: dict[str, Any]) -> None:
     from ray import tune
 
     cell, out = Cell.from_config(config["cell"]), Path(config["out"])
+
+    def evaluated() -> None:  # a result of the trial, so the driver rewrites the results table now
+        tune.report({"status": "evaluating"})
+
     try:
-        record = run_cell(cell, out, [Path(p) for p in config.get("reuse_training", [])])
+        record = run_cell(cell, out, [Path(p) for p in config.get("reuse_training", [])], evaluated)
         tune.report({"status": "ok", "evaluations": len(record["rows"])})
     except Exception as err:  # noqa: BLE001  (any failure of a user's agent is the cell's result)
         message = f"{type(err).__name__}: {' '.join(str(err).split())}"
@@ -51,11 +55,11 @@ def _trainable(config: dict[str, Any]) -> None:
         tune.report({"status": "error", "error": message})
 
 
-def collect_results(out: Path, cells: list[Cell] | None = None) -> list[dict[str, Any]]:
-    """Rewrite ``OUT/results.jsonl`` and ``OUT/results.csv`` (atomically) from every finished cell's
-    ``cell.json``; returns the rows. With ``cells``, their order; otherwise every cell folder's."""
-    folders = [cell_dir(out, c) for c in cells] if cells is not None else sorted((out / "cells").glob("*"))
-    rows = [r for f in folders if (f / CELL_FILE).is_file() for r in json.loads((f / CELL_FILE).read_text())["rows"]]
+def collect_results(out: Path, cells: list[Cell]) -> list[dict[str, Any]]:
+    """Rewrite ``OUT/results.jsonl`` and ``OUT/results.csv`` (atomically) from every finished evaluation of
+    ``cells``, in their order: a row per evaluation, whether or not its cell has finished the others;
+    returns the rows."""
+    rows = [r for c in cells for r in finished_rows(out, c)]
     write_text(out / RESULTS_JSONL, "".join(json.dumps(r) + "\n" for r in rows))
     columns: list[str] = []
     for r in rows:
@@ -192,7 +196,8 @@ def _run_on_tune(
     gpu = spec.gpu if spec.gpu is not None else (1.0 / (max_concurrent or 1) if torch.cuda.is_available() else 0)
 
     class ResultsTable(tune.Callback):
-        """Rewrites the results table each time a cell ends, so it grows while the sweep runs."""
+        """Rewrites the results table each time a cell reports (an evaluation or the cell finished), so it
+        grows while the sweep runs; only this driver writes it."""
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
             collect_results(out, cells)

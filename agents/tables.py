@@ -104,7 +104,7 @@ def table(rows: dict[str, list[dict[str, Any]]], label: str, counts: bool) -> st
 def run_table(args: argparse.Namespace) -> None:
     """``hiedit table``: print the table (and write it to ``--markdown``)."""
     if bool(args.folders) == bool(args.rows):
-        raise ValueError("give either folders of result files or --rows, not both")
+        raise ValueError("give folders of result files or --rows, one of the two")
     if args.rows:
         text = table(rows_from_patterns(args.rows), "agent", counts=True)
     else:

@@ -168,7 +168,8 @@ def test_table_rows_from_patterns_count_files_and_keep_the_lowest(
     for argv, message in (
         (["--rows", f"x={tmp_path}/nothing_*.json"], "no result file matches"),
         (["--rows", "no-equals-sign"], "NAME=GLOB"),
-        ([str(tmp_path), "--rows", f"x={tmp_path}/*.json"], "not both"),
+        ([str(tmp_path), "--rows", f"x={tmp_path}/*.json"], "one of the two"),
+        ([], "one of the two"),
     ):
         assert hiedit(["table", *argv]) == 2
         err = capsys.readouterr().err

@@ -10,6 +10,9 @@
   which live outside the project: in ``../shared/data`` relative to the repository root, or in
   ``$HIEDIT_DATA_DIR``. Where that folder is absent they are skipped with a reason that says how to
   point at it; a ``$HIEDIT_DATA_DIR`` that lacks a file fails them (it was meant to be there).
+* The locate agents' key statistics are cached in a folder of this test run (``$HIEDIT_CACHE``, set here
+  before anything reads it, so Ray's workers inherit it too), never in the user's cache; it is
+  removed at the end.
 * ``make_env(model, **kwargs)``: a small environment on a tiny test model (the shipped set, 3 edits
   unless overridden), closed afterwards.
 * ``--device`` (default ``cpu``): the device of every environment the tests make through
@@ -20,12 +23,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+TEST_CACHE = tempfile.mkdtemp(prefix="hiedit-test-cache-")
+os.environ["HIEDIT_CACHE"] = TEST_CACHE
 
 import json  # noqa: E402
+import shutil  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
@@ -72,6 +79,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # The tiny test models' byte-level tokenizer makes some data set prompts longer than the default
     # limit; the token-limit tests check this warning with pytest.warns.
     config.addinivalue_line("filterwarnings", r"ignore:.*records cut to max_prompt_tokens")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(TEST_CACHE, ignore_errors=True)
 
 
 def _data_file(relative: str) -> str:

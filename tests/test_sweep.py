@@ -538,11 +538,13 @@ def test_an_unstarted_sweep_shows_its_planned_entries_on_the_leaderboard(
     out = tmp_path / "planned"
     assert main(["sweep", str(write_spec(tmp_path)), "--out", str(out), "--max-cells", "0"]) == 0  # runs no cell
     assert "3 cells: 0 already finished, 0 run now" in capsys.readouterr().out
-    done = write_sweep_folder(tmp_path / "done", "done", "zsre", {"noop": {None: [0.40, 0.42]}}, {"noop": 2})
+    scores = {"noop": {None: [0.40, 0.42]}, "all": {0: [0.45]}}
+    done = write_sweep_folder(tmp_path / "done", "done", "zsre", scores, {"noop": 2, "all": 4})
     lines = leaderboard([done, out], "cmd").splitlines()
     # two models: the columns name them
     assert lines[0] == "| agent | zsre, 100 edits, smollm2-135m | default, 3 edits, test-tiny-gpt2 |"
     assert "| noop | 0.410 [0.400, 0.420] · 2/2 | — |" in lines and "| rledit-bounded |  | — |" in lines
+    assert "| all | 0.450 · 1/4 |  |" in lines  # one cell: no interval (a bootstrap of one value is a point)
 
 
 def test_leaderboard_of_a_sweep_folder_from_before_sweep_json_listed_its_entries(tmp_path: Path) -> None:

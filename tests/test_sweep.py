@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import platform
+import re
 from pathlib import Path
 
 import numpy as np
@@ -238,7 +239,9 @@ def _files(folder: Path) -> dict[str, tuple[int, bytes]]:
     }
 
 
-def test_sweep_interrupted_after_one_cell_resumes_without_touching_it(tmp_path: Path, ray_local) -> None:
+def test_sweep_interrupted_after_one_cell_resumes_without_touching_it(
+    tmp_path: Path, ray_local, capsys: pytest.CaptureFixture[str]
+) -> None:
     # noop and RLEdit (bounded and not, from the same checkpoints) over 2 training seeds, and an entry
     # that fails when its environment is built
     broken = {"name": "broken", "agent": "ft_l", "env-kwargs": {"modules": ["no.such.module"]}}
@@ -253,8 +256,18 @@ def test_sweep_interrupted_after_one_cell_resumes_without_touching_it(tmp_path: 
     assert "cell.json" in before and "evaluations/noop/n3_seed1.json" in before
     assert len(list(csv.DictReader((out / "results.csv").open()))) == 2  # the table holds the finished cell
 
+    capsys.readouterr()
     second = sweep(spec, out)
     assert (second["already_finished"], second["ran"], second["remaining"]) == (1, 2, 1)
+    # a line per evaluation as it is recorded, and per cell as it ends
+    printed = capsys.readouterr().out
+    assert re.search(
+        r"\d\d:\d\d:\d\d test-tiny-gpt2__default__rledit\+rledit-bounded__train1: rledit-bounded on "
+        r"sequence 1 \(3 edits\) mean \d\.\d{3}; \d evaluations of the cell recorded",
+        printed,
+    )
+    assert "test-tiny-gpt2__default__rledit+rledit-bounded__train0: finished, 4 evaluations" in printed
+    assert "test-tiny-gpt2__default__broken: failed: " in printed
     assert _files(done) == before  # neither re-run nor rewritten
     # the failure is reported with its error and did not stop the other cells
     assert list(second["failed"]) == ["test-tiny-gpt2__default__broken"]
@@ -339,8 +352,9 @@ def test_a_stopped_sweep_names_its_unfinished_cells_and_exits_as_interrupted(
 
     monkeypatch.setattr(cell_module, "evaluate", interrupted_after_one)
     with pytest.raises(KeyboardInterrupt):
-        run_cell(started, out, on_evaluation=lambda: evaluated.append(1))
-    assert evaluated == [1]  # called once the first sequence's file was written, not for the stopped one
+        run_cell(started, out, on_evaluation=evaluated.append)
+    # called with the first sequence's row once its file was written, not for the stopped one
+    assert [(r["agent"], r["evaluation_seed"]) for r in evaluated] == [("ft_l", 0)]
     assert not error.exists()  # the stopped rerun is not reported with the earlier run's error
 
     # Ray Tune returns from fit() without raising on Ctrl-C: what is unfinished is named, not failed

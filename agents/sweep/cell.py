@@ -249,14 +249,14 @@ def run_cell(
     cell: Cell,
     out: Path,
     reuse_training: Sequence[Path] = (),
-    on_evaluation: Callable[[], None] | None = None,
+    on_evaluation: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate ``cell`` under ``out``, skipping every part whose file exists; write ``cell.json``.
 
     A cell that trains first looks for a finished training with its exact settings in the sweep folders
     ``reuse_training`` and, if one is there, copies that checkpoint instead of training again (the
-    record's ``trained_in`` names it). ``on_evaluation`` is called after each evaluation this call runs
-    and records (the sweep updates its results table then). Returns the cell's record (also what
+    record's ``trained_in`` names it). ``on_evaluation`` is called with the row of each evaluation this
+    call runs, once it is recorded (the sweep updates its results table and prints its progress then). Returns the cell's record (also what
     ``cell.json`` holds). The caller handles errors.
     """
     folder = cell_dir(out, cell)
@@ -284,7 +284,7 @@ def run_cell(
                 result = evaluate(cell, folder, seed, num_edits, acting)
                 write_text(file, json.dumps(result, indent=2))
                 if on_evaluation is not None:
-                    on_evaluation()
+                    on_evaluation(row(cell, entry, seed, num_edits, result))
             rows.append(row(cell, entry, seed, num_edits, result))
     record = {"cell": cell.as_config(), "train_stats": stats, "rows": rows}
     if (checkpoint / TRAINED_IN_FILE).is_file():

@@ -29,6 +29,8 @@ from .spec import SweepSpec
 RESULTS_CSV = "results.csv"
 RESULTS_JSONL = "results.jsonl"
 SWEEP_FILE = "sweep.json"
+# What a cell reports of each evaluation as it is recorded (the sweep prints it).
+PROGRESS_KEYS = ("agent", "evaluation_seed", "num_edits", "mean")
 # Row values too nested for a CSV column; results.jsonl keeps them.
 NESTED_COLUMNS = ("module_share", "curve")
 
@@ -40,19 +42,35 @@ def _trainable(config: dict[str, Any]) -> None:
 
     cell, out = Cell.from_config(config["cell"]), Path(config["out"])
 
-    def evaluated() -> None:  # a result of the trial, so the driver rewrites the results table now
-        tune.report({"status": "evaluating"})
+    def evaluated(row: dict[str, Any]) -> None:  # a result of the trial: the driver updates the table and prints it
+        recorded = len(finished_rows(out, cell))  # not `done`: Tune reads that key as the trial's end
+        tune.report(
+            {"status": "evaluating", "cell": cell.id, **{k: row[k] for k in PROGRESS_KEYS}, "recorded": recorded}
+        )
 
     try:
         record = run_cell(cell, out, [Path(p) for p in config.get("reuse_training", [])], evaluated)
-        tune.report({"status": "ok", "evaluations": len(record["rows"])})
+        tune.report({"status": "ok", "cell": cell.id, "recorded": len(record["rows"])})
     except Exception as err:  # noqa: BLE001  (any failure of a user's agent is the cell's result)
         message = f"{type(err).__name__}: {' '.join(str(err).split())}"
         write_text(
             cell_dir(out, cell) / ERROR_FILE,
             json.dumps({"error": message, "traceback": traceback.format_exc()}, indent=2),
         )
-        tune.report({"status": "error", "error": message})
+        tune.report({"status": "error", "cell": cell.id, "error": message})
+
+
+def progress_line(result: dict[str, Any]) -> str:
+    """The line ``hiedit sweep`` prints for a cell's report: an evaluation recorded, the cell finished or failed."""
+    stamp = time.strftime("%H:%M:%S")
+    if result["status"] == "evaluating":
+        return (
+            f"{stamp} {result['cell']}: {result['agent']} on sequence {result['evaluation_seed']} "
+            f"({result['num_edits']} edits) mean {result['mean']:.3f}; {result['recorded']} evaluations of the cell recorded"
+        )
+    if result["status"] == "ok":
+        return f"{stamp} {result['cell']}: finished, {result['recorded']} evaluations"
+    return f"{stamp} {result['cell']}: failed: {result['error']}"
 
 
 def collect_results(out: Path, cells: list[Cell]) -> list[dict[str, Any]]:
@@ -201,6 +219,7 @@ def _run_on_tune(
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
             collect_results(out, cells)
+            print(progress_line(result), flush=True)
 
     trainable = tune.with_resources(_trainable, {"cpu": spec.threads, "gpu": gpu})
     tuner = tune.Tuner(

@@ -256,8 +256,8 @@ def run_cell(
     A cell that trains first looks for a finished training with its exact settings in the sweep folders
     ``reuse_training`` and, if one is there, copies that checkpoint instead of training again (the
     record's ``trained_in`` names it). ``on_evaluation`` is called with the row of each evaluation this
-    call runs, once it is recorded (the sweep updates its results table and prints its progress then). Returns the cell's record (also what
-    ``cell.json`` holds). The caller handles errors.
+    call runs, once it is recorded (the sweep updates its results table and prints its progress then).
+    Returns the cell's record (also what ``cell.json`` holds). The caller handles errors.
     """
     folder = cell_dir(out, cell)
     if (folder / CELL_FILE).is_file():
@@ -279,13 +279,13 @@ def run_cell(
         for seed, num_edits in cell.evaluations:
             file = evaluation_file(out, cell, entry, seed, num_edits)
             if file.is_file():
-                result = json.loads(file.read_text())
-            else:
-                result = evaluate(cell, folder, seed, num_edits, acting)
-                write_text(file, json.dumps(result, indent=2))
-                if on_evaluation is not None:
-                    on_evaluation(row(cell, entry, seed, num_edits, result))
+                rows.append(row(cell, entry, seed, num_edits, json.loads(file.read_text())))
+                continue
+            result = evaluate(cell, folder, seed, num_edits, acting)
+            write_text(file, json.dumps(result, indent=2))
             rows.append(row(cell, entry, seed, num_edits, result))
+            if on_evaluation is not None:
+                on_evaluation(rows[-1])
     record = {"cell": cell.as_config(), "train_stats": stats, "rows": rows}
     if (checkpoint / TRAINED_IN_FILE).is_file():
         record["trained_in"] = json.loads((checkpoint / TRAINED_IN_FILE).read_text())["cell"]

@@ -54,27 +54,23 @@ def run_module_costs(args: argparse.Namespace) -> dict[str, Any]:
     outside = [r for r in unwrapped.records if r.index not in in_episode][-args.unrelated :]
     if not outside:
         raise ValueError(f"split {args.split!r} has no record outside the episode to measure the KL on")
-    unrelated = [encode_record(unwrapped.tokenizer, r).loc for r in outside]
+    tokenizer, limits = unwrapped.tokenizer, unwrapped.token_limits
+    unrelated = [encode_record(tokenizer, r, *limits).loc for r in outside]
+    modules = list(unwrapped.shared.modules(unwrapped.candidate_modules).values())
+    pad_id = int(tokenizer.pad_token_id)
     n = agent.num_candidates
     per_edit = []
-    for t in trange(args.num_edits, desc="edits, every candidate alone"):
+    for _ in trange(args.num_edits, desc="edits, every candidate alone"):
         updates = agent.editor(agent.read_trace(unwrapped))
-        # The environment's tokenized records, modules and pad id: this measurement needs its internals.
-        record = unwrapped._episode[t]
+        record = encode_record(tokenizer, unwrapped.current_record, *limits)  # as the environment encodes it
         pairs = [record.edit, record.rephrase, *unrelated]
         # The objective's own per-row losses: cross-entropy of the answer on the edit and its
         # paraphrase, KL from the current model (before this edit) on the unrelated prompts.
-        references = [
-            None,
-            None,
-            *score_pairs(unwrapped.model, unrelated, unwrapped._pad_id, keep_log_probs=True).log_probs,
-        ]
+        references = [None, None, *score_pairs(unwrapped.model, unrelated, pad_id, keep_log_probs=True).log_probs]
 
         def losses(candidate_updates, pairs=pairs, references=references):  # this edit's rows, bound now
             with torch.no_grad():
-                return row_losses(
-                    unwrapped.model, unwrapped._modules, candidate_updates, pairs, references, unwrapped._pad_id
-                )[0]
+                return row_losses(unwrapped.model, modules, candidate_updates, pairs, references, pad_id)[0]
 
         before = losses([None] * n)
         rows = []

@@ -343,18 +343,21 @@ def test_a_stopped_sweep_names_its_unfinished_cells_and_exits_as_interrupted(
     error.parent.mkdir(parents=True)
     error.write_text('{"error": "an earlier run\'s"}')
 
-    evaluate, evaluated = cell_module.evaluate, []
+    evaluate, events = cell_module.evaluate, []
 
     def interrupted_after_one(*args: object) -> dict:
-        if evaluated:
+        if events:
             raise KeyboardInterrupt
         return evaluate(*args)
 
     monkeypatch.setattr(cell_module, "evaluate", interrupted_after_one)
+    monkeypatch.setattr(cell_module, "PROGRESS_EVERY", 1)  # these 3-edit sequences report as 1000-edit ones do
     with pytest.raises(KeyboardInterrupt):
-        run_cell(started, out, on_evaluation=evaluated.append)
-    # called with the first sequence's row once its file was written, not for the stopped one
-    assert [(r["agent"], r["evaluation_seed"]) for r in evaluated] == [("ft_l", 0)]
+        run_cell(started, out, on_report=events.append)
+    # the first sequence's progress, then its mean once its file was written; nothing of the stopped one
+    which = {"agent": "ft_l", "evaluation_seed": 0, "num_edits": 3}
+    assert events[:2] == [{"status": "editing", **which, "edits": 1}, {"status": "editing", **which, "edits": 2}]
+    assert len(events) == 3 and events[2]["status"] == "evaluated" and 0 <= events[2]["mean"] <= 1
     assert not error.exists()  # the stopped rerun is not reported with the earlier run's error
 
     # Ray Tune returns from fit() without raising on Ctrl-C: what is unfinished is named, not failed
@@ -371,6 +374,25 @@ def test_a_stopped_sweep_names_its_unfinished_cells_and_exits_as_interrupted(
     printed = capsys.readouterr()
     assert f"stopped {unstarted.id}: not started" in printed.out
     assert printed.err.strip().splitlines()[-1].startswith("hiedit sweep: stopped with 2 cells unfinished")
+
+
+def test_progress_lines_name_the_cell_the_sequence_and_what_happened() -> None:
+    from hiedit_agents.sweep.runner import progress_line
+
+    which = {"cell": "m__d__hiedit__train0", "agent": "hiedit", "evaluation_seed": 2, "num_edits": 1000}
+    lines = [
+        progress_line({"status": "editing", **which, "edits": 300}),
+        progress_line({"status": "evaluated", **which, "mean": 0.4531, "recorded": 3}),
+        progress_line({"status": "ok", "cell": which["cell"], "recorded": 5}),
+        progress_line({"status": "error", "cell": which["cell"], "error": "ValueError: bad"}),
+    ]
+    assert all(re.match(r"\d\d:\d\d:\d\d m__d__hiedit__train0: ", line) for line in lines)
+    assert [line[9:] for line in lines] == [
+        "m__d__hiedit__train0: hiedit on sequence 2: 300 of 1000 edits",
+        "m__d__hiedit__train0: hiedit on sequence 2 (1000 edits) mean 0.453; 3 evaluations of the cell recorded",
+        "m__d__hiedit__train0: finished, 5 evaluations",
+        "m__d__hiedit__train0: failed: ValueError: bad",
+    ]
 
 
 def test_a_cell_copies_a_finished_training_with_its_exact_settings_from_another_sweep(

@@ -37,6 +37,8 @@ from .grid import Cell, training_key
 CELL_FILE = "cell.json"
 ERROR_FILE = "error.json"
 TRAINED_IN_FILE = "trained_in.json"  # in a checkpoint copied from another sweep's cell: which one
+# A sequence longer than this reports its progress every that many edits (a 1000-edit one takes hours).
+PROGRESS_EVERY = 100
 # Nested values of episode_metrics that the per-evaluation JSON keeps and the flat table leaves out.
 NESTED_METRICS = ("per_edit", "protocols", "module_share")
 
@@ -82,9 +84,17 @@ def train(cell: Cell, folder: Path) -> dict[str, Any]:
     return commands.train_agent(args, progress=False)
 
 
-def evaluate(cell: Cell, folder: Path, seed: int, num_edits: int, acting: dict[str, Any]) -> dict[str, Any]:
+def evaluate(
+    cell: Cell,
+    folder: Path,
+    seed: int,
+    num_edits: int,
+    acting: dict[str, Any],
+    on_edits: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
     """One evaluation sequence, as ``hiedit evaluate`` runs it, with the acting options ``acting`` and
-    ES/GS/LS after every ``num_edits / curve_points`` edits when the cell asks for curve points."""
+    ES/GS/LS after every ``num_edits / curve_points`` edits when the cell asks for curve points; a
+    sequence longer than :data:`PROGRESS_EVERY` edits calls ``on_edits(edits done)`` every that many."""
     cls = agent_class(cell.agent)
     args = _env_args(cell, cell.eval_source, cell.eval_split, num_edits)
     agent: Agent
@@ -97,8 +107,17 @@ def evaluate(cell: Cell, folder: Path, seed: int, num_edits: int, acting: dict[s
         kwargs = {**cell.agent_kwargs, **acting}
         env = commands.make_env(args, cls, kwargs, evaluation=True)
         agent = commands.build_agent(cls, env, kwargs)
+
+    def step(info: dict[str, Any], terminated: bool) -> None:
+        done = info["edit_index"] + 1
+        if on_edits is not None and not terminated and done % PROGRESS_EVERY == 0:
+            on_edits(done)
+
     started = time.perf_counter()
-    metrics = run_episode(agent, env, seed, progress=False, curve_points=cell.curve_points)
+    long = num_edits > PROGRESS_EVERY
+    metrics = run_episode(
+        agent, env, seed, progress=False, on_step=step if long else None, curve_points=cell.curve_points
+    )
     wall = time.perf_counter() - started
     curve = metrics.pop("curve", [])
     device = str(env.unwrapped.model.device)
@@ -249,15 +268,17 @@ def run_cell(
     cell: Cell,
     out: Path,
     reuse_training: Sequence[Path] = (),
-    on_evaluation: Callable[[dict[str, Any]], None] | None = None,
+    on_report: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate ``cell`` under ``out``, skipping every part whose file exists; write ``cell.json``.
 
     A cell that trains first looks for a finished training with its exact settings in the sweep folders
     ``reuse_training`` and, if one is there, copies that checkpoint instead of training again (the
-    record's ``trained_in`` names it). ``on_evaluation`` is called with the row of each evaluation this
-    call runs, once it is recorded (the sweep updates its results table and prints its progress then).
-    Returns the cell's record (also what ``cell.json`` holds). The caller handles errors.
+    record's ``trained_in`` names it). ``on_report`` is called with the progress of each evaluation this
+    call runs: ``status`` ``"editing"`` with ``edits`` done so far (sequences longer than
+    :data:`PROGRESS_EVERY` edits), and ``"evaluated"`` with its mean once it is recorded (the sweep
+    prints them and updates its results table). Returns the cell's record (also what ``cell.json``
+    holds). The caller handles errors.
     """
     folder = cell_dir(out, cell)
     if (folder / CELL_FILE).is_file():
@@ -281,11 +302,17 @@ def run_cell(
             if file.is_file():
                 rows.append(row(cell, entry, seed, num_edits, json.loads(file.read_text())))
                 continue
-            result = evaluate(cell, folder, seed, num_edits, acting)
+            which = {"agent": entry, "evaluation_seed": seed, "num_edits": num_edits}
+
+            def editing(edits: int, which: dict[str, Any] = which) -> None:
+                if on_report is not None:
+                    on_report({"status": "editing", **which, "edits": edits})
+
+            result = evaluate(cell, folder, seed, num_edits, acting, editing)
             write_text(file, json.dumps(result, indent=2))
             rows.append(row(cell, entry, seed, num_edits, result))
-            if on_evaluation is not None:
-                on_evaluation(rows[-1])
+            if on_report is not None:
+                on_report({"status": "evaluated", **which, "mean": rows[-1]["mean"]})
     record = {"cell": cell.as_config(), "train_stats": stats, "rows": rows}
     if (checkpoint / TRAINED_IN_FILE).is_file():
         record["trained_in"] = json.loads((checkpoint / TRAINED_IN_FILE).read_text())["cell"]

@@ -29,8 +29,6 @@ from .spec import SweepSpec
 RESULTS_CSV = "results.csv"
 RESULTS_JSONL = "results.jsonl"
 SWEEP_FILE = "sweep.json"
-# What a cell reports of each evaluation as it is recorded (the sweep prints it).
-PROGRESS_KEYS = ("agent", "evaluation_seed", "num_edits", "mean")
 # Row values too nested for a CSV column; results.jsonl keeps them.
 NESTED_COLUMNS = ("module_share", "curve")
 
@@ -42,14 +40,13 @@ def _trainable(config: dict[str, Any]) -> None:
 
     cell, out = Cell.from_config(config["cell"]), Path(config["out"])
 
-    def evaluated(row: dict[str, Any]) -> None:  # a result of the trial: the driver updates the table and prints it
-        recorded = len(finished_rows(out, cell))  # not `done`: Tune reads that key as the trial's end
-        tune.report(
-            {"status": "evaluating", "cell": cell.id, **{k: row[k] for k in PROGRESS_KEYS}, "recorded": recorded}
-        )
+    def report(event: dict[str, Any]) -> None:  # a result of the trial: the driver prints it and updates the table
+        if event["status"] == "evaluated":
+            event["recorded"] = len(finished_rows(out, cell))  # not `done`: Tune reads that key as the trial's end
+        tune.report({**event, "cell": cell.id})
 
     try:
-        record = run_cell(cell, out, [Path(p) for p in config.get("reuse_training", [])], evaluated)
+        record = run_cell(cell, out, [Path(p) for p in config.get("reuse_training", [])], report)
         tune.report({"status": "ok", "cell": cell.id, "recorded": len(record["rows"])})
     except Exception as err:  # noqa: BLE001  (any failure of a user's agent is the cell's result)
         message = f"{type(err).__name__}: {' '.join(str(err).split())}"
@@ -61,9 +58,15 @@ def _trainable(config: dict[str, Any]) -> None:
 
 
 def progress_line(result: dict[str, Any]) -> str:
-    """The line ``hiedit sweep`` prints for a cell's report: an evaluation recorded, the cell finished or failed."""
+    """The line ``hiedit sweep`` prints for a cell's report: a long evaluation's progress, an evaluation
+    recorded, the cell finished or failed."""
     stamp = time.strftime("%H:%M:%S")
-    if result["status"] == "evaluating":
+    if result["status"] == "editing":
+        return (
+            f"{stamp} {result['cell']}: {result['agent']} on sequence {result['evaluation_seed']}: "
+            f"{result['edits']} of {result['num_edits']} edits"
+        )
+    if result["status"] == "evaluated":
         return (
             f"{stamp} {result['cell']}: {result['agent']} on sequence {result['evaluation_seed']} "
             f"({result['num_edits']} edits) mean {result['mean']:.3f}; {result['recorded']} evaluations of the cell recorded"

@@ -263,7 +263,7 @@ def test_sweep_interrupted_after_one_cell_resumes_without_touching_it(
     printed = capsys.readouterr().out
     assert re.search(
         r"\d\d:\d\d:\d\d test-tiny-gpt2__default__rledit\+rledit-bounded__train1: rledit-bounded on "
-        r"sequence 1 \(3 edits\) mean \d\.\d{3}; \d evaluations of the cell recorded",
+        r"sequence 1 \(3 edits\) mean \d\.\d{3}; \d of the cell's evaluations recorded",
         printed,
     )
     assert "test-tiny-gpt2__default__rledit+rledit-bounded__train0: finished, 4 evaluations" in printed
@@ -389,7 +389,7 @@ def test_progress_lines_name_the_cell_the_sequence_and_what_happened() -> None:
     assert all(re.match(r"\d\d:\d\d:\d\d m__d__hiedit__train0: ", line) for line in lines)
     assert [line[9:] for line in lines] == [
         "m__d__hiedit__train0: hiedit on sequence 2: 300 of 1000 edits",
-        "m__d__hiedit__train0: hiedit on sequence 2 (1000 edits) mean 0.453; 3 evaluations of the cell recorded",
+        "m__d__hiedit__train0: hiedit on sequence 2 (1000 edits) mean 0.453; 3 of the cell's evaluations recorded",
         "m__d__hiedit__train0: finished, 5 evaluations",
         "m__d__hiedit__train0: failed: ValueError: bad",
     ]

@@ -69,7 +69,7 @@ def progress_line(result: dict[str, Any]) -> str:
     if result["status"] == "evaluated":
         return (
             f"{stamp} {result['cell']}: {result['agent']} on sequence {result['evaluation_seed']} "
-            f"({result['num_edits']} edits) mean {result['mean']:.3f}; {result['recorded']} evaluations of the cell recorded"
+            f"({result['num_edits']} edits) mean {result['mean']:.3f}; {result['recorded']} of the cell's evaluations recorded"
         )
     if result["status"] == "ok":
         return f"{stamp} {result['cell']}: finished, {result['recorded']} evaluations"

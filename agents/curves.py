@@ -131,7 +131,7 @@ def run_curves(args: argparse.Namespace) -> None:
         written.append(
             training_plot(validated, out / "validation_curves.png", "held-out validation sequence during training")
         )
-    learning = learning_plot({name or run.name: run for name, run in runs}, out / "learning_curves.png")
+    learning = learning_plot({name or str(run): run for name, run in runs}, out / "learning_curves.png")
     if learning is not None:
         written.append(learning)
     if not written:

@@ -28,9 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import hiedit_env  # noqa: F401  (registers HiEdit-v0)
-from hiedit_env.cli import Parser, common_options, format_metrics, non_negative_int, positive_int, run_cli
-from hiedit_env.models import EMBEDDED_MODEL
-from hiedit_env.records import DEFAULT_DATASET
+from hiedit_env.cli import (
+    Parser,
+    add_model_and_data,
+    common_options,
+    format_metrics,
+    non_negative_int,
+    positive_int,
+    run_cli,
+)
 
 from .common.base import DEFAULT_TRAIN_EDITS, DEFAULT_TRAIN_STEPS, Agent, build_agent
 from .common.commands import checkpoint_of, train_agent
@@ -167,16 +173,7 @@ def add_common(parser: argparse.ArgumentParser, num_edits: int, split: str) -> N
     parser.add_argument(
         "--agent", required=True, help=f"one of {', '.join(available_agents())}, or package.module:ClassName"
     )
-    parser.add_argument("--model", default=EMBEDDED_MODEL, help="built-in name, hub id or local path")
-    parser.add_argument(
-        "--dataset", default=DEFAULT_DATASET, help="'default', a ZsRE/CounterFact file, directory or hub id"
-    )
-    parser.add_argument(
-        "--split",
-        default=split,
-        choices=("train", "test", "all"),
-        help=f"seeded split of --dataset to draw edits from (default: {split})",
-    )
+    add_model_and_data(parser, split)
     parser.add_argument("--num-edits", type=positive_int, default=num_edits, help="edits per episode")
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument(

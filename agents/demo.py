@@ -23,10 +23,8 @@ from typing import Any
 
 import gymnasium as gym
 
-from hiedit_env.cli import common_options, non_negative_int, positive_int
+from hiedit_env.cli import add_model_and_data, common_options, non_negative_int, positive_int
 from hiedit_env.files import check_output_file
-from hiedit_env.models import EMBEDDED_MODEL
-from hiedit_env.records import DEFAULT_DATASET
 
 from .common.base import build_agent
 from .common.evaluation import run_episode
@@ -120,16 +118,7 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="compare a few agents on the same edits and print their metrics", parents=[common_options()]
     )
-    demo.add_argument("--model", default=EMBEDDED_MODEL, help="built-in name, hub id or local path")
-    demo.add_argument(
-        "--dataset", default=DEFAULT_DATASET, help="'default', a ZsRE/CounterFact file, directory or hub id"
-    )
-    demo.add_argument(
-        "--split",
-        default="test",
-        choices=("train", "test", "all"),
-        help="seeded split of --dataset the edits come from (default: test)",
-    )
+    add_model_and_data(demo, "test")
     demo.add_argument("--num-edits", type=positive_int, default=12)
     demo.add_argument("--seed", type=non_negative_int, default=0)
     demo.add_argument(

@@ -22,10 +22,8 @@ import torch
 from tqdm import trange
 
 from hiedit_env import HiEditEnv
-from hiedit_env.cli import common_options, non_negative_int, positive_int
-from hiedit_env.models import EMBEDDED_MODEL
+from hiedit_env.cli import add_model_and_data, common_options, non_negative_int, positive_int
 from hiedit_env.objective import row_losses
-from hiedit_env.records import DEFAULT_DATASET
 from hiedit_env.score import score_pairs
 from hiedit_env.tokens import encode_record
 
@@ -113,11 +111,7 @@ def add_module_costs_parser(sub: argparse._SubParsersAction) -> argparse.Argumen
         description=__doc__.split("\n\n")[0],
         parents=[common_options()],
     )
-    parser.add_argument("--model", default=EMBEDDED_MODEL, help="built-in name, hub id or local path")
-    parser.add_argument(
-        "--dataset", default=DEFAULT_DATASET, help="'default', a ZsRE/CounterFact file, directory or hub id"
-    )
-    parser.add_argument("--split", default="train", choices=("train", "test", "all"))
+    add_model_and_data(parser, "train")
     parser.add_argument("--seed", type=non_negative_int, default=1000)
     parser.add_argument(
         "--num-edits", type=positive_int, default=5, help="edits measured (each costs one pass per candidate)"

@@ -69,10 +69,7 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="run one episode with a constant mid-range action and print the metrics",
         parents=[common_options()],
     )
-    demo.add_argument("--model", default=EMBEDDED_MODEL, help="built-in name, hub id or local path")
-    demo.add_argument(
-        "--dataset", default=DEFAULT_DATASET, help="'default', a ZsRE/CounterFact file, directory or hub id"
-    )
+    add_model_and_data(demo)
     demo.add_argument("--num-edits", type=positive_int, default=20)
     demo.add_argument("--seed", type=non_negative_int, default=0)
     demo.add_argument("--step", type=float, default=0.0, help="the constant step-size action in [-1, 1]")
@@ -142,6 +139,22 @@ def common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return common
+
+
+def add_model_and_data(parser: argparse.ArgumentParser, split: str | None = None) -> None:
+    """The ``--model`` and ``--dataset`` options every command that builds an environment takes, and with
+    ``split`` (its default) ``--split``."""
+    parser.add_argument("--model", default=EMBEDDED_MODEL, help="built-in name, hub id or local path")
+    parser.add_argument(
+        "--dataset", default=DEFAULT_DATASET, help="'default', a ZsRE/CounterFact file, directory or hub id"
+    )
+    if split is not None:
+        parser.add_argument(
+            "--split",
+            default=split,
+            choices=("train", "test", "all"),
+            help=f"seeded split of --dataset to draw edits from (default: {split})",
+        )
 
 
 def non_negative_int(text: str) -> int:

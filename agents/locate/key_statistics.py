@@ -22,10 +22,8 @@ from typing import Any
 import gymnasium as gym
 import torch
 
-from hiedit_env.cli import common_options, positive_int
+from hiedit_env.cli import add_model_and_data, common_options, positive_int
 from hiedit_env.files import write_text
-from hiedit_env.models import EMBEDDED_MODEL
-from hiedit_env.records import DEFAULT_DATASET
 
 from ..registry import agent_class, make_agent
 from .stats import compare_second_moments, key_second_moments
@@ -87,12 +85,8 @@ def add_key_statistics_parser(sub: argparse._SubParsersAction) -> argparse.Argum
         description=__doc__.split("\n\n")[0],
         parents=[common_options()],
     )
-    parser.add_argument("--model", default=EMBEDDED_MODEL, help="built-in name, hub id or local path")
+    add_model_and_data(parser, "train")
     parser.add_argument("--agent", default="memit", choices=AGENTS, help="whose edited modules and preset")
-    parser.add_argument(
-        "--dataset", default=DEFAULT_DATASET, help="'default', a ZsRE/CounterFact file, directory or hub id"
-    )
-    parser.add_argument("--split", default="train", choices=("train", "test", "all"))
     parser.add_argument(
         "--records", type=positive_int, default=None, help="the split's first N records only (default: all)"
     )

@@ -295,12 +295,10 @@ def run_cell(
             _copy_training(source, folder)
         stats_file = checkpoint / "train_stats.json"
         stats = json.loads(stats_file.read_text()) if stats_file.is_file() else train(cell, folder)
-    rows = []
     for entry, acting in cell.variants:
         for seed, num_edits in cell.evaluations:
             file = evaluation_file(out, cell, entry, seed, num_edits)
             if file.is_file():
-                rows.append(row(cell, entry, seed, num_edits, json.loads(file.read_text())))
                 continue
             which = {"agent": entry, "evaluation_seed": seed, "num_edits": num_edits}
 
@@ -310,10 +308,9 @@ def run_cell(
 
             result = evaluate(cell, folder, seed, num_edits, acting, editing)
             write_text(file, json.dumps(result, indent=2))
-            rows.append(row(cell, entry, seed, num_edits, result))
             if on_report is not None:
-                on_report({"status": "evaluated", **which, "mean": rows[-1]["mean"]})
-    record = {"cell": cell.as_config(), "train_stats": stats, "rows": rows}
+                on_report({"status": "evaluated", **which, "mean": result["metrics"]["mean"]})
+    record = {"cell": cell.as_config(), "train_stats": stats, "rows": finished_rows(out, cell)}
     if (checkpoint / TRAINED_IN_FILE).is_file():
         record["trained_in"] = json.loads((checkpoint / TRAINED_IN_FILE).read_text())["cell"]
     write_text(folder / CELL_FILE, json.dumps(record, indent=2, default=str))

@@ -33,15 +33,18 @@ from hiedit_env.cli import (
     add_model_and_data,
     common_options,
     format_metrics,
+    non_negative_float,
     non_negative_int,
     positive_int,
     run_cli,
 )
+from hiedit_env.files import write_json
 
 from .common.base import DEFAULT_TRAIN_EDITS, DEFAULT_TRAIN_STEPS, Agent, build_agent
+from .common.checkpoint import checkpoint_identity
 from .common.commands import checkpoint_of, train_agent
 from .common.env_util import env_description, make_env
-from .common.evaluation import run_episode
+from .common.evaluation import SNAPSHOT_SECONDS, SNAPSHOT_SUFFIX, EpisodeSnapshot, run_episode
 from .common.memory import peak_memory_mb
 from .curves import add_curves_parser
 from .demo import add_demo_parser
@@ -110,7 +113,11 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         agent = build_agent(cls, env, args.agent_kwargs)
         if cls.tuned_options:
             tuning = {"tuned": False, "reason": f"--agent-kwargs gives {', '.join(cls.tuned_options)}"}
-    metrics = run_episode(agent, env, args.seed)
+    snapshot = None
+    if args.out and args.snapshot_every > 0:
+        identity = {"checkpoint": checkpoint_identity(args.checkpoint)} if args.checkpoint else {}
+        snapshot = EpisodeSnapshot(Path(f"{args.out}{SNAPSHOT_SUFFIX}"), args.snapshot_every, identity)
+    metrics = run_episode(agent, env, args.seed, snapshot=snapshot)
     built = env_description(env)
     print(
         format_metrics(
@@ -119,7 +126,7 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
             f"({built['dataset']}, split {built['split']}, seed {args.seed})",
         )
     )
-    return {
+    result = {
         "agent": args.agent,
         "seed": args.seed,
         "checkpoint": args.checkpoint,
@@ -131,6 +138,10 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         **metrics,
         **peak_memory_mb(),
     }
+    if snapshot is not None:  # the result first: the sequence is never left without a record
+        write_json(args.out, result)
+        snapshot.path.unlink(missing_ok=True)
+    return result
 
 
 def tune_for_evaluation(args: argparse.Namespace, cls: type[Agent], folder: Path) -> dict[str, Any]:
@@ -269,6 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
         f"for the heuristics, in {DEFAULT_TRAIN_EDITS}-edit episodes)",
     )
     evaluate.add_argument("--out", default="results.json", help="where to write the metrics as JSON")
+    evaluate.add_argument(
+        "--snapshot-every",
+        type=non_negative_float,
+        default=SNAPSHOT_SECONDS,
+        help="record the sequence so far in OUT.snapshot.pt at most this often (seconds; 0: never); the same "
+        "command continues an interrupted sequence from it, and it is removed once OUT is written "
+        f"(default: {SNAPSHOT_SECONDS:.0f})",
+    )
     evaluate.set_defaults(run=run_evaluate)
     add_sweep_parsers(sub)
     add_table_parser(sub)

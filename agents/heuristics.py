@@ -118,6 +118,12 @@ class RandomKAgent(ConstantStepAgent):
     def config(self) -> dict[str, Any]:
         return {"step": self.step, "k": self.k, "seed": self.seed}
 
+    def episode_state(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_episode_state(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+
 
 class TopKGradAgent(ConstantStepAgent):
     """The ``k`` candidates with the largest edit gradient ``||delta^T k||_F`` (default half), a constant step."""

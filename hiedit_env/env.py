@@ -502,6 +502,58 @@ class HiEditEnv(gym.Env):
     def render(self) -> str | None:
         return self._last_render if self.render_mode == "ansi" else None
 
+    # ---------------------------------------------------------------- mid-episode snapshots
+    def episode_state(self) -> dict[str, Any]:
+        """The episode so far, for :meth:`restore_episode`: its records, the edits applied, the candidate
+        weights that differ from the unedited ones, and the bookkeeping the metrics and observations
+        read. Tensors, numbers, lists and dicts only (``torch.load(..., weights_only=True)`` reads it)."""
+        if getattr(self, "_done", True):
+            raise gym.error.ResetNeeded("episode_state() needs an episode under way: call reset() first")
+        self._activate()
+        return {
+            "records": [e.record.index for e in self._episode],
+            "edits": self._t,
+            "weights": {
+                name: weight.clone()
+                for name, weight in self._weights.items()
+                if not torch.equal(weight, self.shared.base[name])
+            },
+            "chosen_counts": self._chosen_counts.tolist(),
+            "changed": self._changed.tolist(),
+            "history": {k: list(v) for k, v in self._history.items()},
+            "chosen_per_edit": [list(c) for c in self._chosen_per_edit],
+            "sequence_total": self._sequence_total,
+            "loc_log_probs": dict(self._loc_log_probs),
+        }
+
+    def restore_episode(self, state: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Continue the episode :meth:`episode_state` recorded: call it right after ``reset`` drew the same
+        records (same seed and data), and the episode goes on as the recorded one did, bit for bit on the
+        same machine and thread count. Returns the observation of the next edit. Raises ``ValueError``
+        when the records differ or the recorded episode has ended."""
+        records = [e.record.index for e in self._episode]
+        if list(state["records"]) != records:
+            raise ValueError("the snapshot's episode is not the one reset() drew (another seed, data or length)")
+        edits = int(state["edits"])
+        if not 0 < edits < len(self._episode):
+            raise ValueError(f"a snapshot continues an episode part-way: it holds {edits} of {len(records)} edits")
+        unknown = sorted(set(state["weights"]) - set(self._weights))
+        if unknown:
+            raise ValueError(f"the snapshot edits modules {unknown}, which are not candidates of this environment")
+        with torch.no_grad():
+            for name, weight in state["weights"].items():
+                self._weights[name].copy_(weight)
+        self._t = edits
+        self._chosen_counts = np.asarray(state["chosen_counts"], dtype=np.float32)
+        self._changed = np.asarray(state["changed"], dtype=np.float32)
+        self._history = {k: list(v) for k, v in state["history"].items()}
+        self._chosen_per_edit = [list(c) for c in state["chosen_per_edit"]]
+        self._sequence_total = float(state["sequence_total"])
+        self._loc_log_probs = {int(t): v for t, v in state["loc_log_probs"].items()}
+        self._activate()
+        self._trace_current()
+        return self._observation()
+
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, upto: int | None = None, generation: bool | None = None) -> dict[str, Any]:
         """Evaluate the current model on the first ``upto`` edits of the episode (default: all applied).

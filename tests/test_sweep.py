@@ -376,6 +376,39 @@ def test_a_stopped_sweep_names_its_unfinished_cells_and_exits_as_interrupted(
     assert printed.err.strip().splitlines()[-1].startswith("hiedit sweep: stopped with 2 cells unfinished")
 
 
+def test_a_cell_stopped_part_way_through_a_sequence_continues_it_from_its_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hiedit_agents.sweep.cell as cell_module
+
+    agents = [{"name": "rledit", "agent": "rledit", "agent-kwargs": TINY}]
+    training = {"seeds": [0], "steps": 4, "num_edits": 3}
+    evaluation = {"seeds": [0], "num_edits": [4], "curve_points": 2}
+    (cell,) = expand(
+        load_spec(write_spec(tmp_path, agents=agents, compare=[], training=training, evaluation=evaluation))
+    )
+    reference_out, out = tmp_path / "reference", tmp_path / "sweep"
+    reference = run_cell(cell, reference_out)
+
+    monkeypatch.setattr(cell_module, "SNAPSHOT_SECONDS", 0.0)  # a snapshot after every edit
+    monkeypatch.setattr(cell_module, "PROGRESS_EVERY", 1)  # progress reports after every edit
+
+    def stop_at_third_edit(report: dict) -> None:
+        if report.get("edits") == 3:  # reported before that edit's snapshot is written
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_cell(cell, out, [reference_out], on_report=stop_at_third_edit)  # the same checkpoint, copied
+    file = cell_module.evaluation_file(out, cell, "rledit", 0, 4)
+    snapshot = file.with_name(file.stem + cell_module.SNAPSHOT_SUFFIX)
+    assert snapshot.is_file() and not file.exists()
+    record = run_cell(cell, out, [reference_out])
+    assert not snapshot.exists()  # the evaluation file replaced it
+    assert json.loads(file.read_text())["resumed_at_edit"] == 2
+    scores = ("ES", "GS", "LS", "mean", "ES_first_20pct", "layers_per_edit", "curve", "module_share")
+    assert [{k: r[k] for k in scores} for r in record["rows"]] == [{k: r[k] for k in scores} for r in reference["rows"]]
+
+
 def test_progress_lines_name_the_cell_the_sequence_and_what_happened() -> None:
     from hiedit_agents.sweep.runner import progress_line
 

@@ -129,6 +129,17 @@ class Agent:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
 
+    def episode_state(self) -> dict[str, Any]:
+        """What the agent carries from one edit to the next within an episode (tensors, numbers, lists and
+        dicts), for an evaluation snapshot (:func:`~hiedit_agents.common.evaluation.run_episode`). Empty
+        (the default) for an agent whose action depends only on the environment's current state and what
+        it learned: every zoo agent but AlphaEdit (the keys of the sequence's earlier edits) and
+        ``random_k`` (its random generator)."""
+        return {}
+
+    def load_episode_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`episode_state` returned."""
+
     def save(self, directory: str | Path) -> Path:
         """Write the checkpoint into ``directory``: ``agent.json`` (class and config), ``agent_state.pt``
         for stateful agents, what :meth:`save_files` adds, and last the manifest that seals them

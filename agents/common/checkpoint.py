@@ -87,6 +87,12 @@ class CheckpointWriter:
         write_json(self.directory / MANIFEST_FILE, {"format_version": FORMAT_VERSION, "files": entries})
 
 
+def checkpoint_identity(directory: str | Path) -> dict[str, Any]:
+    """The sealed manifest's table of files (size and SHA-256 of each): what tells one checkpoint from
+    another with the same configuration (e.g. for an evaluation snapshot to continue only its own)."""
+    return read_json(Path(directory) / MANIFEST_FILE, "checkpoint manifest")["files"]
+
+
 def verify_checkpoint(directory: str | Path) -> dict[str, Any]:
     """The manifest of the checkpoint in ``directory`` after checking every file it lists (present,
     same size, same SHA-256). Raises :class:`CheckpointError` naming the folder or file otherwise."""

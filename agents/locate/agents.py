@@ -310,6 +310,18 @@ class AlphaEditAgent(LocateAgent):
             self.reset_keys()
         self._last_edit = edit_index
 
+    def episode_state(self) -> dict[str, Any]:
+        return {
+            "inverses": [m.clone() for m in self.inverses],
+            "past_edits": self.past_edits,
+            "last_edit": self._last_edit,
+        }
+
+    def load_episode_state(self, state: dict[str, Any]) -> None:
+        device = self.env.model.device
+        self.inverses = [m.to(device) for m in state["inverses"]]
+        self.past_edits, self._last_edit = int(state["past_edits"]), int(state["last_edit"])
+
     def directions(self, block: int, keys: torch.Tensor) -> torch.Tensor:
         return alphaedit_directions(self.bases[block], self.inverses[block], keys)
 

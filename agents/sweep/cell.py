@@ -1,7 +1,8 @@
 """Running one cell in a worker: train (unless the agent does not learn), then evaluate every sequence.
 
 A cell's folder ``OUT/cells/<id>/`` holds ``checkpoint/`` (with ``train_stats.json`` and ``tensorboard/``),
-``evaluations/<agent entry>/n<num_edits>_seed<seed>.json`` (full metrics, protocols, curve points) and, last of all,
+``evaluations/<agent entry>/n<num_edits>_seed<seed>.json`` (full metrics, protocols, curve points; while a
+sequence runs, ``n<num_edits>_seed<seed>.snapshot.pt`` records it so far) and, last of all,
 ``cell.json``: the cell's result rows. Every step is skipped when its file exists, so a cell that was
 interrupted continues where it stopped (an interrupted training starts again unless the agent can
 resume from its progress folder), and a finished cell is never run again.
@@ -29,8 +30,8 @@ from hiedit_env.files import write_text
 
 from ..common import commands
 from ..common.base import Agent
-from ..common.checkpoint import MANIFEST_FILE, progress_folder
-from ..common.evaluation import run_episode
+from ..common.checkpoint import MANIFEST_FILE, checkpoint_identity, progress_folder
+from ..common.evaluation import SNAPSHOT_SECONDS, SNAPSHOT_SUFFIX, EpisodeSnapshot, run_episode
 from ..registry import agent_class
 from .grid import Cell, training_key
 
@@ -91,18 +92,24 @@ def evaluate(
     num_edits: int,
     acting: dict[str, Any],
     on_edits: Callable[[int], None] | None = None,
+    snapshot: Path | None = None,
 ) -> dict[str, Any]:
     """One evaluation sequence, as ``hiedit evaluate`` runs it, with the acting options ``acting`` and
     ES/GS/LS after every ``num_edits / curve_points`` edits when the cell asks for curve points; a
-    sequence longer than :data:`PROGRESS_EVERY` edits calls ``on_edits(edits done)`` every that many."""
+    sequence longer than :data:`PROGRESS_EVERY` edits calls ``on_edits(edits done)`` every that many.
+    With ``snapshot`` (a file), the sequence is recorded there every :data:`SNAPSHOT_SECONDS` and an
+    interrupted one continues from its last record (:class:`~hiedit_agents.common.evaluation.EpisodeSnapshot`)."""
     cls = agent_class(cell.agent)
     args = _env_args(cell, cell.eval_source, cell.eval_split, num_edits)
     agent: Agent
+    trained_by: dict[str, Any] = {}
     if cell.training_seed is not None:
         checkpoint = folder / "checkpoint"
         config = commands.checkpoint_of(cls, checkpoint, "the cell's checkpoint")["config"]
         env = commands.make_env(args, cls, {**config, **acting}, evaluation=True)
         agent = cls.load(checkpoint, env, **acting)
+        # a snapshot continues only the checkpoint it was made with
+        trained_by = {"checkpoint": checkpoint_identity(checkpoint)}
     else:
         kwargs = {**cell.agent_kwargs, **acting}
         env = commands.make_env(args, cls, kwargs, evaluation=True)
@@ -113,12 +120,20 @@ def evaluate(
         if on_edits is not None and not terminated and done % PROGRESS_EVERY == 0:
             on_edits(done)
 
-    started = time.perf_counter()
     long = num_edits > PROGRESS_EVERY
+    started = time.perf_counter()
     metrics = run_episode(
-        agent, env, seed, progress=False, on_step=step if long else None, curve_points=cell.curve_points
+        agent,
+        env,
+        seed,
+        progress=False,
+        on_step=step if long else None,
+        curve_points=cell.curve_points,
+        snapshot=None if snapshot is None else EpisodeSnapshot(snapshot, SNAPSHOT_SECONDS, trained_by),
     )
-    wall = time.perf_counter() - started
+    wall, resumed = time.perf_counter() - started, {}
+    if snapshot is not None:  # the sequence's time over all the runs it took
+        wall, resumed = metrics.pop("episode_seconds"), {"resumed_at_edit": metrics.pop("resumed_at_edit")}
     curve = metrics.pop("curve", [])
     device = str(env.unwrapped.model.device)
     env.close()
@@ -129,6 +144,7 @@ def evaluate(
         # changed preset shows in the record even where the spec's agent-kwargs did not change
         "agent_config": agent.config(),
         "wall_seconds": wall,
+        **resumed,
         "device": device,
         **commands.peak_memory_mb(),
         **provenance(),
@@ -306,8 +322,10 @@ def run_cell(
                 if on_report is not None:
                     on_report({"status": "editing", **which, "edits": edits})
 
-            result = evaluate(cell, folder, seed, num_edits, acting, editing)
+            snapshot = file.with_name(file.stem + SNAPSHOT_SUFFIX)
+            result = evaluate(cell, folder, seed, num_edits, acting, editing, snapshot)
             write_text(file, json.dumps(result, indent=2))
+            snapshot.unlink(missing_ok=True)
             if on_report is not None:
                 on_report({"status": "evaluated", **which, "mean": result["metrics"]["mean"]})
     record = {"cell": cell.as_config(), "train_stats": stats, "rows": finished_rows(out, cell)}

@@ -42,7 +42,7 @@ from hiedit_env.files import write_json
 
 from .common.base import DEFAULT_TRAIN_EDITS, DEFAULT_TRAIN_STEPS, Agent, build_agent
 from .common.checkpoint import checkpoint_identity
-from .common.commands import checkpoint_of, train_agent
+from .common.commands import train_agent
 from .common.env_util import env_description, make_env
 from .common.evaluation import SNAPSHOT_SECONDS, SNAPSHOT_SUFFIX, EpisodeSnapshot, run_episode
 from .common.memory import peak_memory_mb
@@ -95,7 +95,7 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     cls = agent_class(args.agent)
     tuning: dict[str, Any] | None = None
     if args.checkpoint:
-        meta = checkpoint_of(cls, args.checkpoint, "--checkpoint")
+        meta = cls.saved_meta(args.checkpoint, "--checkpoint")
         cls.check_overrides(args.agent_kwargs)  # before the model loads
         env = make_env(args, cls, {**meta["config"], **args.agent_kwargs}, evaluation=True)
         agent = cls.load(args.checkpoint, env, **args.agent_kwargs)
@@ -106,7 +106,7 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     elif cls.learns_before_acting(args.agent_kwargs):
         with tempfile.TemporaryDirectory(prefix="hiedit-tuning-") as folder:
             tuning = tune_for_evaluation(args, cls, Path(folder))
-            env = make_env(args, cls, checkpoint_of(cls, folder, "the tuned agent")["config"], evaluation=True)
+            env = make_env(args, cls, cls.saved_meta(folder, "the tuned agent")["config"], evaluation=True)
             agent = cls.load(folder, env)
     else:
         env = make_env(args, cls, args.agent_kwargs, evaluation=True)
@@ -170,7 +170,7 @@ def tune_for_evaluation(args: argparse.Namespace, cls: type[Agent], folder: Path
         }
     )
     stats = train_agent(train_args)
-    config = checkpoint_of(cls, folder, "the tuned agent")["config"]
+    config = cls.saved_meta(folder, "the tuned agent")["config"]
     chosen = {name: config[name] for name in cls.tuned_options}
     built = stats["environment"]
     print(

@@ -52,7 +52,6 @@ from hiedit_env.score import score_pairs
 from hiedit_env.tokens import collate
 
 from .common.base import Agent
-from .common.checkpoint import read_checkpoint_meta
 from .common.memory import peak_memory
 from .learned.hypernet import PRECONDITIONERS
 from .registry import agent_class
@@ -172,7 +171,7 @@ def measure_speed(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
     cls = agent_class(args.agent) if args.agent else None
-    config = read_checkpoint_meta(Path(args.checkpoint))["config"] if cls and args.checkpoint else {}
+    config = cls.saved_meta(args.checkpoint, "--checkpoint")["config"] if cls and args.checkpoint else {}
 
     def make_env(**requirements: Any) -> gym.Env:
         return gym.make(
@@ -237,15 +236,18 @@ def measure_speed(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def speed_table(folder: Path) -> str:
-    """A Markdown table of every ``hiedit speed`` JSON in ``folder`` (files without a ``median_floor_s`` are not runs)."""
+    """A Markdown table of every ``hiedit speed`` JSON in ``folder`` (files without a ``median_floor_s`` are not
+    runs), with a column per learned-editor preconditioner form that some run timed (``--editors``)."""
+    runs = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
+    runs = [run for run in runs if isinstance(run, dict) and "median_floor_s" in run]
+    timed = {e["preconditioner"] for run in runs for e in run.get("editors", [])}
+    forms = [form for form in PRECONDITIONERS[::-1] if form in timed]  # full, diagonal, none
     rows = []
-    for path in sorted(folder.glob("*.json")):
-        run = json.loads(path.read_text())
-        if not isinstance(run, dict) or "median_floor_s" not in run:
-            continue
+    for run in runs:
         editors = {e["preconditioner"]: e for e in run.get("editors", [])}
         cells = [
             run["label"],
+            run.get("agent", "constant action"),
             run["device_name"],
             run["dtype"],
             str(run["threads"]),
@@ -257,7 +259,7 @@ def speed_table(folder: Path) -> str:
             f"{run['peak_rss_gb_steps']:.2f}",
             f"{run['peak_cuda_gb']:.2f}" if "peak_cuda_gb" in run else "-",
         ]
-        for form in PRECONDITIONERS[::-1]:  # full, then diagonal
+        for form in forms:
             e = editors.get(form)
             cells.append(
                 f"{e['agent']}: {e['median_act_s']:.3f} / {e['ratio']:.2f}x / {e['preconditioner_bytes'] / 1e9:.3f}"
@@ -265,12 +267,27 @@ def speed_table(folder: Path) -> str:
                 else "-"
             )
         rows.append("| " + " | ".join(cells) + " |")
-    header = (
-        "| model | device | dtype | threads | candidates | step s | floor s | step / floor | reset s (x floor) | "
-        "peak RSS GB (steps) | peak CUDA GB | editor, full preconditioner: act s / act+step vs floor / "
-        "preconditioner GB | editor, diagonal: same |"
-    )
-    return "\n".join([header, "|" + "---|" * (header.count("|") - 1), *rows]) + "\n"
+    columns = [
+        "run",
+        "agent",
+        "device",
+        "dtype",
+        "threads",
+        "candidates",
+        "step s (act + step)",
+        "floor s",
+        "step / floor",
+        "reset s (x floor)",
+        "peak RSS GB (steps)",
+        "peak CUDA GB",
+    ] + [
+        f"editor, {form} preconditioner: act s / act+step vs floor / preconditioner GB"
+        if i == 0
+        else f"editor, {form}: same"
+        for i, form in enumerate(forms)
+    ]
+    header = "| " + " | ".join(columns) + " |"
+    return "\n".join([header, "|" + "---|" * len(columns), *rows]) + "\n"
 
 
 def run_speed(args: argparse.Namespace) -> dict[str, Any] | None:

@@ -340,6 +340,52 @@ def test_a_corrupt_state_behind_a_matching_manifest_is_named(checkpoint_copy, tm
     )
 
 
+def as_saved_by_0_2_0(checkpoint: Path, **config_changes: object) -> None:
+    """Rewrite ``checkpoint``'s ``agent.json`` as hiedit-gym 0.2.0 wrote it (the class in its module of
+    then, the learned editors' options by their names of then), or with ``config_changes``, and reseal it."""
+    path = checkpoint / "agent.json"
+    meta = json.loads(path.read_text())
+    config = meta["config"]
+    meta["class"] = "hiedit_agents.rledit:RLEditAgent"
+    config["trace_of"] = config.pop("editor_reads")
+    config["scale"] = {"gradient_norm": "direction", "learned": "running"}[config.pop("update_size")]
+    config["precondition"] = config.pop("preconditioner_damping")
+    config.update(config_changes)
+    path.write_text(json.dumps(meta))
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    data = path.read_bytes()
+    manifest["files"]["agent.json"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_checkpoint_of_the_earlier_version_acts_as_it_did(rledit_checkpoint, checkpoint_copy, tmp_path, capsys):
+    """0.2.0 kept the agents in other modules and named three options otherwise: its checkpoints load as saved."""
+    from hiedit_agents.learned import RLEditAgent
+
+    old = checkpoint_copy()
+    as_saved_by_0_2_0(old)
+    assert RLEditAgent.saved_meta(old)["config"] == RLEditAgent.saved_meta(rledit_checkpoint)["config"]
+    scores = []
+    for checkpoint in (rledit_checkpoint, old):
+        out = tmp_path / f"{checkpoint.name}.json"
+        assert main(evaluate("default", out, "--checkpoint", str(checkpoint), agent="rledit")) == 0
+        result = json.loads(out.read_text())
+        scores.append([result["per_edit"], result["ES"], result["GS"], result["LS"]])
+    assert scores[0] == scores[1]
+
+
+def test_a_checkpoint_whose_update_size_is_gone_is_named(checkpoint_copy, tmp_path, capsys):
+    old = checkpoint_copy()
+    as_saved_by_0_2_0(old, scale="edit")
+    refused(
+        capsys,
+        tmp_path,
+        evaluate("default", tmp_path / "results.json", "--checkpoint", str(old), agent="rledit"),
+        "scale='edit', which this version no longer has",
+        "train it again",
+    )
+
+
 def test_a_diverged_editor_is_named_not_the_action(rledit_checkpoint, tmp_path, capsys, monkeypatch):
     import torch
     from hiedit_agents.learned import LearnedEditorAgent

@@ -202,8 +202,10 @@ def test_speed_reports_step_reset_memory_and_the_preconditioners(device, tmp_pat
     capsys.readouterr()
     assert main(["speed", "--table", str(tmp_path)]) == 0
     rows = (tmp_path / "speed.md").read_text().splitlines()
-    assert rows[0].startswith("| model |") and len(rows) == 3
-    assert rows[2].startswith(f"| test-shape-llama-3-8b-2layers | {run['device_name']} | float32 |")
+    assert rows[0].startswith("| run | agent |") and len(rows) == 3
+    # a column per preconditioner form the run timed (full, diagonal), and no more in any row
+    assert rows[0].count("| editor, ") == 2 and all(row.count("|") == rows[0].count("|") for row in rows)
+    assert rows[2].startswith(f"| test-shape-llama-3-8b-2layers | constant action | {run['device_name']} | float32 |")
     assert main(["speed", "--table", str(tmp_path / "missing")]) == 2
 
 

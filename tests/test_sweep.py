@@ -306,6 +306,10 @@ def test_sweep_interrupted_after_one_cell_resumes_without_touching_it(
     report = build_report([out], tmp_path / "report").read_text()
     assert "| rledit-bounded | 4 (2) | **" in report and "| noop | 2 (1) | **" in report
     assert "rledit-bounded over noop" in report
+    # the last column: the highest peak RSS of the agent's rows, in GB
+    noop_peak = max(float(r["peak_rss_mb"]) for r in rows if r["agent"] == "noop") / 1024
+    noop_line = next(x for x in report.splitlines() if x.startswith("| noop |"))
+    assert noop_line.endswith(f"| {noop_peak:.2f} |")
     assert (tmp_path / "report" / "intervals_test-tiny-gpt2_default_n3.png").is_file()
     assert (tmp_path / "report" / "curves_test-tiny-gpt2_default_n3.png").is_file()
     # the training section: one line per training run, with its validations and the diagnostics of its last episode

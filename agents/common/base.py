@@ -183,6 +183,23 @@ class Agent:
         """Read back what :meth:`save_files` wrote; ``files`` is the verified manifest's table. Default: nothing."""
 
     @classmethod
+    def upgrade_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """``config`` as :meth:`config` saved it in an earlier version, in today's option names (an agent
+        that renames an option maps the old name here, so its earlier checkpoints still load). Default: as it is."""
+        return config
+
+    @classmethod
+    def saved_meta(cls, directory: str | Path, option: str = "checkpoint") -> dict[str, Any]:
+        """The ``agent.json`` of the checkpoint in ``directory`` (which ``option`` names in errors), its
+        configuration upgraded (:meth:`upgrade_config`); refused unless a ``cls`` agent saved it. The class
+        is matched by its name and the agent's, so a checkpoint outlives a move of the class between modules."""
+        meta = read_checkpoint_meta(Path(directory))
+        moved = meta["agent"] == cls.name and meta["class"].rpartition(":")[2] == cls.__qualname__
+        if meta["class"] != f"{cls.__module__}:{cls.__qualname__}" and not moved:
+            raise CheckpointError(f"{option} {str(directory)!r} holds a {meta['class']} agent, not {cls.name!r}")
+        return {**meta, "config": cls.upgrade_config(dict(meta["config"]))}
+
+    @classmethod
     def check_overrides(cls, overrides: dict[str, Any]) -> None:
         """Raise unless every key of ``overrides`` is one of :attr:`acting_options`."""
         fixed = sorted(set(overrides) - set(cls.acting_options))
@@ -207,7 +224,7 @@ class Agent:
                 f"checkpoint {str(directory)!r} was trained on modules {meta['candidate_modules']}, "
                 f"the environment edits {env.unwrapped.candidate_modules}"
             )
-        agent = build_agent(cls, env, {**meta["config"], **overrides})
+        agent = build_agent(cls, env, {**cls.upgrade_config(dict(meta["config"])), **overrides})
         if STATE_FILE in manifest["files"]:
             state_file = directory / STATE_FILE
             state = load_torch(state_file, agent.env.model.device)

@@ -9,7 +9,6 @@ import argparse
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,18 +16,10 @@ import torch
 from hiedit_env.files import check_output_dir, write_json
 
 from ..registry import agent_class
-from .base import Agent, TrainingInterrupted, build_agent
-from .checkpoint import CheckpointError, progress_folder, read_checkpoint_meta, remove_progress
+from .base import TrainingInterrupted, build_agent
+from .checkpoint import progress_folder, remove_progress
 from .env_util import env_description, make_env
 from .memory import peak_memory_mb
-
-
-def checkpoint_of(cls: type[Agent], directory: str | Path, option: str) -> dict[str, Any]:
-    """The ``agent.json`` of the checkpoint ``option`` names, refused unless it holds a ``cls`` agent."""
-    meta = read_checkpoint_meta(Path(directory))
-    if meta["class"] != f"{cls.__module__}:{cls.__qualname__}":
-        raise CheckpointError(f"{option} {str(directory)!r} holds a {meta['class']} agent, not {cls.name!r}")
-    return meta
 
 
 def train_agent(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
@@ -44,7 +35,7 @@ def train_agent(args: argparse.Namespace, progress: bool = True) -> dict[str, An
         if args.agent_kwargs:
             raise ValueError("--resume continues the saved configuration; --agent-kwargs cannot change it")
         folder = progress_folder(out) or out  # an interrupted run's progress, or a finished run to go on with
-        config = checkpoint_of(cls, folder, "--out")["config"]
+        config = cls.saved_meta(folder, "--out")["config"]
         env = make_env(args, cls, config, evaluation=False)
         agent = cls.load(folder, env)
     else:

@@ -18,7 +18,6 @@ import hiedit_env  # noqa: F401  (registers HiEdit-v0)
 from hiedit_env import HiEditEnv
 
 from .base import Agent
-from .checkpoint import read_checkpoint_meta
 from .memory import return_freed_memory
 
 # What a results file keeps of the gym.make arguments (grouped ones as their fields).
@@ -33,7 +32,7 @@ def load_for_acting(
     in ``hiedit evaluate``); ``overrides`` set acting options (:meth:`Agent.load`)."""
     overrides = overrides or {}
     cls.check_overrides(overrides)
-    config = {**read_checkpoint_meta(Path(checkpoint))["config"], **overrides}
+    config = {**cls.saved_meta(checkpoint)["config"], **overrides}
     env = gym.make("HiEdit-v0", **{**cls.acting_requirements(config), **env_kwargs})
     return cls.load(checkpoint, env, **overrides), env
 

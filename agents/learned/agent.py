@@ -45,6 +45,8 @@ from .hypernet import DEFAULT_INIT_LR, DEFAULT_PRECONDITIONER_DAMPING, HyperEdit
 from .training import EditorDivergedError, ScalarLog, TrainingCallback, TrainingLoop, TrainingState
 
 LowRank = tuple[torch.Tensor, torch.Tensor]
+# hiedit-gym 0.2.0's ``scale`` values and today's ``update_size`` for each (LearnedEditorAgent.upgrade_config).
+SCALE_RENAMED = {"running": "learned", "direction": "gradient_norm", "effect": "gradient_effect"}
 
 
 def masked(updates: list[LowRank], mask: torch.Tensor) -> list[LowRank]:
@@ -204,6 +206,30 @@ class LearnedEditorAgent(Agent):
             preconditioner_damping,
         ).to(self.env.model.device)
         self.optimizer_steps = 0
+
+    @classmethod
+    def upgrade_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """The options as hiedit-gym 0.2.0 named them: ``trace_of`` is ``editor_reads``; ``scale`` is
+        ``update_size`` (``"running"``, ``"direction"``, ``"effect"`` are ``"learned"``, ``"gradient_norm"``,
+        ``"gradient_effect"``); ``precondition`` is ``preconditioner_damping``, its 0 ``preconditioner="none"``.
+        0.2.0's ``scale="edit"`` is gone: such a checkpoint is refused, naming it."""
+        if "trace_of" in config:
+            config["editor_reads"] = config.pop("trace_of")
+        if "scale" in config:
+            scale = config.pop("scale")
+            if scale not in SCALE_RENAMED:
+                raise CheckpointError(
+                    f"this checkpoint's editor sizes its updates by scale={scale!r}, which this version no longer "
+                    f"has (update_size is one of {list(SCALE_RENAMED.values())}): train it again"
+                )
+            config["update_size"] = SCALE_RENAMED[scale]
+        if "precondition" in config:
+            damping = config.pop("precondition")
+            if damping == 0:
+                config["preconditioner"] = "none"
+            else:
+                config["preconditioner_damping"] = damping
+        return config
 
     @classmethod
     def env_requirements(cls, config: dict[str, Any]) -> dict[str, Any]:

@@ -105,7 +105,7 @@ def evaluate(
     trained_by: dict[str, Any] = {}
     if cell.training_seed is not None:
         checkpoint = folder / "checkpoint"
-        config = commands.checkpoint_of(cls, checkpoint, "the cell's checkpoint")["config"]
+        config = cls.saved_meta(checkpoint, "the cell's checkpoint")["config"]
         env = commands.make_env(args, cls, {**config, **acting}, evaluation=True)
         agent = cls.load(checkpoint, env, **acting)
         # a snapshot continues only the checkpoint it was made with

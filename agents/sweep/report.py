@@ -70,8 +70,8 @@ def interquartile_mean(values: Sequence[float]) -> float:
     return float(trim_mean(np.asarray(values, dtype=float), 0.25))
 
 
-def _fmt(value: float | None) -> str:
-    return "" if value is None or np.isnan(value) else f"{value:.3f}"
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "" if value is None or np.isnan(value) else f"{value:.{digits}f}"
 
 
 def _interval(s: dict[str, Any]) -> str:
@@ -99,6 +99,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "high": high,
         "iqm": interquartile_mean(scores),
         "scores": scores,
+        # the workers' high-water mark: a worker that ran other cells before counts their peak too
+        "peak_rss_mb": max((r["peak_rss_mb"] for r in rows if r.get("peak_rss_mb") is not None), default=None),
         **{
             k: _mean(rows, k)
             for k in (
@@ -245,7 +247,9 @@ def build_report(folders: Sequence[str | Path], out: str | Path, readme: str | P
             f"sequence); **mean** is mean(ES, GS, LS) averaged over cells, with a {CONFIDENCE:.0%} stratified "
             f"bootstrap interval ({RESAMPLES} resamples within training seeds) and the interquartile mean (IQM). "
             f"{PROTOCOL}; efficacy (CounterFact): NLL(new) < NLL(old); "
-            "first 20%: ES of the sequence's first fifth after the whole sequence (retention)."
+            "first 20%: ES of the sequence's first fifth after the whole sequence (retention); s per edit: the "
+            "sequence's wall time per edit (the agent's share in brackets); peak RSS: the highest resident memory "
+            "of the worker processes that ran the agent's cells (a worker counts the cells it ran before too)."
         ),
         "",
     ]
@@ -257,16 +261,17 @@ def build_report(folders: Sequence[str | Path], out: str | Path, readme: str | P
             "",
             (
                 "| agent | cells (training seeds) | **mean** [95% CI] | IQM | ES / GS / LS | efficacy | first 20% | "
-                "layers per edit | s per edit (agent) |"
+                "layers per edit | s per edit (agent) | peak RSS GB |"
             ),
-            "|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for agent, s in sorted(stats.items(), key=lambda item: -item[1]["mean"]):
             layers = f"{s['layers_per_edit']:.1f} of {s['candidates']:.0f}" if s["candidates"] else ""
             lines.append(
                 f"| {agent} | {s['cells']} ({s['training_seeds']}) | **{s['mean']:.3f}**{_interval(s)} | "
                 f"{s['iqm']:.3f} | {_fmt(s['ES'])} / {_fmt(s['GS'])} / {_fmt(s['LS'])} | {_fmt(s['efficacy'])} | "
-                f"{_fmt(s['ES_first_20pct'])} | {layers} | {s['seconds_per_edit']:.2f} ({s['agent_seconds_per_edit']:.2f}) |"
+                f"{_fmt(s['ES_first_20pct'])} | {layers} | {s['seconds_per_edit']:.2f} ({s['agent_seconds_per_edit']:.2f}) | "
+                f"{_fmt(None if s['peak_rss_mb'] is None else s['peak_rss_mb'] / 1024, 2)} |"
             )
         pairs = [(x, y) for x, y in compare if x in stats and y in stats]
         if pairs:

@@ -29,7 +29,6 @@ quality figures mean nothing, and this command reports none.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 import warnings
@@ -52,6 +51,7 @@ from hiedit_env.score import score_pairs
 from hiedit_env.tokens import collate
 
 from .common.base import Agent
+from .common.checkpoint import read_json
 from .common.memory import peak_memory
 from .learned.hypernet import PRECONDITIONERS
 from .registry import agent_class
@@ -235,29 +235,39 @@ def measure_speed(args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
+def _cell(run: dict[str, Any], key: str, form: str = "{}") -> str:
+    """``run[key]`` written by ``form``, ``-`` where the run does not record it."""
+    return form.format(run[key]) if run.get(key) is not None else "-"
+
+
 def speed_table(folder: Path) -> str:
-    """A Markdown table of every ``hiedit speed`` JSON in ``folder`` (files without a ``median_floor_s`` are not
-    runs), with a column per learned-editor preconditioner form that some run timed (``--editors``)."""
-    runs = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
-    runs = [run for run in runs if isinstance(run, dict) and "median_floor_s" in run]
+    """A Markdown table of every ``hiedit speed`` JSON in ``folder`` (files without ``median_floor_s`` are not
+    runs), named by their ``--label`` or else their file, with a column per learned-editor preconditioner
+    form that some run timed (``--editors``); what a run does not record (runs of earlier versions) is ``-``."""
+    runs = []
+    for path in sorted(folder.glob("*.json")):
+        run = read_json(path, "speed result")
+        if isinstance(run, dict) and "median_floor_s" in run:
+            runs.append({"label": path.stem, "peak_rss_gb_steps": run.get("peak_rss_gb"), **run})
     timed = {e["preconditioner"] for run in runs for e in run.get("editors", [])}
     forms = [form for form in PRECONDITIONERS[::-1] if form in timed]  # full, diagonal, none
     rows = []
     for run in runs:
         editors = {e["preconditioner"]: e for e in run.get("editors", [])}
+        reset = run.get("reset_s")
         cells = [
             run["label"],
             run.get("agent", "constant action"),
-            run["device_name"],
-            run["dtype"],
-            str(run["threads"]),
-            str(run["candidates"]),
+            _cell(run, "device_name"),
+            _cell(run, "dtype"),
+            _cell(run, "threads"),
+            _cell(run, "candidates"),
             f"{run['median_step_s']:.3f}",
             f"{run['median_floor_s']:.3f}",
             f"**{run['ratio']:.2f}x**",
-            f"{run['reset_s']:.2f} ({run['reset_s'] / run['median_floor_s']:.1f}x)",
-            f"{run['peak_rss_gb_steps']:.2f}",
-            f"{run['peak_cuda_gb']:.2f}" if "peak_cuda_gb" in run else "-",
+            "-" if reset is None else f"{reset:.2f} ({reset / run['median_floor_s']:.1f}x)",
+            _cell(run, "peak_rss_gb_steps", "{:.2f}"),
+            _cell(run, "peak_cuda_gb", "{:.2f}"),
         ]
         for form in forms:
             e = editors.get(form)

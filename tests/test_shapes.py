@@ -199,14 +199,24 @@ def test_speed_reports_step_reset_memory_and_the_preconditioners(device, tmp_pat
     assert full["median_act_s"] > 0 and full["ratio"] > 0
 
     (tmp_path / "other.json").write_text(json.dumps({"not": "a run"}))
+    # a run of an earlier version, which recorded neither a label nor the device, dtype, reset or peak while stepping
+    earlier = {"model": "m", "agent": "ft_l", "candidates": 18, "threads": 1, "median_step_s": 5.6}
+    (tmp_path / "earlier.json").write_text(
+        json.dumps({**earlier, "median_floor_s": 0.8, "ratio": 7.0, "peak_rss_gb": 1.4})
+    )
     capsys.readouterr()
     assert main(["speed", "--table", str(tmp_path)]) == 0
     rows = (tmp_path / "speed.md").read_text().splitlines()
-    assert rows[0].startswith("| run | agent |") and len(rows) == 3
+    assert rows[0].startswith("| run | agent |") and len(rows) == 4
+    assert rows[2] == "| earlier | ft_l | - | - | 1 | 18 | 5.600 | 0.800 | **7.00x** | - | 1.40 | - | - | - |"
     # a column per preconditioner form the run timed (full, diagonal), and no more in any row
     assert rows[0].count("| editor, ") == 2 and all(row.count("|") == rows[0].count("|") for row in rows)
-    assert rows[2].startswith(f"| test-shape-llama-3-8b-2layers | constant action | {run['device_name']} | float32 |")
+    assert rows[3].startswith(f"| test-shape-llama-3-8b-2layers | constant action | {run['device_name']} | float32 |")
     assert main(["speed", "--table", str(tmp_path / "missing")]) == 2
+    (tmp_path / "broken.json").write_text('{"median_floor_s": ')
+    capsys.readouterr()
+    assert main(["speed", "--table", str(tmp_path)]) == 2
+    assert "broken.json' is not valid JSON" in capsys.readouterr().err
 
 
 def test_gpu_script_runs_the_table_on_the_cpu_with_tiny_models(tmp_path):

@@ -25,9 +25,10 @@ from hiedit_agents.sweep import (
     probability_of_improvement,
     stratified_bootstrap_interval,
     sweep,
+    sweep_status,
     tune_spec,
 )
-from hiedit_agents.sweep.cell import evaluate, run_cell
+from hiedit_agents.sweep.cell import cell_status, evaluate, run_cell
 from hiedit_agents.sweep.grid import training_key
 from hiedit_agents.sweep.report import leaderboard
 
@@ -192,6 +193,8 @@ def test_sweep_command_reports_a_bad_spec_in_one_line(tmp_path: Path, capsys: py
 def test_sweep_refuses_an_agents_filter_naming_no_entry(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"--agents: nope not an entry of .* \(entries: noop, rledit"):
         sweep(load_spec(write_spec(tmp_path)), tmp_path / "out", agents=["noop", "nope"])
+    with pytest.raises(ValueError, match=r"--agents: nope not an entry of "):
+        sweep_status(load_spec(write_spec(tmp_path)), tmp_path / "out", agents=["nope"])
     assert not (tmp_path / "out").exists()  # refused before anything is written
 
 
@@ -255,6 +258,13 @@ def test_sweep_interrupted_after_one_cell_resumes_without_touching_it(
     before = _files(done)
     assert "cell.json" in before and "evaluations/noop/n3_seed1.json" in before
     assert len(list(csv.DictReader((out / "results.csv").open()))) == 2  # the table holds the finished cell
+    capsys.readouterr()
+    assert main(["sweep", str(spec.path), "--out", str(out), "--status"]) == 0  # reads, runs nothing
+    printed = capsys.readouterr().out.splitlines()
+    assert "test-tiny-gpt2__default__noop: finished, 2 evaluations" in printed
+    assert "test-tiny-gpt2__default__broken: not started" in printed
+    assert printed[-1] == "4 cells: 1 finished, 0 started, 0 failed, 3 not started"
+    assert _files(done) == before
 
     capsys.readouterr()
     second = sweep(spec, out)
@@ -406,8 +416,12 @@ def test_a_cell_stopped_part_way_through_a_sequence_continues_it_from_its_snapsh
     file = cell_module.evaluation_file(out, cell, "rledit", 0, 4)
     snapshot = file.with_name(file.stem + cell_module.SNAPSHOT_SUFFIX)
     assert snapshot.is_file() and not file.exists()
+    state, line = cell_status(out, cell)  # what `hiedit sweep --status` prints for it
+    assert state == "started"
+    assert line.startswith("trained; 0 of 1 evaluations recorded; rledit sequence 0 at edit 2 of 4 (snapshot written ")
     record = run_cell(cell, out, [reference_out])
     assert not snapshot.exists()  # the evaluation file replaced it
+    assert cell_status(out, cell) == ("finished", "finished, 1 evaluation")
     assert json.loads(file.read_text())["resumed_at_edit"] == 2
     scores = ("ES", "GS", "LS", "mean", "ES_first_20pct", "layers_per_edit", "curve", "module_share")
     assert [{k: r[k] for k in scores} for r in record["rows"]] == [{k: r[k] for k in scores} for r in reference["rows"]]

@@ -1,4 +1,4 @@
-"""Benchmark sweeps: a YAML spec expanded into cells run on Ray Tune (:func:`sweep`), a report with
+"""Benchmark sweeps: a YAML spec expanded into cells run on Ray Tune (:func:`sweep`; where each cell stands: :func:`sweep_status`), a report with
 stratified bootstrap intervals (:func:`build_report`) and hyperparameter search (:func:`tune_spec`).
 See docs/sweeps.md."""
 
@@ -8,7 +8,7 @@ from .report import (
     probability_of_improvement,
     stratified_bootstrap_interval,
 )
-from .runner import collect_results, sweep
+from .runner import collect_results, sweep, sweep_status
 from .spec import SpecError, SweepSpec, load_spec
 from .tune import tune_spec
 
@@ -23,5 +23,6 @@ __all__ = [
     "probability_of_improvement",
     "stratified_bootstrap_interval",
     "sweep",
+    "sweep_status",
     "tune_spec",
 ]

@@ -30,7 +30,7 @@ from hiedit_env.files import write_text
 
 from ..common import commands
 from ..common.base import Agent
-from ..common.checkpoint import MANIFEST_FILE, checkpoint_identity, progress_folder
+from ..common.checkpoint import MANIFEST_FILE, CheckpointError, checkpoint_identity, load_torch, progress_folder
 from ..common.evaluation import SNAPSHOT_SECONDS, SNAPSHOT_SUFFIX, EpisodeSnapshot, run_episode
 from ..registry import agent_class
 from .grid import Cell, training_key
@@ -278,6 +278,51 @@ def finished_rows(out: Path, cell: Cell) -> list[dict[str, Any]]:
             if file.is_file():
                 rows.append(row(cell, entry, seed, num_edits, json.loads(file.read_text())))
     return rows
+
+
+def _saved_at(path: Path) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
+
+
+def cell_status(out: Path, cell: Cell) -> tuple[str, str]:
+    """Where ``cell`` stands, from its files alone (nothing is run or written): a state (``finished``,
+    ``failed``, ``started``, ``not started``) and a line saying what is done and what is part-way: the
+    training (finished, or when its progress was last saved), the evaluations recorded, and each
+    sequence a snapshot holds, at the edit it reached."""
+    folder = cell_dir(out, cell)
+    planned = len(cell.variants) * len(cell.evaluations)
+    if (folder / CELL_FILE).is_file():
+        return "finished", f"finished, {planned} evaluation{'s' * (planned != 1)}"
+    if not folder.is_dir():
+        return "not started", "not started"
+    parts = []
+    if cell.training_seed is not None:
+        checkpoint = folder / "checkpoint"
+        if (checkpoint / "train_stats.json").is_file():
+            parts.append("trained")
+        elif (progress := progress_folder(checkpoint)) is not None and (progress / MANIFEST_FILE).is_file():
+            parts.append(f"training, its progress saved at {_saved_at(progress / MANIFEST_FILE)}")
+        else:
+            parts.append("training, no progress saved yet")
+    recorded = len(finished_rows(out, cell))
+    parts.append(f"{recorded} of {planned} evaluations recorded")
+    for entry, _ in cell.variants:
+        for seed, num_edits in cell.evaluations:
+            file = evaluation_file(out, cell, entry, seed, num_edits)
+            snapshot = file.with_name(file.stem + SNAPSHOT_SUFFIX)
+            if not file.is_file() and snapshot.is_file():
+                try:
+                    edits = len(load_torch(snapshot, "cpu")["act_seconds"])
+                except (CheckpointError, KeyError, TypeError):
+                    parts.append(f"{entry} sequence {seed}: an unreadable snapshot (the sequence starts over)")
+                    continue
+                parts.append(
+                    f"{entry} sequence {seed} at edit {edits} of {num_edits} (snapshot written {_saved_at(snapshot)})"
+                )
+    error = folder / ERROR_FILE
+    if error.is_file():
+        return "failed", "; ".join([*parts, f"failed: {json.loads(error.read_text())['error']}"])
+    return "started", "; ".join(parts)
 
 
 def run_cell(

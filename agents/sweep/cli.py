@@ -18,10 +18,13 @@ from hiedit_env.cli import non_negative_int, positive_int
 
 
 def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
-    from .runner import format_summary, sweep
+    from .runner import format_status, format_summary, sweep, sweep_status
     from .spec import load_spec
 
     spec = load_spec(args.spec)  # the whole spec is checked before Ray starts
+    if args.status:
+        print(format_status(sweep_status(spec, args.out_dir, args.agents)))
+        return {}
     summary = sweep(
         spec,
         args.out_dir,
@@ -107,6 +110,12 @@ def add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="ENTRY",
         help="run only the cells of these agent entries of the spec (a long sweep in parts)",
+    )
+    p.add_argument(
+        "--status",
+        action="store_true",
+        help="run nothing: print where each cell stands (finished, trained, evaluations recorded, the edit "
+        "a snapshot reached) from the folder's files",
     )
     p.add_argument(
         "--reuse-training",

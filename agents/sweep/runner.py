@@ -15,6 +15,7 @@ import io
 import json
 import time
 import traceback
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import torch
 
 from hiedit_env.files import write_text
 
-from .cell import CELL_FILE, ERROR_FILE, cell_dir, finished_rows, is_finished, run_cell
+from .cell import CELL_FILE, ERROR_FILE, cell_dir, cell_status, finished_rows, is_finished, run_cell
 from .grid import Cell, expand
 from .spec import SweepSpec
 
@@ -131,6 +132,16 @@ def sweep_record(spec: SweepSpec, cells: list[Cell]) -> dict[str, Any]:
     }
 
 
+def _check_entries(spec: SweepSpec, agents: list[str] | None) -> None:
+    """Refuse an ``--agents`` filter that names an entry the spec does not have."""
+    unknown = sorted(set(agents or ()) - {e.name for e in spec.agents})
+    if unknown:
+        raise ValueError(
+            f"--agents: {', '.join(unknown)} not an entry of {spec.path} "
+            f"(entries: {', '.join(e.name for e in spec.agents)})"
+        )
+
+
 def sweep(
     spec: SweepSpec,
     out: str | Path,
@@ -150,12 +161,7 @@ def sweep(
     again. Ray is started here unless it already runs in this process
     (then it is used as it is, e.g. by tests).
     """
-    unknown = sorted(set(agents or ()) - {e.name for e in spec.agents})
-    if unknown:
-        raise ValueError(
-            f"--agents: {', '.join(unknown)} not an entry of {spec.path} "
-            f"(entries: {', '.join(e.name for e in spec.agents)})"
-        )
+    _check_entries(spec, agents)
     reuse = [Path(p).resolve() for p in reuse_training or ()]
     for folder in reuse:
         read_sweep(folder)  # a sweep folder, or one line saying what it is not
@@ -197,6 +203,23 @@ def sweep(
         "remaining": sum(not is_finished(out, c) for c in cells),
         "seconds": time.perf_counter() - started,
     }
+
+
+def sweep_status(spec: SweepSpec, out: str | Path, agents: list[str] | None = None) -> list[tuple[str, str, str]]:
+    """Each cell of ``spec`` (of the ``agents`` entries only, if given) as (cell id, state, what is done),
+    read from ``out``'s files (:func:`~hiedit_agents.sweep.cell.cell_status`); nothing runs, nothing is written."""
+    _check_entries(spec, agents)
+    cells = [c for c in expand(spec) if agents is None or any(name in agents for name, _ in c.variants)]
+    return [(c.id, *cell_status(Path(out), c)) for c in cells]
+
+
+def format_status(status: list[tuple[str, str, str]]) -> str:
+    """The lines ``hiedit sweep --status`` prints: one per cell, then the count per state."""
+    counts = Counter(state for _, state, _ in status)
+    lines = [f"{cell}: {line}" for cell, _, line in status]
+    states = ("finished", "started", "failed", "not started")
+    lines.append(f"{len(status)} cells: " + ", ".join(f"{counts[s]} {s}" for s in states))
+    return "\n".join(lines)
 
 
 def _run_on_tune(

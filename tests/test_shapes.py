@@ -246,5 +246,6 @@ def test_gpu_script_runs_the_table_on_the_cpu_with_tiny_models(tmp_path):
     assert llama["dtype"] == "bfloat16" and llama["modules"] == ["model.layers.1.mlp.down_proj"]
     assert llama["editors"][0]["full_matrix_bytes_per_module"] == [4 * 224 * 224]
     table = (tmp_path / "speed.md").read_text()
-    assert "| tiny-llama | cpu | float32 |" in table and "| tiny-llama-down_proj | cpu | bfloat16 |" in table
+    assert "| tiny-llama | constant action | cpu | float32 |" in table
+    assert "| tiny-llama-down_proj | constant action | cpu | bfloat16 |" in table
     assert "torch" in (tmp_path / "device.txt").read_text()

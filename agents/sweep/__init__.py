@@ -1,6 +1,6 @@
-"""Benchmark sweeps: a YAML spec expanded into cells run on Ray Tune (:func:`sweep`; where each cell stands: :func:`sweep_status`), a report with
-stratified bootstrap intervals (:func:`build_report`) and hyperparameter search (:func:`tune_spec`).
-See docs/sweeps.md."""
+"""Benchmark sweeps: a YAML spec expanded into cells run on Ray Tune (:func:`sweep`; where each cell
+stands: :func:`sweep_status`), a report with stratified bootstrap intervals (:func:`build_report`) and
+hyperparameter search (:func:`tune_spec`). See docs/sweeps.md."""
 
 from .grid import Cell, expand
 from .report import (

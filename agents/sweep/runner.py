@@ -142,6 +142,11 @@ def _check_entries(spec: SweepSpec, agents: list[str] | None) -> None:
         )
 
 
+def _cells_of(cells: list[Cell], agents: list[str] | None) -> list[Cell]:
+    """The cells of the ``agents`` entries (all of them for ``None``)."""
+    return cells if agents is None else [c for c in cells if any(name in agents for name, _ in c.variants)]
+
+
 def sweep(
     spec: SweepSpec,
     out: str | Path,
@@ -172,8 +177,7 @@ def sweep(
     write_text(out / SWEEP_FILE, json.dumps(sweep_record(spec, cells), indent=2))
     pending = [c for c in cells if not is_finished(out, c)]
     finished_before = len(cells) - len(pending)
-    if agents is not None:
-        pending = [c for c in pending if any(name in agents for name, _ in c.variants)]
+    pending = _cells_of(pending, agents)
     if max_cells is not None:
         pending = pending[:max_cells]
     started = time.perf_counter()
@@ -209,8 +213,7 @@ def sweep_status(spec: SweepSpec, out: str | Path, agents: list[str] | None = No
     """Each cell of ``spec`` (of the ``agents`` entries only, if given) as (cell id, state, what is done),
     read from ``out``'s files (:func:`~hiedit_agents.sweep.cell.cell_status`); nothing runs, nothing is written."""
     _check_entries(spec, agents)
-    cells = [c for c in expand(spec) if agents is None or any(name in agents for name, _ in c.variants)]
-    return [(c.id, *cell_status(Path(out), c)) for c in cells]
+    return [(c.id, *cell_status(Path(out), c)) for c in _cells_of(expand(spec), agents)]
 
 
 def format_status(status: list[tuple[str, str, str]]) -> str:

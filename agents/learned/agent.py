@@ -23,7 +23,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
-from tqdm import trange
+from tqdm import tqdm, trange
 
 from hiedit_env import EditTrace, HiEditEnv, ObjectiveTerms
 from hiedit_env.checks import check_int, check_range
@@ -330,13 +330,18 @@ class LearnedEditorAgent(Agent):
         check_int("edits", edits, 0)
         unwrapped: HiEditEnv = env.unwrapped
         seed = 0
-        while edits > 0:
-            env.reset(seed=seed)
-            for _ in range(min(edits, unwrapped.num_edits)):
-                self.editor.observe(self.read_trace(unwrapped))
-                env.step({"layers": np.zeros(self.num_candidates, np.float32), "update": [None] * self.num_candidates})
-                edits -= 1
-            seed += 1
+        # minutes on a shared CPU (a trace pass and a scoring pass per edit): a progress bar, not silence
+        with tqdm(total=edits, desc=f"{self.name}: observing unedited edits", unit="edit", leave=False) as bar:
+            while edits > 0:
+                env.reset(seed=seed)
+                for _ in range(min(edits, unwrapped.num_edits)):
+                    self.editor.observe(self.read_trace(unwrapped))
+                    env.step(
+                        {"layers": np.zeros(self.num_candidates, np.float32), "update": [None] * self.num_candidates}
+                    )
+                    edits -= 1
+                    bar.update()
+                seed += 1
 
     # ------------------------------------------------------------------ learning
     def learn(

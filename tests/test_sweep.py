@@ -320,6 +320,11 @@ def test_sweep_interrupted_after_one_cell_resumes_without_touching_it(
     noop_peak = max(float(r["peak_rss_mb"]) for r in rows if r["agent"] == "noop") / 1024
     noop_line = next(x for x in report.splitlines() if x.startswith("| noop |"))
     assert noop_line.endswith(f"| {noop_peak:.2f} |")
+    # s per edit: the agent's act plus the environment's step, the act in brackets (never above the total)
+    rledit_rows = [r for r in rows if r["agent"] == "rledit-bounded"]
+    step, act = (np.mean([float(r[k]) for r in rledit_rows]) for k in ("seconds_per_edit", "agent_seconds_per_edit"))
+    rledit_line = next(x for x in report.splitlines() if x.startswith("| rledit-bounded |"))
+    assert f"| {step + act:.2f} ({act:.2f}) |" in rledit_line
     assert (tmp_path / "report" / "intervals_test-tiny-gpt2_default_n3.png").is_file()
     assert (tmp_path / "report" / "curves_test-tiny-gpt2_default_n3.png").is_file()
     # the training section: one line per training run, with its validations and the diagnostics of its last episode

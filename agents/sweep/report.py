@@ -248,7 +248,8 @@ def build_report(folders: Sequence[str | Path], out: str | Path, readme: str | P
             f"bootstrap interval ({RESAMPLES} resamples within training seeds) and the interquartile mean (IQM). "
             f"{PROTOCOL}; efficacy (CounterFact): NLL(new) < NLL(old); "
             "first 20%: ES of the sequence's first fifth after the whole sequence (retention); s per edit: the "
-            "sequence's wall time per edit (the agent's share in brackets); peak RSS: the highest resident memory "
+            "agent's act plus the environment's step (apply the update, score it, trace the next edit), the agent's act in "
+            "brackets, scoring of curve points left out; peak RSS: the highest resident memory "
             "of the worker processes that ran the agent's cells (a worker counts the cells it ran before too)."
         ),
         "",
@@ -270,7 +271,7 @@ def build_report(folders: Sequence[str | Path], out: str | Path, readme: str | P
             lines.append(
                 f"| {agent} | {s['cells']} ({s['training_seeds']}) | **{s['mean']:.3f}**{_interval(s)} | "
                 f"{s['iqm']:.3f} | {_fmt(s['ES'])} / {_fmt(s['GS'])} / {_fmt(s['LS'])} | {_fmt(s['efficacy'])} | "
-                f"{_fmt(s['ES_first_20pct'])} | {layers} | {s['seconds_per_edit']:.2f} ({s['agent_seconds_per_edit']:.2f}) | "
+                f"{_fmt(s['ES_first_20pct'])} | {layers} | {s['seconds_per_edit'] + s['agent_seconds_per_edit']:.2f} ({s['agent_seconds_per_edit']:.2f}) | "
                 f"{_fmt(None if s['peak_rss_mb'] is None else s['peak_rss_mb'] / 1024, 2)} |"
             )
         pairs = [(x, y) for x, y in compare if x in stats and y in stats]

@@ -9,6 +9,7 @@ import pytest
 from hiedit_agents.common.checkpoint import (
     CheckpointError,
     CheckpointWriter,
+    content_sha256,
     progress_folder,
     save_swapped,
     verify_checkpoint,
@@ -85,3 +86,23 @@ def test_a_swapped_folder_is_complete_at_every_moment(tmp_path, monkeypatch):
     assert folder == out / "training_state.previous"
     verify_checkpoint(folder)
     assert json.loads((folder / "step.json").read_text()) == {"step": 1}
+
+
+def test_content_hash_tells_states_apart_where_their_files_cannot(tmp_path):
+    import torch
+
+    state = {"editor": {"w": torch.arange(6.0).reshape(2, 3), "n": torch.tensor(3)}, "steps": 4, "lr": [1e-3]}
+    for name in ("a.pt", "b.pt"):
+        atomic_write(tmp_path / name, lambda tmp: torch.save(state, tmp))
+    # two saves of one state: different bytes (torch.save's serialization id, the temporary file's name)
+    assert (tmp_path / "a.pt").read_bytes() != (tmp_path / "b.pt").read_bytes()
+    loaded = [torch.load(tmp_path / name) for name in ("a.pt", "b.pt")]
+    assert content_sha256(loaded[0]) == content_sha256(loaded[1]) == content_sha256(state)
+    # any value, dtype, shape or key changes it; key order does not
+    changed = {"editor": {"w": torch.arange(6.0).reshape(2, 3), "n": torch.tensor(4)}, "steps": 4, "lr": [1e-3]}
+    recast = {**state, "editor": {**state["editor"], "w": state["editor"]["w"].double()}}
+    reshaped = {**state, "editor": {**state["editor"], "w": state["editor"]["w"].reshape(3, 2)}}
+    renamed = {**state, "step": 4}
+    hashes = {content_sha256(s) for s in (state, changed, recast, reshaped, renamed)}
+    assert len(hashes) == 5
+    assert content_sha256({"lr": [1e-3], "steps": 4, "editor": state["editor"]}) == content_sha256(state)

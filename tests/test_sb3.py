@@ -9,6 +9,7 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from hiedit_agents import agent_class
 from hiedit_agents.cli import main
@@ -203,6 +204,11 @@ def test_each_algorithm_trains_saves_loads_and_evaluates(name, tmp_path):
     observation, info = env.reset(seed=0)
     a, b = first.act(observation, info), second.act(observation, info)
     assert np.array_equal(a["layers"], b["layers"]) and np.allclose(a["update"], b["update"])
+    # ... and the same fingerprint, which a changed policy parameter changes
+    assert first.fingerprint() == second.fingerprint()
+    with torch.no_grad():
+        next(second.model.policy.parameters()).add_(1.0)
+    assert first.fingerprint() != second.fingerprint()
     env.close()
 
 

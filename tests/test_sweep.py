@@ -432,6 +432,69 @@ def test_a_cell_stopped_part_way_through_a_sequence_continues_it_from_its_snapsh
     assert [{k: r[k] for k in scores} for r in record["rows"]] == [{k: r[k] for k in scores} for r in reference["rows"]]
 
 
+@pytest.fixture
+def torch_threads_restored():
+    """The test's cells set torch's thread count for the whole process; the tests after get theirs back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_cell_trained_again_warns_of_evaluations_another_checkpoint_made(
+    tmp_path: Path, torch_threads_restored: None
+) -> None:
+    import shutil
+    import warnings
+
+    from hiedit_agents.sweep.cell import evaluation_file
+
+    agents = [{"name": "rledit", "agent": "rledit", "agent-kwargs": TINY}]
+    training = {"seeds": [0], "steps": 4, "num_edits": 3}
+    evaluation = {"seeds": [0, 1], "num_edits": [3]}
+    (cell,) = expand(
+        load_spec(write_spec(tmp_path, agents=agents, compare=[], training=training, evaluation=evaluation, threads=1))
+    )
+    out = tmp_path / "sweep"
+    folder = out / "cells" / cell.id
+    record = run_cell(cell, out)
+    (fingerprint,) = {r["agent_sha256"] for r in record["rows"]}  # both sequences: the one trained agent
+    assert re.fullmatch(r"[0-9a-f]{64}", fingerprint)
+    first, second = (evaluation_file(out, cell, "rledit", seed, 3) for seed in (0, 1))
+
+    def continue_elsewhere(made_by: str | None) -> None:
+        """The sweep continues on a machine that has the result files only: no checkpoint, no cell.json,
+        the second sequence to run; the first was recorded by the checkpoint ``made_by`` names."""
+        shutil.rmtree(folder / "checkpoint")
+        (folder / "cell.json").unlink()
+        second.unlink()
+        result = json.loads(first.read_text())
+        result.pop("agent_sha256")
+        if made_by is not None:
+            result["agent_sha256"] = made_by
+        first.write_text(json.dumps(result))
+
+    # training again from the same seed, on one thread, reproduces the trained agent: nothing to warn of
+    continue_elsewhere(fingerprint)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = run_cell(cell, out)
+    assert [r["agent_sha256"] for r in again["rows"]] == [fingerprint, fingerprint]
+    # a training that does not reproduce it (another machine): the mixed rows are named
+    continue_elsewhere("0" * 64)
+    with pytest.warns(
+        UserWarning, match=r"1 recorded evaluation\(s\) \(rledit/n3_seed0.json\) were made by another trained"
+    ):
+        run_cell(cell, out)
+    # an evaluation recorded before evaluations named their checkpoint
+    continue_elsewhere(None)
+    with pytest.warns(
+        UserWarning, match=r"checkpoint was made again, with 1 evaluation\(s\) recorded \(rledit/n3_seed0.json\)"
+    ):
+        run_cell(cell, out)
+
+
 def test_progress_lines_name_the_cell_the_sequence_and_what_happened() -> None:
     from hiedit_agents.sweep.runner import progress_line
 

@@ -26,6 +26,7 @@ from .checkpoint import (
     STATE_FILE,
     CheckpointError,
     CheckpointWriter,
+    content_sha256,
     load_torch,
     read_checkpoint_meta,
     save_swapped,
@@ -128,6 +129,12 @@ class Agent:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
+
+    def fingerprint(self) -> str:
+        """SHA-256 of what the agent acts with, its :meth:`config` and :meth:`state_dict` (values, not
+        files: :func:`~hiedit_agents.common.checkpoint.content_sha256`). An evaluation records it, so
+        that results of two trainings of one setting are told apart."""
+        return content_sha256({"config": self.config(), "state": self.state_dict()})
 
     def episode_state(self) -> dict[str, Any]:
         """What the agent carries from one edit to the next within an episode (tensors, numbers, lists and

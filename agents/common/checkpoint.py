@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from hiedit_env.files import atomic_write, write_json
@@ -91,6 +92,38 @@ def checkpoint_identity(directory: str | Path) -> dict[str, Any]:
     """The sealed manifest's table of files (size and SHA-256 of each): what tells one checkpoint from
     another with the same configuration (e.g. for an evaluation snapshot to continue only its own)."""
     return read_json(Path(directory) / MANIFEST_FILE, "checkpoint manifest")["files"]
+
+
+def content_sha256(value: Any) -> str:
+    """SHA-256 of ``value``'s content: nested dicts (keys in order), lists, tensors and arrays (dtype, shape
+    and values) and JSON-able leaves. Two saves of one state hash alike here, which their files do not:
+    ``torch.save`` writes a random serialization id and the temporary file's name into its archive."""
+    digest = hashlib.sha256()
+
+    def walk(item: Any) -> None:
+        if isinstance(item, dict):
+            digest.update(b"{")
+            for key in sorted(item, key=str):
+                digest.update(json.dumps(str(key)).encode())
+                walk(item[key])
+            digest.update(b"}")
+        elif isinstance(item, (list, tuple)):
+            digest.update(b"[")
+            for element in item:
+                walk(element)
+            digest.update(b"]")
+        elif isinstance(item, torch.Tensor):
+            tensor = item.detach().cpu().contiguous()
+            digest.update(f"tensor {tensor.dtype} {tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        elif isinstance(item, np.ndarray):
+            digest.update(f"array {item.dtype} {item.shape}".encode())
+            digest.update(np.ascontiguousarray(item).tobytes())
+        else:
+            digest.update(json.dumps(item, default=str).encode())
+
+    walk(value)
+    return digest.hexdigest()
 
 
 def verify_checkpoint(directory: str | Path) -> dict[str, Any]:

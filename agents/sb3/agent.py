@@ -28,7 +28,7 @@ from hiedit_env.checks import check_int
 from hiedit_env.wrappers import ChooseLayersInTurn
 
 from ..common.base import Agent, TrainingInterrupted
-from ..common.checkpoint import CheckpointError, CheckpointWriter
+from ..common.checkpoint import CheckpointError, CheckpointWriter, content_sha256
 from .callbacks import RewardTermsCallback, SaveAgentCallback
 from .hyperparams import OWN_KEYS, load_hyperparams
 from .vec_env import vector_env
@@ -257,6 +257,19 @@ class SB3Agent(Agent):
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict[str, Any]:
         return json.loads(json.dumps(self.hp))
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the configuration, the policy's parameters and the ``VecNormalize`` statistics: what
+        the agent acts with (the replay buffer only trains)."""
+        acts_with: dict[str, Any] = {"config": self.config()}
+        if self.model is not None:
+            acts_with["policy"] = self.model.policy.state_dict()
+        if self.vecnormalize is not None:
+            rms = self.vecnormalize.obs_rms  # one RunningMeanStd, or one per key of a Dict observation
+            acts_with["obs_rms"] = {
+                key: (r.mean, r.var) for key, r in (rms.items() if isinstance(rms, dict) else [("", rms)])
+            }
+        return content_sha256(acts_with)
 
     def save_files(self, writer: CheckpointWriter) -> None:
         """SB3's ``model.zip``, and ``vecnormalize.pkl`` / ``replay_buffer.pkl`` when used, sealed with

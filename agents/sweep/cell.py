@@ -18,6 +18,7 @@ import platform
 import shutil
 import subprocess
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -30,7 +31,13 @@ from hiedit_env.files import write_text
 
 from ..common import commands
 from ..common.base import Agent
-from ..common.checkpoint import MANIFEST_FILE, CheckpointError, checkpoint_identity, load_torch, progress_folder
+from ..common.checkpoint import (
+    MANIFEST_FILE,
+    CheckpointError,
+    checkpoint_identity,
+    load_torch,
+    progress_folder,
+)
 from ..common.evaluation import SNAPSHOT_SECONDS, SNAPSHOT_SUFFIX, EpisodeSnapshot, run_episode
 from ..registry import agent_class
 from .grid import Cell, training_key
@@ -93,16 +100,20 @@ def evaluate(
     acting: dict[str, Any],
     on_edits: Callable[[int], None] | None = None,
     snapshot: Path | None = None,
+    on_agent: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """One evaluation sequence, as ``hiedit evaluate`` runs it, with the acting options ``acting`` and
     ES/GS/LS after every ``num_edits / curve_points`` edits when the cell asks for curve points; a
     sequence longer than :data:`PROGRESS_EVERY` edits calls ``on_edits(edits done)`` every that many.
     With ``snapshot`` (a file), the sequence is recorded there every :data:`SNAPSHOT_SECONDS` and an
-    interrupted one continues from its last record (:class:`~hiedit_agents.common.evaluation.EpisodeSnapshot`)."""
+    interrupted one continues from its last record (:class:`~hiedit_agents.common.evaluation.EpisodeSnapshot`).
+    A trained agent's :meth:`~hiedit_agents.common.base.Agent.fingerprint` is recorded as ``agent_sha256``,
+    and given to ``on_agent`` before the sequence starts."""
     cls = agent_class(cell.agent)
     args = _env_args(cell, cell.eval_source, cell.eval_split, num_edits)
     agent: Agent
     trained_by: dict[str, Any] = {}
+    made_by: dict[str, str] = {}
     if cell.training_seed is not None:
         checkpoint = folder / "checkpoint"
         config = cls.saved_meta(checkpoint, "the cell's checkpoint")["config"]
@@ -110,6 +121,9 @@ def evaluate(
         agent = cls.load(checkpoint, env, **acting)
         # a snapshot continues only the checkpoint it was made with
         trained_by = {"checkpoint": checkpoint_identity(checkpoint)}
+        made_by = {"agent_sha256": agent.fingerprint()}  # the trained state it acts with, not its files
+        if on_agent is not None:
+            on_agent(made_by["agent_sha256"])
     else:
         kwargs = {**cell.agent_kwargs, **acting}
         env = commands.make_env(args, cls, kwargs, evaluation=True)
@@ -143,6 +157,7 @@ def evaluate(
         # what the agent acted with, presets resolved (a locate-then-edit agent's model-family YAML), so a
         # changed preset shows in the record even where the spec's agent-kwargs did not change
         "agent_config": agent.config(),
+        **made_by,
         "wall_seconds": wall,
         **resumed,
         "device": device,
@@ -161,6 +176,7 @@ def row(cell: Cell, entry: str, seed: int, num_edits: int, result: dict[str, Any
         "agent": entry,
         "agent_class": cell.agent,
         "training_seed": cell.training_seed,
+        "agent_sha256": result.get("agent_sha256"),
         "evaluation_seed": seed,
         "num_edits": num_edits,
         **{k: v for k, v in metrics.items() if k not in NESTED_METRICS and k != "num_edits"},
@@ -280,6 +296,39 @@ def finished_rows(out: Path, cell: Cell) -> list[dict[str, Any]]:
     return rows
 
 
+def _warn_of_other_trainings(out: Path, cell: Cell, fingerprint: str, made_now: bool) -> None:
+    """Warn when ``cell``'s recorded evaluations were made by another trained agent than the one whose
+    :meth:`~hiedit_agents.common.base.Agent.fingerprint` is ``fingerprint``: the cell's rows would mix two
+    trainings of one seed. This happens when a sweep continues on a machine without the checkpoint (git
+    keeps result files, not checkpoints) and training again there does not reproduce it bit for bit
+    (another CPU, more than one thread). Evaluations written before evaluations recorded the fingerprint
+    are worth a warning only when the checkpoint was made (trained or copied) in this run."""
+    other, unknown = [], []
+    for entry, _ in cell.variants:
+        for seed, num_edits in cell.evaluations:
+            file = evaluation_file(out, cell, entry, seed, num_edits)
+            if file.is_file():
+                made_by = json.loads(file.read_text()).get("agent_sha256")
+                if made_by is None:
+                    unknown.append(f"{entry}/{file.name}")
+                elif made_by != fingerprint:
+                    other.append(f"{entry}/{file.name}")
+    if other:
+        warnings.warn(
+            f"{cell.id}: {len(other)} recorded evaluation(s) ({', '.join(other)}) were made by another trained "
+            f"agent than the cell's checkpoint, so its rows mix two trainings of seed {cell.training_seed}; "
+            "remove them to evaluate every sequence with this checkpoint",
+            stacklevel=2,
+        )
+    if made_now and unknown:
+        warnings.warn(
+            f"{cell.id}: its checkpoint was made again, with {len(unknown)} evaluation(s) recorded ({', '.join(unknown)}) by a "
+            "trained agent they do not name (written before evaluations recorded it): whether the cell's rows "
+            "come from one training cannot be told from its files",
+            stacklevel=2,
+        )
+
+
 def _saved_at(path: Path) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
 
@@ -303,7 +352,7 @@ def cell_status(out: Path, cell: Cell) -> tuple[str, str]:
         elif (progress := progress_folder(checkpoint)) is not None and (progress / MANIFEST_FILE).is_file():
             parts.append(f"training, its progress saved at {_saved_at(progress / MANIFEST_FILE)}")
         else:
-            parts.append("training, no progress saved yet")
+            parts.append("not trained: no checkpoint or saved training progress here")
     recorded = len(finished_rows(out, cell))
     parts.append(f"{recorded} of {planned} evaluations recorded")
     for entry, _ in cell.variants:
@@ -351,11 +400,20 @@ def run_cell(
     gym.logger.min_level = 40  # the checker's warnings once per environment would fill every worker's log
     checkpoint = folder / "checkpoint"
     stats = None
+    stats_file = checkpoint / "train_stats.json"
+    made_now = not stats_file.is_file()  # trained, or copied from another sweep, in this run
     if cell.training_seed is not None:
         if not checkpoint.exists() and (source := trained_elsewhere(cell, reuse_training)) is not None:
             _copy_training(source, folder)
-        stats_file = checkpoint / "train_stats.json"
         stats = json.loads(stats_file.read_text()) if stats_file.is_file() else train(cell, folder)
+    checked = cell.training_seed is None  # an untrained agent's evaluations cannot come from two trainings
+
+    def check_training(fingerprint: str) -> None:
+        nonlocal checked
+        if not checked:
+            _warn_of_other_trainings(out, cell, fingerprint, made_now)
+            checked = True
+
     for entry, acting in cell.variants:
         for seed, num_edits in cell.evaluations:
             file = evaluation_file(out, cell, entry, seed, num_edits)
@@ -368,7 +426,7 @@ def run_cell(
                     on_report({"status": "editing", **which, "edits": edits})
 
             snapshot = file.with_name(file.stem + SNAPSHOT_SUFFIX)
-            result = evaluate(cell, folder, seed, num_edits, acting, editing, snapshot)
+            result = evaluate(cell, folder, seed, num_edits, acting, editing, snapshot, check_training)
             write_text(file, json.dumps(result, indent=2))
             snapshot.unlink(missing_ok=True)
             if on_report is not None:

@@ -190,7 +190,10 @@ def load_shared_model(name: str, dtype: str = "float32", device: str = "auto") -
     dev = resolve_device(device)
     key = (name, str(torch_dtype), str(dev))
     if key not in _CACHE:
-        model, tokenizer = _load(name, torch_dtype, dev)
+        # Loading leaves the caller's random streams as they were (a random test model draws its weights
+        # from seed 0): a seeded run must not depend on whether this process had loaded the model before.
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            model, tokenizer = _load(name, torch_dtype, dev)
         model.to(dev).eval()
         model.requires_grad_(False)
         if tokenizer.pad_token is None:
@@ -302,7 +305,7 @@ def build_test_model(name: str, dtype: torch.dtype = torch.float32) -> tuple[Pre
         return build_shape_model(name, dtype)
     tokenizer = byte_tokenizer()
     vocab = len(tokenizer)
-    torch.manual_seed(0)  # the same "random" model in every process, so tests are reproducible
+    torch.manual_seed(0)  # the same "random" model in every process (load_shared_model keeps the caller's stream)
     if name == "test-tiny-gpt2":
         config = GPT2Config(
             vocab_size=vocab,

@@ -22,6 +22,21 @@ def test_tiny_model_loads_by_name_and_is_cached(name, model_type):
     assert first.tokenizer.pad_token_id is not None
 
 
+@pytest.mark.parametrize("name", ["test-tiny-gpt2", "test-shape-gpt2-xl"])
+def test_loading_a_model_leaves_the_callers_random_stream(name, monkeypatch):
+    """A seeded run draws the same numbers whether or not its process had loaded the model before."""
+    import torch
+
+    from hiedit_env import models
+
+    monkeypatch.setattr(models, "_CACHE", {})  # loaded afresh: the random weights are drawn now
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    load_shared_model(name)
+    assert torch.equal(torch.rand(4), expected)
+
+
 def test_tiny_gpt2_preset_is_conv1d_mlp_c_proj():
     model = load_shared_model("test-tiny-gpt2").model
     names = candidate_modules(model)

@@ -483,10 +483,14 @@ def test_a_cell_trained_again_warns_of_evaluations_another_checkpoint_made(
     assert [r["agent_sha256"] for r in again["rows"]] == [fingerprint, fingerprint]
     # a training that does not reproduce it (another machine): the mixed rows are named
     continue_elsewhere("0" * 64)
+    reports: list[dict] = []
     with pytest.warns(
         UserWarning, match=r"1 recorded evaluation\(s\) \(rledit/n3_seed0.json\) were made by another trained"
     ):
-        run_cell(cell, out)
+        run_cell(cell, out, on_report=reports.append)
+    # ... and reported before the sequence runs, for the sweep's console (its workers' warnings are not shown)
+    assert [r["status"] for r in reports] == ["warning", "evaluated"]
+    assert reports[0]["message"].startswith("1 recorded evaluation(s) (rledit/n3_seed0.json) were made by another")
     # an evaluation recorded before evaluations named their checkpoint
     continue_elsewhere(None)
     with pytest.warns(
@@ -503,6 +507,7 @@ def test_progress_lines_name_the_cell_the_sequence_and_what_happened() -> None:
         progress_line({"status": "editing", **which, "edits": 300}),
         progress_line({"status": "evaluated", **which, "mean": 0.4531, "recorded": 3}),
         progress_line({"status": "ok", "cell": which["cell"], "recorded": 5}),
+        progress_line({"status": "warning", "cell": which["cell"], "message": "its rows mix two trainings"}),
         progress_line({"status": "error", "cell": which["cell"], "error": "ValueError: bad"}),
     ]
     assert all(re.match(r"\d\d:\d\d:\d\d m__d__hiedit__train0: ", line) for line in lines)
@@ -510,6 +515,7 @@ def test_progress_lines_name_the_cell_the_sequence_and_what_happened() -> None:
         "m__d__hiedit__train0: hiedit on sequence 2: 300 of 1000 edits",
         "m__d__hiedit__train0: hiedit on sequence 2 (1000 edits) mean 0.453; 3 of the cell's evaluations recorded",
         "m__d__hiedit__train0: finished, 5 evaluations",
+        "m__d__hiedit__train0: warning: its rows mix two trainings",
         "m__d__hiedit__train0: failed: ValueError: bad",
     ]
 

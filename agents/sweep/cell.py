@@ -296,11 +296,11 @@ def finished_rows(out: Path, cell: Cell) -> list[dict[str, Any]]:
     return rows
 
 
-def _warn_of_other_trainings(out: Path, cell: Cell, fingerprint: str, made_now: bool) -> None:
-    """Warn when ``cell``'s recorded evaluations were made by another trained agent than the one whose
-    :meth:`~hiedit_agents.common.base.Agent.fingerprint` is ``fingerprint``: the cell's rows would mix two
-    trainings of one seed. This happens when a sweep continues on a machine without the checkpoint (git
-    keeps result files, not checkpoints) and training again there does not reproduce it bit for bit
+def other_trainings(out: Path, cell: Cell, fingerprint: str, made_now: bool) -> list[str]:
+    """What to warn of when ``cell``'s recorded evaluations were made by another trained agent than the one
+    whose :meth:`~hiedit_agents.common.base.Agent.fingerprint` is ``fingerprint``: the cell's rows would mix
+    two trainings of one seed. This happens when a sweep continues on a machine without the checkpoint
+    (git keeps result files, not checkpoints) and training again there does not reproduce it bit for bit
     (another CPU, more than one thread). Evaluations written before evaluations recorded the fingerprint
     are worth a warning only when the checkpoint was made (trained or copied) in this run."""
     other, unknown = [], []
@@ -313,20 +313,20 @@ def _warn_of_other_trainings(out: Path, cell: Cell, fingerprint: str, made_now: 
                     unknown.append(f"{entry}/{file.name}")
                 elif made_by != fingerprint:
                     other.append(f"{entry}/{file.name}")
+    messages = []
     if other:
-        warnings.warn(
-            f"{cell.id}: {len(other)} recorded evaluation(s) ({', '.join(other)}) were made by another trained "
-            f"agent than the cell's checkpoint, so its rows mix two trainings of seed {cell.training_seed}; "
-            "remove them to evaluate every sequence with this checkpoint",
-            stacklevel=2,
+        messages.append(
+            f"{len(other)} recorded evaluation(s) ({', '.join(other)}) were made by another trained agent than "
+            f"the cell's checkpoint, so its rows mix two trainings of seed {cell.training_seed}; remove them to "
+            "evaluate every sequence with this checkpoint"
         )
     if made_now and unknown:
-        warnings.warn(
-            f"{cell.id}: its checkpoint was made again, with {len(unknown)} evaluation(s) recorded ({', '.join(unknown)}) by a "
-            "trained agent they do not name (written before evaluations recorded it): whether the cell's rows "
-            "come from one training cannot be told from its files",
-            stacklevel=2,
+        messages.append(
+            f"its checkpoint was made again, with {len(unknown)} evaluation(s) recorded ({', '.join(unknown)}) by "
+            "a trained agent they do not name (written before evaluations recorded it): whether the cell's rows "
+            "come from one training cannot be told from its files"
         )
+    return messages
 
 
 def _saved_at(path: Path) -> str:
@@ -386,9 +386,10 @@ def run_cell(
     ``reuse_training`` and, if one is there, copies that checkpoint instead of training again (the
     record's ``trained_in`` names it). ``on_report`` is called with the progress of each evaluation this
     call runs: ``status`` ``"editing"`` with ``edits`` done so far (sequences longer than
-    :data:`PROGRESS_EVERY` edits), and ``"evaluated"`` with its mean once it is recorded (the sweep
-    prints them and updates its results table). Returns the cell's record (also what ``cell.json``
-    holds). The caller handles errors.
+    :data:`PROGRESS_EVERY` edits), ``"evaluated"`` with its mean once it is recorded (the sweep
+    prints them and updates its results table), and ``"warning"`` with a ``message`` (also warned) when
+    the cell's recorded evaluations came from another training (:func:`other_trainings`). Returns the
+    cell's record (also what ``cell.json`` holds). The caller handles errors.
     """
     folder = cell_dir(out, cell)
     if (folder / CELL_FILE).is_file():
@@ -411,7 +412,10 @@ def run_cell(
     def check_training(fingerprint: str) -> None:
         nonlocal checked
         if not checked:
-            _warn_of_other_trainings(out, cell, fingerprint, made_now)
+            for message in other_trainings(out, cell, fingerprint, made_now):
+                warnings.warn(f"{cell.id}: {message}", stacklevel=2)
+                if on_report is not None:  # a sweep's workers do not log to its console: the report does
+                    on_report({"status": "warning", "message": message})
             checked = True
 
     for entry, acting in cell.variants:

@@ -60,7 +60,7 @@ def _trainable(config: dict[str, Any]) -> None:
 
 def progress_line(result: dict[str, Any]) -> str:
     """The line ``hiedit sweep`` prints for a cell's report: a long evaluation's progress, an evaluation
-    recorded, the cell finished or failed."""
+    recorded, a warning, the cell finished or failed."""
     stamp = time.strftime("%H:%M:%S")
     if result["status"] == "editing":
         return (
@@ -74,6 +74,8 @@ def progress_line(result: dict[str, Any]) -> str:
         )
     if result["status"] == "ok":
         return f"{stamp} {result['cell']}: finished, {result['recorded']} evaluations"
+    if result["status"] == "warning":
+        return f"{stamp} {result['cell']}: warning: {result['message']}"
     return f"{stamp} {result['cell']}: failed: {result['error']}"
 
 

@@ -107,6 +107,15 @@ def test_leaderboard_specs_are_valid(spec_name: str, benchmark_data_stand_ins: s
     assert len(expand(spec)) == 7 * 3 + 6
 
 
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "benchmarks" / "specs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_spec_is_valid(path: Path, benchmark_data_stand_ins: set[str]) -> None:
+    """Each spec its header's command runs: a sweep spec, or a tune spec (one with ``search``)."""
+    from hiedit_agents.sweep.tune import load_tune_spec
+
+    spec = load_tune_spec(path)[0] if "search" in yaml.safe_load(path.read_text()) else load_spec(path)
+    assert spec.name == path.stem and expand(spec)
+
+
 def test_thousand_edit_spec_is_valid_and_draws_from_the_file_no_agent_trains_on() -> None:
     spec = load_spec(REPO_ROOT / "benchmarks" / "specs" / "cf-1000.yaml")
     assert spec.evaluation_num_edits == [1000] and spec.training_seeds == [0, 100, 200]

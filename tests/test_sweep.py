@@ -459,7 +459,11 @@ def test_a_cell_trained_again_warns_of_evaluations_another_checkpoint_made(
 
     from hiedit_agents.sweep.cell import evaluation_file
 
-    agents = [{"name": "rledit", "agent": "rledit", "agent-kwargs": TINY}]
+    # two entries of one training: the bounded one acts with another max_size_ratio, the same trained agent
+    agents = [
+        {"name": "rledit", "agent": "rledit", "agent-kwargs": TINY},
+        {"name": "rledit-bounded", "agent": "rledit", "agent-kwargs": TINY, "acting": {"max_size_ratio": 3}},
+    ]
     training = {"seeds": [0], "steps": 4, "num_edits": 3}
     evaluation = {"seeds": [0, 1], "num_edits": [3]}
     (cell,) = expand(
@@ -468,7 +472,8 @@ def test_a_cell_trained_again_warns_of_evaluations_another_checkpoint_made(
     out = tmp_path / "sweep"
     folder = out / "cells" / cell.id
     record = run_cell(cell, out)
-    (fingerprint,) = {r["agent_sha256"] for r in record["rows"]}  # both sequences: the one trained agent
+    (fingerprint,) = {r["agent_sha256"] for r in record["rows"]}  # both entries, both sequences: one agent
+    assert len(record["rows"]) == 4
     assert re.fullmatch(r"[0-9a-f]{64}", fingerprint)
     first, second = (evaluation_file(out, cell, "rledit", seed, 3) for seed in (0, 1))
 
@@ -489,7 +494,7 @@ def test_a_cell_trained_again_warns_of_evaluations_another_checkpoint_made(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         again = run_cell(cell, out)
-    assert [r["agent_sha256"] for r in again["rows"]] == [fingerprint, fingerprint]
+    assert [r["agent_sha256"] for r in again["rows"]] == [fingerprint] * 4
     # a training that does not reproduce it (another machine): the mixed rows are named
     continue_elsewhere("0" * 64)
     reports: list[dict] = []

@@ -130,11 +130,16 @@ class Agent:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
 
+    def trained_config(self) -> dict[str, Any]:
+        """:meth:`config` without the :attr:`acting_options`: what training settled."""
+        return {k: v for k, v in self.config().items() if k not in self.acting_options}
+
     def fingerprint(self) -> str:
-        """SHA-256 of what the agent acts with, its :meth:`config` and :meth:`state_dict` (values, not
-        files: :func:`~hiedit_agents.common.checkpoint.content_sha256`). An evaluation records it, so
-        that results of two trainings of one setting are told apart."""
-        return content_sha256({"config": self.config(), "state": self.state_dict()})
+        """SHA-256 of what training made of the agent, its :meth:`trained_config` and :meth:`state_dict`
+        (values, not files: :func:`~hiedit_agents.common.checkpoint.content_sha256`); acting options do
+        not change it. An evaluation records it, so that results of two trainings of one setting are told
+        apart."""
+        return content_sha256({"config": self.trained_config(), "state": self.state_dict()})
 
     def episode_state(self) -> dict[str, Any]:
         """What the agent carries from one edit to the next within an episode (tensors, numbers, lists and

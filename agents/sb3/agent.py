@@ -259,9 +259,9 @@ class SB3Agent(Agent):
         return json.loads(json.dumps(self.hp))
 
     def fingerprint(self) -> str:
-        """SHA-256 of the configuration, the policy's parameters and the ``VecNormalize`` statistics: what
-        the agent acts with (the replay buffer only trains)."""
-        acts_with: dict[str, Any] = {"config": self.config()}
+        """SHA-256 of the trained configuration, the policy's parameters and the ``VecNormalize``
+        statistics (the replay buffer only trains)."""
+        acts_with: dict[str, Any] = {"config": self.trained_config()}
         if self.model is not None:
             acts_with["policy"] = self.model.policy.state_dict()
         if self.vecnormalize is not None:

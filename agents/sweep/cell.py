@@ -31,13 +31,7 @@ from hiedit_env.files import write_text
 
 from ..common import commands
 from ..common.base import Agent
-from ..common.checkpoint import (
-    MANIFEST_FILE,
-    CheckpointError,
-    checkpoint_identity,
-    load_torch,
-    progress_folder,
-)
+from ..common.checkpoint import MANIFEST_FILE, CheckpointError, checkpoint_identity, load_torch, progress_folder
 from ..common.evaluation import SNAPSHOT_SECONDS, SNAPSHOT_SUFFIX, EpisodeSnapshot, run_episode
 from ..registry import agent_class
 from .grid import Cell, training_key

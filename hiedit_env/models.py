@@ -290,8 +290,8 @@ def build_shape_model(
     tokenizer = byte_tokenizer() if name in _TEST_SHAPES else _smollm2_tokenizer()
     config, cls = shape_config(name, {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id})
     device = torch.device(device)
-    # The same "random" model in every process, drawn without touching the caller's random streams.
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), device:
+    # The same "random" model in every process (load_shared_model keeps the caller's stream).
+    with device:
         torch.manual_seed(0)
         model = cls._from_config(config, dtype=dtype)
     return model, tokenizer
